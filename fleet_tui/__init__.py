@@ -1,0 +1,3 @@
+"""fleet-tui: a terminal operator console for an autonomous coding-agent fleet."""
+
+__version__ = "0.1.0"

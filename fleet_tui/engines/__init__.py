@@ -1,0 +1,1 @@
+"""LLM workers: how each coding CLI is invoked headlessly and how its output is read."""

@@ -1,0 +1,175 @@
+"""The `Forge` protocol: where all work lives (issues, labels, comments, PRs, reviews).
+
+There is deliberately no merge and no approve call here: the fleet can only comment on a PR, and only the
+human merges. `judge_approval` decides whether the approval label was applied by an allowed approver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from fleet_tui.model import (
+    Actor,
+    Approval,
+    Comment,
+    Issue,
+    LabelEvent,
+    PullRequest,
+    RateLimit,
+    Review,
+)
+
+Permission = Literal["admin", "maintain", "write", "triage", "read", "none"]
+WRITE_PERMISSIONS: frozenset[str] = frozenset({"admin", "maintain", "write"})
+
+
+def marker(kind: str, value: str) -> str:
+    """The hidden idempotency marker the fleet puts in every comment, issue and PR body it writes."""
+    return f"<!-- fleet:{kind}={value} -->"
+
+
+class ForgeError(Exception):
+    """A forge call failed in a way the operator should read (the message says what to do)."""
+
+
+class NotFound(ForgeError):
+    pass
+
+
+class RateLimitedError(ForgeError):
+    def __init__(self, message: str, until: datetime | None = None) -> None:
+        super().__init__(message)
+        self.until = until
+
+
+@runtime_checkable
+class Forge(Protocol):
+    kind: str  # "local" | "github"
+    repo: str  # "owner/name" on GitHub; the repository's directory name locally
+
+    async def __aenter__(self) -> Forge: ...
+    async def __aexit__(self, *exc: object) -> None: ...
+
+    # identities -----------------------------------------------------------------------------
+    async def fleet_identity(self) -> Actor:
+        """The login the fleet writes as (a bot, an App, or the operator's own token)."""
+        ...
+
+    async def operator_identity(self) -> Actor:
+        """The login the approve key acts as."""
+        ...
+
+    # issues -----------------------------------------------------------------------------------
+    async def list_issues(
+        self, *, labels: Sequence[str] = (), state: Literal["open", "closed", "all"] = "open",
+        since: datetime | None = None,
+    ) -> list[Issue]:
+        """Issues (never PRs) carrying all of `labels`, every page. Comments are not filled in."""
+        ...
+
+    async def get_issue(self, number: int) -> Issue:
+        """One issue with its comments."""
+        ...
+
+    async def create_issue(self, title: str, body: str, labels: Sequence[str] = ()) -> Issue: ...
+    async def close_issue(self, number: int) -> None: ...
+    async def add_labels(self, number: int, labels: Sequence[str], *, as_operator: bool = False) -> None:
+        """Add labels; `as_operator` acts with the operator's identity (only the approve key uses it)."""
+        ...
+
+    async def remove_label(self, number: int, label: str) -> None:
+        """Remove a label; a label that is not there is not an error."""
+        ...
+
+    async def label_events(self, number: int) -> list[LabelEvent]:
+        """Every labeled/unlabeled event of the issue, oldest first."""
+        ...
+
+    async def ensure_labels(self, names: Iterable[str]) -> list[str]:
+        """Create the labels that do not exist yet; returns the names created."""
+        ...
+
+    async def missing_labels(self, names: Iterable[str]) -> list[str]: ...
+
+    # comments -------------------------------------------------------------------------------
+    async def find_comment(self, number: int, marker_text: str) -> Comment | None: ...
+    async def post_comment(self, number: int, body: str, marker_text: str) -> Comment:
+        """Post `body` with `marker_text` appended, unless a comment with that marker already exists
+        (then that one is returned): a retried call never posts twice."""
+        ...
+
+    # pull requests --------------------------------------------------------------------------
+    async def push_branch(self, source: Path, branch: str) -> str:
+        """Push `branch` from the workspace repository at `source` to the forge; returns the head sha.
+        Done with the forge's credentials, which never enter an agent's environment."""
+        ...
+
+    async def find_pull(self, head: str) -> PullRequest | None:
+        """The open PR whose head is `head`, if any."""
+        ...
+
+    async def open_pull(self, *, title: str, body: str, head: str, base: str) -> PullRequest:
+        """Open a PR for `head`, or return the open one that already exists for it."""
+        ...
+
+    async def list_pulls(self) -> list[PullRequest]:
+        """Open PRs with size, files, mergeable state, CI state, reviews and review comments."""
+        ...
+
+    async def get_pull(self, number: int) -> PullRequest: ...
+    async def post_review(self, number: int, body: str, commit_id: str) -> Review:
+        """A review with event COMMENT. No other event exists in this protocol."""
+        ...
+
+    # access and limits ----------------------------------------------------------------------
+    async def permission(self, login: str) -> Permission: ...
+
+    @property
+    def rate_limit(self) -> RateLimit: ...
+
+
+def standing_label_event(events: Sequence[LabelEvent], label: str) -> LabelEvent | None:
+    """The latest `labeled` event for `label` that no later `unlabeled` event undoes."""
+    standing: LabelEvent | None = None
+    for event in events:
+        if event.label != label:
+            continue
+        standing = event if event.kind == "labeled" else None
+    return standing
+
+
+def judge_approval(
+    issue: int,
+    event: LabelEvent,
+    *,
+    approvers: Sequence[str],
+    fleet_login: str | None,
+    fleet_is_separate: bool,
+    permission: str | None = None,
+    allow_write_permission: bool = False,
+) -> Approval:
+    """Whether an approval label event counts.
+
+    It counts only if made by a User (not a bot, not via an app), who is a listed approver (or, when
+    `allow_write_permission`, holds write/maintain/admin), and who is not the fleet's own identity when the
+    fleet writes as a separate bot or App.
+    """
+    actor = event.actor
+
+    def verdict(ok: bool, reason: str = "") -> Approval:
+        return Approval(issue=issue, label=event.label, event=event, verified=ok, reason=reason)
+
+    if actor.type != "User":
+        return verdict(False, f"labeled by {actor.login} ({actor.type}), not a user")
+    if actor.via_app:
+        return verdict(False, f"labeled by {actor.login} via the app {actor.via_app}")
+    if fleet_is_separate and fleet_login and actor.login.lower() == fleet_login.lower():
+        return verdict(False, f"labeled by the fleet's own identity {actor.login}")
+    if actor.login.lower() in {a.lower() for a in approvers}:
+        return verdict(True)
+    if allow_write_permission and permission in WRITE_PERMISSIONS:
+        return verdict(True)
+    return verdict(False, f"labeled by {actor.login}, who is not an approver")

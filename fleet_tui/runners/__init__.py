@@ -1,0 +1,1 @@
+"""Where agent processes run: Docker containers or local subprocesses."""
