@@ -1,0 +1,38 @@
+"""Shared fixtures: every test runs with its own HOME and XDG dirs and no fleet/forge environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_KEEP_OUT = ("FLEET_CONFIG", "GITHUB_TOKEN", "GH_TOKEN", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DOCKER_CONFIG")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for name, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_STATE_HOME", ".local/state"),
+                      ("XDG_DATA_HOME", ".local/share"), ("XDG_CACHE_HOME", ".cache")):
+        monkeypatch.setenv(name, str(home / sub))
+    for name in _KEEP_OUT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Operator")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "operator@example.invalid")
+    monkeypatch.setenv("GIT_COMMITTER_NAME", "Test Operator")
+    monkeypatch.setenv("GIT_COMMITTER_EMAIL", "operator@example.invalid")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    (home / ".gitconfig").write_text("[user]\n\tname = Test Operator\n\temail = operator@example.invalid\n"
+                                     "[init]\n\tdefaultBranch = main\n")
+    return home
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
