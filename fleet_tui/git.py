@@ -10,6 +10,11 @@ from pathlib import Path
 import anyio
 
 
+# Variables that would point git at another repository than the one asked for.
+_LOCATION_VARS = frozenset({"GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                            "GIT_ALTERNATE_OBJECT_DIRECTORIES", "GIT_COMMON_DIR", "GIT_NAMESPACE"})
+
+
 class GitError(Exception):
     """A git command failed; the message holds the command and what git said."""
 
@@ -21,7 +26,7 @@ class GitError(Exception):
 
 
 def git_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = {k: v for k, v in os.environ.items() if k not in _LOCATION_VARS}
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GIT_ASKPASS="",
