@@ -29,7 +29,7 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, strict=True)
 
 
 class ForgeConfig(_Section):
@@ -363,6 +363,8 @@ def _describe_error(err: dict[str, Any]) -> str:
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
         bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
         return f"{key} must be {op} {bound}, got {value!r}"
     if kind == "literal_error":
         return f"{key} must be one of {ctx.get('expected')}, got {shown}"
@@ -454,3 +456,59 @@ def resolve_token(forge: ForgeConfig, env: dict[str, str] | None = None) -> tupl
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip(), "gh auth token"
     return None, ""
+
+
+# --- the documented example ---------------------------------------------------------------------
+
+
+def render_example() -> str:
+    """fleet.toml.example, generated from the schema so every key and its docstring are in it."""
+    import textwrap
+
+    import tomli_w
+
+    def comment(text: str, indent: str = "") -> list[str]:
+        return [f"{indent}# {line}".rstrip() for line in textwrap.wrap(" ".join(text.split()), 100 - len(indent))]
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(item)}" for k, item in v.items()) + " }" if v else "{}"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        return tomli_w.dumps({"x": v}).split("=", 1)[1].strip()
+
+    def section(model: type[BaseModel], instance: BaseModel, name: str, out: list[str]) -> None:
+        scalars, tables = [], []
+        for field_name, info in model.model_fields.items():
+            current = getattr(instance, field_name)
+            (tables if isinstance(current, BaseModel) else scalars).append((field_name, info, current))
+        if name:
+            out.append(f"[{name}]")
+        for field_name, info, current in scalars:
+            if field_name == "engines":
+                continue  # documented with an example table at the end
+            out.extend(comment(info.description or ""))
+            if current is None:
+                out.append(f"# {field_name} = 0  (not set)")
+            else:
+                out.append(f"{field_name} = {value(current)}")
+            out.append("")
+        for field_name, info, current in tables:
+            out.extend(comment(info.description or ""))
+            section(type(current), current, f"{name}.{field_name}" if name else field_name, out)
+
+    lines = comment("fleet-tui configuration. Every key is optional; the values shown are the defaults. "
+                    "Lookup order: --config, $FLEET_CONFIG, ./fleet.toml, the user config dir. Never put a "
+                    "token in this file: the GitHub token comes from GITHUB_TOKEN / GH_TOKEN or `gh auth token`.")
+    lines.append("")
+    section(FleetConfig, FleetConfig(), "", lines)
+    lines += comment("Named engines the roles refer to ([engines.NAME]). Built in: codex, claude, aider, "
+                     "scripted. An example to uncomment:")
+    lines.append("# [engines.codex-fast]")
+    example = EngineConfig(kind="codex", command="codex", model="gpt-5.5", env=["OPENAI_API_KEY"],
+                           price_input_per_mtok=1.25, price_output_per_mtok=10.0)
+    for field_name, info in EngineConfig.model_fields.items():
+        lines.extend(comment(info.description or ""))
+        lines.append(f"# {field_name} = {value(getattr(example, field_name))}")
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,7 @@
+"""`python -m fleet_tui`."""
+
+import sys
+
+from fleet_tui.cli import main
+
+sys.exit(main())

@@ -1,0 +1,226 @@
+"""The `fleet-tui` command: console (default), --demo, --headless, init, check.
+
+Only the standard library is imported at module level so `--version` and `--help` stay fast; each mode
+imports what it needs. Errors reach the user as one clear line (details in the debug log), never as a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from fleet_tui import __version__
+
+log = logging.getLogger("fleet_tui.cli")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """An error whose message is the whole story for the user (exit code 1)."""
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument("--config", metavar="PATH", default=default,
+                        help="fleet.toml to use (else $FLEET_CONFIG, ./fleet.toml, the user config dir)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=default,
+                        help="debug log detail (the log file is under the state dir; default: info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet-tui",
+        description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
+                    "review; you approve issues and merge PRs.",
+        epilog="Run without a command to open the console on the repository in fleet.toml "
+               "(or the current git checkout with the embedded local forge).",
+    )
+    parser.add_argument("--version", action="version", version=f"fleet-tui {__version__}")
+    _common(parser, top=True)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--demo", action="store_true",
+                      help="run the whole loop on a sample project (local forge, scripted agents; no account)")
+    mode.add_argument("--headless", action="store_true",
+                      help="run the orchestrator without the console, one log line per event on stdout")
+    parser.add_argument("--once", action="store_true",
+                        help="with --headless: exit when nothing is left to do and no run is live")
+    parser.add_argument("--repo", metavar="PATH",
+                        help="git repository for the local forge (default: forge.repo, else the current directory)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    init = sub.add_parser("init", help="write a fleet.toml (never writes a token)",
+                          description="Write a fleet.toml from flags, or from short prompts on a terminal.")
+    _common(init, top=False)
+    init.add_argument("--path", default="fleet.toml", help="where to write (default: ./fleet.toml)")
+    init.add_argument("--forge", choices=("local", "github"), help="where issues and PRs live")
+    init.add_argument("--github-repo", metavar="OWNER/NAME", help="GitHub repository (with --forge github)")
+    init.add_argument("--api-url", help="GitHub Enterprise API URL, e.g. https://ghe.example.com/api/v3/")
+    init.add_argument("--approver", action="append", default=None, metavar="LOGIN",
+                      help="login whose approval counts (repeatable)")
+    init.add_argument("--runner", choices=("docker", "local"), help="where agents run")
+    init.add_argument("--engine", choices=("codex", "claude", "aider", "scripted"), help="engine for all roles")
+    init.add_argument("--image", help="Docker image for agents (with --runner docker)")
+    init.add_argument("--yes", "-y", action="store_true", help="take defaults for anything not given; no prompts")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    check = sub.add_parser("check", help="check config, forge, labels, Docker and engines; say how to fix each",
+                           description="A doctor: checks everything the fleet needs and prints a fix for each "
+                                       "failure. Exits non-zero when anything required fails.")
+    _common(check, top=False)
+    check.add_argument("--fix", action="store_true", help="create missing labels without asking")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.once and not args.headless:
+        parser.error("--once goes with --headless")
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # every error ends as one line, never a traceback
+        return _report(exc)
+
+
+def _report(exc: BaseException) -> int:
+    from fleet_tui.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    from fleet_tui.logs import redact
+
+    if isinstance(exc, UserError) or type(exc).__name__ in _USER_FACING:
+        print(f"fleet-tui: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAIL
+    log.exception("unexpected error")
+    where = f" (details in {_LOG_PATH})" if _LOG_PATH else ""
+    print(f"fleet-tui: unexpected error: {redact(str(exc)) or type(exc).__name__}{where}", file=sys.stderr)
+    return EXIT_FAIL
+
+
+# Exceptions from the layers whose message is written for the user.
+_USER_FACING = {"ForgeError", "NotFound", "RateLimitedError", "JournalError", "JournalLocked", "GitError",
+                "RunnerError", "DockerUnavailable", "EngineError", "WorkspaceError"}
+_LOG_PATH: Path | None = None
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    global _LOG_PATH
+    from fleet_tui.config import find_config, load_config, user_state_dir
+    from fleet_tui.logs import setup_logging
+
+    if args.command == "init":
+        return cmd_init(args)
+
+    config_path = None if args.demo else find_config(args.config)
+    config = load_config(config_path)
+    state_dir = Path(config.state_dir).expanduser() if config.state_dir else user_state_dir()
+    _LOG_PATH = setup_logging(args.log_level or "info", state_dir / "logs")
+    log.info("fleet-tui %s starting: mode=%s config=%s", __version__,
+             args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
+    if args.command == "check":
+        from fleet_tui.doctor import run_check
+
+        return run_check(config, config_path, repo=_repo_path(args, config), state_dir=state_dir, fix=args.fix)
+    if args.demo:
+        from fleet_tui.demo import run_demo
+
+        return run_demo(state_dir=state_dir)
+    repo = _repo_path(args, config)
+    if args.headless:
+        from fleet_tui.headless import run_headless
+
+        return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once)
+    from fleet_tui.tui.app import run_console
+
+    return run_console(config, repo_path=repo, state_dir=state_dir)
+
+
+def _repo_path(args: argparse.Namespace, config: Any) -> Path:
+    if args.repo:
+        return Path(args.repo).expanduser().resolve()
+    if config.forge.kind == "local" and config.forge.repo:
+        return Path(config.forge.repo).expanduser().resolve()
+    return Path.cwd()
+
+
+# --- init -------------------------------------------------------------------------------------
+
+
+def _ask(prompt: str, default: str, choices: tuple[str, ...] = ()) -> str:
+    hint = f" [{'/'.join(choices)}]" if choices else ""
+    while True:
+        try:
+            answer = input(f"{prompt}{hint} ({default}): ").strip()
+        except EOFError:
+            return default
+        answer = answer or default
+        if not choices or answer in choices:
+            return answer
+        print(f"  please answer one of: {', '.join(choices)}")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from fleet_tui.config import parse_config
+
+    path = Path(args.path).expanduser()
+    if path.exists() and not args.force:
+        raise UserError(f"{path} exists already; pass --force to overwrite it")
+    interactive = sys.stdin.isatty() and not args.yes
+    forge = args.forge or (_ask("Forge", "local", ("local", "github")) if interactive else "local")
+    data: dict[str, Any] = {"forge": {"kind": forge}}
+    if forge == "github":
+        repo = args.github_repo or (_ask("GitHub repository (owner/name)", "") if interactive else "")
+        if not repo:
+            raise UserError("a GitHub forge needs --github-repo OWNER/NAME")
+        data["forge"]["repo"] = repo
+        if args.api_url:
+            data["forge"]["api_url"] = args.api_url
+    approvers = args.approver
+    if approvers is None and interactive and forge == "github":
+        answer = _ask("Approver logins, comma separated", os.environ.get("USER", ""))
+        approvers = [a.strip() for a in answer.split(",") if a.strip()]
+    if approvers:
+        data["approvers"] = approvers
+    runner = args.runner or (_ask("Runner", "docker", ("docker", "local")) if interactive else "docker")
+    data["runner"] = {"kind": runner}
+    if args.image:
+        data["runner"]["image"] = args.image
+    engine = args.engine or (_ask("Engine", "codex", ("codex", "claude", "aider", "scripted"))
+                             if interactive else "codex")
+    data["roles"] = {role: {"engine": engine} for role in ("pm", "dev", "qa")}
+    text = _INIT_HEADER + tomli_w.dumps(data)
+    parse_config(text, str(path))  # what init writes must load
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"wrote {path}")
+    if forge == "github":
+        print("next: export GITHUB_TOKEN (a fine-grained token; see README) or run `gh auth login`, "
+              "then `fleet-tui check`")
+    else:
+        print("next: `fleet-tui check`, then `fleet-tui` in the repository")
+    return EXIT_OK
+
+
+_INIT_HEADER = """\
+# fleet-tui configuration (written by `fleet-tui init`). Every key is documented in fleet.toml.example.
+# Never put a token here: the GitHub token comes from GITHUB_TOKEN / GH_TOKEN or `gh auth token`.
+
+"""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

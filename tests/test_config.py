@@ -1,0 +1,137 @@
+"""fleet.toml: every error path names the file, the key, the bad value and what is allowed; exit code 2,
+no traceback. Lookup order and the documented example."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet_tui.config import ConfigError, FleetConfig, find_config, load_config, parse_config, render_example
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BAD_CONFIGS = [
+    ("[roles.dev]\nmax_concurrent = 0\n", "fleet.toml: roles.dev.max_concurrent must be >= 1, got 0"),
+    ('[forge]\nkind = "gitlab"\n', "fleet.toml: forge.kind must be one of 'local' or 'github', got 'gitlab'"),
+    ('poll_interval_s = "soon"\n', "fleet.toml: poll_interval_s must be a number, got 'soon'"),
+    ("poll_interval_s = 0.5\n", "fleet.toml: poll_interval_s must be >= 1, got 0.5"),
+    ("[roless]\nx = 1\n", "fleet.toml: unknown key 'roless' (check the spelling; fleet.toml.example lists every key)"),
+    ('[roles.qa]\nengine = "gpt"\n',
+     "fleet.toml: roles.qa.engine names 'gpt', which is neither in [engines] nor built in "
+     "(known: aider, claude, codex, scripted)"),
+    ('[forge]\nkind = "github"\nrepo = "just-a-name"\n',
+     "fleet.toml: forge.repo must be 'owner/name' when forge.kind is 'github', got 'just-a-name'"),
+    ('[runner]\nmemory = "lots"\n', "fleet.toml: runner.memory must look like 512m or 4g, got 'lots'"),
+    ('[runner]\nkind = "k8s"\n', "fleet.toml: runner.kind must be one of 'docker' or 'local', got 'k8s'"),
+    ("[roles.dev]\ntimeout_s = 1.5\n", "fleet.toml: roles.dev.timeout_s must be a whole number, got 1.5"),
+    ('[labels]\napproved = " "\n', "fleet.toml: labels.approved must not be empty"),
+    ('[ui]\nbell = "yes"\n', "fleet.toml: ui.bell must be true or false, got 'yes'"),
+    ('approvers = "alice"\n', "fleet.toml: approvers must be a list, got 'alice'"),
+    ("[engines.x]\nkind = \"codex\"\nmax_turns = -1\n", "fleet.toml: engines.x.max_turns must be >= 1, got -1"),
+    ("[forge\n", "fleet.toml: not valid TOML: "),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS)
+def test_bad_config_message(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fleet.toml")
+    assert str(info.value).startswith(message)
+
+
+def _run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleet_tui", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=60)
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_CONFIGS[:4] + BAD_CONFIGS[-1:])
+def test_bad_config_cli_exit_2_no_traceback(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "fleet.toml").write_text(text)
+    result = _run_cli("check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("token", ["ghp_" + "a1B2" * 9, "github_pat_" + "Z" * 30, "gho_" + "x" * 36,
+                                   "ghs_" + "y" * 36, "sk-" + "k" * 40])
+def test_token_in_config_refused(tmp_path: Path, token: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'[forge]\nkind = "github"\nrepo = "o/r"\ntoken = "{token}"\n')
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert f"{path}:4: holds a token-shaped string" in message
+    assert token not in message  # the refusal never echoes the secret
+    result = _run_cli("check", "--config", str(path), cwd=tmp_path)
+    assert result.returncode == 2 and token not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_world_readable_config_with_secret_settings_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[forge]\napp_private_key_path = "/keys/app.pem"\n')
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"readable by group/others; run `chmod 600"):
+        load_config(path)
+    path.chmod(0o600)
+    assert load_config(path).forge.app_private_key_path == "/keys/app.pem"
+
+
+def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet_tui.config import user_config_dir
+
+    user = user_config_dir() / "fleet.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text("")
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    assert find_config(cwd=cwd) == user
+    (cwd / "fleet.toml").write_text("")
+    assert find_config(cwd=cwd) == cwd / "fleet.toml"
+    env_file = tmp_path / "env.toml"
+    env_file.write_text("")
+    monkeypatch.setenv("FLEET_CONFIG", str(env_file))
+    assert find_config(cwd=cwd) == env_file
+    flag_file = tmp_path / "flag.toml"
+    flag_file.write_text("")
+    assert find_config(str(flag_file), cwd=cwd) == flag_file
+    with pytest.raises(ConfigError, match=r"no such config file \(given by --config\)"):
+        find_config(str(tmp_path / "missing.toml"), cwd=cwd)
+
+
+def test_defaults_need_no_file() -> None:
+    config = load_config(None)
+    assert config.forge.kind == "local" and config.labels.approved == "approved"
+    assert config.roles.qa.max_qa_rounds == 3
+
+
+def test_every_field_has_a_docstring() -> None:
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        missing = []
+        for name, info in model.model_fields.items():
+            if not (info.description or "").strip():
+                missing.append(prefix + name)
+            annotation = info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                missing += walk(annotation, f"{prefix}{name}.")
+        return missing
+
+    assert walk(FleetConfig, "") == []
+
+
+def test_example_documents_every_key_and_is_current() -> None:
+    committed = (ROOT / "fleet.toml.example").read_text()
+    assert committed == render_example(), "regenerate: python -c 'from fleet_tui.config import render_example'"
+    config = parse_config(committed, "fleet.toml.example")
+    assert config == FleetConfig(), "the example shows the defaults"
+    for section in ("forge", "labels", "roles.pm", "roles.dev", "roles.qa", "runner", "policy", "ui"):
+        assert f"[{section}]" in committed
+    for key in ("max_pr_lines", "protected_paths", "budget_usd", "max_concurrent", "api_url", "keys", "pids"):
+        assert f"\n{key} = " in committed
