@@ -7,16 +7,15 @@ traceback.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
-from pathlib import Path
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (keeps --version fast)
 
 from fleet_tui import __version__
 
-log = logging.getLogger("fleet_tui.cli")
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+    from typing import Any
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -26,6 +25,8 @@ class UserError(Exception):
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    import argparse
+
     default = None if top else argparse.SUPPRESS
     parser.add_argument("--config", metavar="PATH", default=default,
                         help="fleet.toml to use (else $FLEET_CONFIG, ./fleet.toml, the user config dir)")
@@ -34,6 +35,8 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="fleet-tui",
         description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
@@ -78,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"fleet-tui {__version__}")  # the fast path: nothing else to import
+        return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.once and not args.headless:
@@ -101,7 +107,9 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, UserError) or type(exc).__name__ in _USER_FACING:
         print(f"fleet-tui: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAIL
-    log.exception("unexpected error")
+    import logging
+
+    logging.getLogger("fleet_tui.cli").error("unexpected error", exc_info=exc)
     where = f" (details in {_LOG_PATH})" if _LOG_PATH else ""
     print(f"fleet-tui: unexpected error: {redact(str(exc)) or type(exc).__name__}{where}", file=sys.stderr)
     return EXIT_FAIL
@@ -115,6 +123,9 @@ _LOG_PATH: Path | None = None
 
 def _dispatch(args: argparse.Namespace) -> int:
     global _LOG_PATH
+    import logging
+    from pathlib import Path
+
     from fleet_tui.config import find_config, load_config, user_state_dir
     from fleet_tui.logs import setup_logging
 
@@ -125,7 +136,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_config(config_path)
     state_dir = Path(config.state_dir).expanduser() if config.state_dir else user_state_dir()
     _LOG_PATH = setup_logging(args.log_level or "info", state_dir / "logs")
-    log.info("fleet-tui %s starting: mode=%s config=%s", __version__,
+    logging.getLogger("fleet_tui.cli").info("fleet-tui %s starting: mode=%s config=%s", __version__,
              args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
     if args.command == "check":
         from fleet_tui.doctor import run_check
@@ -146,6 +157,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _repo_path(args: argparse.Namespace, config: Any) -> Path:
+    from pathlib import Path
+
     if args.repo:
         return Path(args.repo).expanduser().resolve()
     if config.forge.kind == "local" and config.forge.repo:
@@ -170,6 +183,9 @@ def _ask(prompt: str, default: str, choices: tuple[str, ...] = ()) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
     import tomli_w
 
     from fleet_tui.config import parse_config

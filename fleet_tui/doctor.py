@@ -1,0 +1,253 @@
+"""`fleet-tui check`: everything the fleet needs, checked one by one, each failure with its fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anyio
+
+from fleet_tui.config import FleetConfig, resolve_token
+
+Status = Literal["ok", "warn", "fail", "skip"]
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str = ""
+    fix: str = ""
+    required: bool = True
+
+
+@dataclass
+class Doctor:
+    config: FleetConfig
+    config_path: Path | None
+    repo: Path
+    state_dir: Path
+    fix: bool = False
+    ask: Callable[[str], bool] | None = None
+    results: list[Check] | None = None
+
+    def add(self, *args: object, **kwargs: object) -> Check:
+        check = Check(*args, **kwargs)  # type: ignore[arg-type]
+        assert self.results is not None
+        self.results.append(check)
+        return check
+
+    async def run(self) -> list[Check]:
+        self.results = []
+        where = str(self.config_path) if self.config_path else "none found: using defaults"
+        self.add("config", "ok", where, "" if self.config_path else "`fleet-tui init` writes one")
+        self._state_dir()
+        if self.config.forge.kind == "local":
+            await self._local_forge()
+        else:
+            await self._github_forge()
+        if self.config.runner.kind == "docker":
+            await anyio.to_thread.run_sync(self._docker)
+        else:
+            self._local_engines()
+        self._engine_env()
+        return self.results
+
+    # --- checks ---------------------------------------------------------------------------------
+
+    def _state_dir(self) -> None:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.state_dir / ".write-check"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            self.add("state dir", "fail", f"{self.state_dir}: {exc.strerror}",
+                     "set state_dir in fleet.toml to a writable folder")
+            return
+        self.add("state dir", "ok", str(self.state_dir))
+
+    async def _local_forge(self) -> None:
+        from fleet_tui.git import GitError, git
+
+        try:
+            top = await git("rev-parse", "--show-toplevel", cwd=self.repo)
+        except (GitError, OSError):
+            self.add("repository", "fail", f"{self.repo} is not a git repository",
+                     f"run `git init` in {self.repo}, or pass --repo / set forge.repo")
+            return
+        self.add("repository", "ok", f"{top} (local forge)")
+        from fleet_tui.forge.local import LocalForge
+
+        async with LocalForge(Path(top)) as forge:
+            await self._labels(forge)
+
+    async def _github_forge(self) -> None:
+        forge_cfg = self.config.forge
+        token, source = resolve_token(forge_cfg)
+        if not token and not forge_cfg.app_id:
+            names = " or ".join(forge_cfg.token_env)
+            self.add("GitHub token", "fail", f"no token in {names}" + (" and none from `gh auth token`"
+                                                                        if forge_cfg.use_gh_cli else ""),
+                     "export GITHUB_TOKEN=<fine-grained token> (README lists the permissions), or `gh auth login`")
+            return
+        from fleet_tui.logs import register_secret
+
+        register_secret(token)
+        self.add("GitHub token", "ok", f"from {source}" if token else "GitHub App installation")
+        from fleet_tui.forge.base import ForgeError
+        from fleet_tui.forge.github import GitHubForge
+
+        operator = os.environ.get(forge_cfg.operator_token_env) if forge_cfg.operator_token_env else None
+        try:
+            async with GitHubForge.from_config(self.config, token or "", operator) as forge:
+                report = await forge.token_report()
+                scopes = report.get("scopes")
+                detail = f"{report.get('login', '?')} at {forge_cfg.api_url}"
+                if scopes:
+                    detail += f"; scopes: {', '.join(scopes) if isinstance(scopes, list) else scopes}"
+                self.add("forge reachable", "ok", detail)
+                for warning in report.get("warnings", []):
+                    self.add("token scope", "warn", warning,
+                             "use a fine-grained token with only issues, pull requests and contents read/write, "
+                             "metadata read", required=False)
+                await self._labels(forge)
+        except ForgeError as exc:
+            self.add("forge reachable", "fail", str(exc),
+                     "check forge.api_url and forge.repo, and that the token can read the repository")
+
+    async def _labels(self, forge: object) -> None:
+        labels = self.config.labels
+        wanted = [labels.proposed, labels.approved, labels.in_progress, labels.needs_human]
+        missing = await forge.missing_labels(wanted)  # type: ignore[attr-defined]
+        if not missing:
+            self.add("labels", "ok", ", ".join(wanted))
+            return
+        create = self.fix or (self.ask is not None and self.ask(f"Create the missing labels {', '.join(missing)}?"))
+        if create:
+            created = await forge.ensure_labels(missing)  # type: ignore[attr-defined]
+            self.add("labels", "ok", f"created {', '.join(created) or 'none'}")
+        else:
+            self.add("labels", "fail", f"missing: {', '.join(missing)}", "run `fleet-tui check --fix` to create them")
+
+    def _docker(self) -> None:
+        import docker
+
+        runner = self.config.runner
+        try:
+            client = docker.from_env(timeout=10)
+            client.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the engine is the report
+            where = os.environ.get("DOCKER_HOST", "the local socket")
+            self.add("Docker engine", "fail", f"cannot reach the Docker engine at {where}: {exc}",
+                     "start Docker (or set DOCKER_HOST=tcp://… / ssh://…), or set runner.kind = \"local\"")
+            return
+        version = client.version().get("Version", "?")
+        self.add("Docker engine", "ok", f"{client.api.base_url} (engine {version})")
+        try:
+            client.images.get(runner.image)
+        except docker.errors.ImageNotFound:
+            self.add("agent image", "fail", f"{runner.image} is not on the engine",
+                     f"docker build -t {runner.image} docker/   (the Dockerfile ships with fleet-tui)")
+            return
+        self.add("agent image", "ok", runner.image)
+        for role, name, binary in self._engine_binaries():
+            try:
+                output = client.containers.run(runner.image, ["sh", "-c", f"command -v {binary}"], remove=True,
+                                               network_mode="none", user=runner.user, entrypoint=[])
+                self.add(f"{role} engine", "ok", f"{name}: {output.decode().strip()} in {runner.image}")
+            except docker.errors.ContainerError:
+                self.add(f"{role} engine", "fail", f"{binary} is not in {runner.image}",
+                         f"rebuild the image with {binary} installed (see docker/Dockerfile)")
+
+    def _engine_binaries(self) -> list[tuple[str, str, str]]:
+        import shlex
+
+        out = []
+        for role in ("pm", "dev", "qa"):
+            name = getattr(self.config.roles, role).engine
+            engine = self.config.engine(name)
+            if engine.kind == "scripted":
+                binary = "python3"
+            else:
+                parts = shlex.split(engine.command) if engine.command else [engine.kind]
+                binary = parts[0]
+            out.append((role, name, binary))
+        return out
+
+    def _local_engines(self) -> None:
+        for role, name, binary in self._engine_binaries():
+            if binary == "python3":
+                self.add(f"{role} engine", "ok", f"{name}: runs with {sys.executable}")
+                continue
+            found = shutil.which(binary)
+            if found:
+                self.add(f"{role} engine", "ok", f"{name}: {found}")
+            else:
+                self.add(f"{role} engine", "fail", f"{binary} is not on PATH",
+                         _INSTALL_HINTS.get(binary, f"install {binary} or change roles.{role}.engine"))
+
+    def _engine_env(self) -> None:
+        seen: set[str] = set()
+        for role in ("pm", "dev", "qa"):
+            engine = self.config.engine(getattr(self.config.roles, role).engine)
+            for var in engine.env:
+                if var in seen:
+                    continue
+                seen.add(var)
+                if os.environ.get(var):
+                    self.add(f"env {var}", "ok", "set (passed only to the runs of the engines that list it)",
+                             required=False)
+                else:
+                    self.add(f"env {var}", "warn", f"not set; {engine.kind} runs may fail to reach their model",
+                             f"export {var}=…", required=False)
+
+
+_INSTALL_HINTS = {
+    "codex": "npm install -g @openai/codex",
+    "claude": "npm install -g @anthropic-ai/claude-code",
+    "aider": "pipx install aider-chat",
+}
+
+_MARKS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red"), "skip": ("-", "dim")}
+
+
+def render(results: list[Check]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(show_header=True, header_style="bold", box=None, padding=(0, 1))
+    table.add_column("")
+    table.add_column("check")
+    table.add_column("result", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for check in results:
+        mark, colour = _MARKS[check.status]
+        table.add_row(Text(mark, style=colour), Text(check.name), Text(check.detail), Text(check.fix, style="cyan"))
+    Console().print(table)
+
+
+def run_check(config: FleetConfig, config_path: Path | None, *, repo: Path, state_dir: Path, fix: bool) -> int:
+    def ask(question: str) -> bool:
+        if not sys.stdin.isatty():
+            return False
+        try:
+            return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+        except EOFError:
+            return False
+
+    doctor = Doctor(config, config_path, repo, state_dir, fix=fix, ask=ask)
+    results = anyio.run(doctor.run)
+    render(results)
+    failed = [c for c in results if c.status == "fail" and c.required]
+    if failed:
+        print(f"\n{len(failed)} required check(s) failed.")
+        return 1
+    print("\nall required checks passed.")
+    return 0
