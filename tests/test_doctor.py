@@ -1,0 +1,74 @@
+"""`fleet-tui check`: a checklist with a fix per failure; non-zero exit while something required fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+LOCAL_SCRIPTED = """\
+[runner]
+kind = "local"
+[roles.pm]
+engine = "scripted"
+[roles.dev]
+engine = "scripted"
+[roles.qa]
+engine = "scripted"
+"""
+
+
+def check(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fleet_tui", "check", *args], cwd=cwd, capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=120)
+
+
+def _repo(path: Path) -> Path:
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
+    (path / "README.md").write_text("x\n")
+    subprocess.run(["git", "-C", str(path), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(path), "commit", "-qm", "init"], check=True)
+    return path
+
+
+def test_not_a_repository(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text(LOCAL_SCRIPTED)
+    result = check(tmp_path)
+    assert result.returncode == 1
+    assert "is not a git repository" in result.stdout
+    assert "run `git init`" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_missing_labels_then_fix(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text(LOCAL_SCRIPTED)
+    first = check(repo)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "missing: proposed, approved, fleet:in-progress, fleet:needs-human" in first.stdout
+    assert "fleet-tui check --fix" in first.stdout
+    fixed = check(repo, "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "created proposed, approved, fleet:in-progress, fleet:needs-human" in fixed.stdout
+    again = check(repo)
+    assert again.returncode == 0 and "all required checks passed" in again.stdout
+
+
+def test_missing_engine_cli_has_a_fix(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text(LOCAL_SCRIPTED.replace('[roles.dev]\nengine = "scripted"',
+                                                            '[roles.dev]\nengine = "codex"'))
+    result = check(repo, "--fix", env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 1
+    assert "codex is not on PATH" in result.stdout and "npm install -g @openai/codex" in result.stdout
+    assert "OPENAI_API_KEY" in result.stdout  # a warning, with what to export
+
+
+def test_github_without_token(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text('[forge]\nkind = "github"\nrepo = "octo/demo"\nuse_gh_cli = false\n'
+                                         + LOCAL_SCRIPTED)
+    result = check(tmp_path)
+    assert result.returncode == 1
+    assert "no token in GITHUB_TOKEN or GH_TOKEN" in result.stdout
+    assert "export GITHUB_TOKEN" in result.stdout
