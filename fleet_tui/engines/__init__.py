@@ -1,1 +1,158 @@
 """LLM workers: how each coding CLI is invoked headlessly and how its output is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fleet_tui.config import EngineConfig, FleetConfig
+    from fleet_tui.engines.base import Engine
+
+# Forge token variables that never enter an agent's environment, whatever the engine config lists.
+FORGE_TOKEN_NAMES: frozenset[str] = frozenset(
+    {"GITHUB_TOKEN", "GH_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN"}
+)
+# GitHub token shapes: a value like this is refused even under another variable name.
+_GITHUB_TOKEN_VALUE_RE = re.compile(r"^\s*(?:ghp_|gho_|ghs_|ghu_|ghr_|github_pat_)")
+# Linux refuses a single argv string longer than this (MAX_ARG_STRLEN); longer prompts go through stdin.
+MAX_PROMPT_ARG_BYTES = 100_000
+PROMPT_FILE = "prompt.md"
+
+
+class EngineConfigError(ValueError):
+    """An engine that cannot be built or run as configured; `str()` is the message to show."""
+
+
+def forbidden_env_names(config: FleetConfig | None = None) -> frozenset[str]:
+    """Variables that hold the forge token: the well-known names plus the ones fleet.toml reads it from."""
+    names = set(FORGE_TOKEN_NAMES)
+    if config is not None:
+        names.update(config.forge.token_env)
+        if config.forge.operator_token_env:
+            names.add(config.forge.operator_token_env)
+    return frozenset(names)
+
+
+def check_env_names(engine: str, names: Iterable[str], forbidden: Iterable[str]) -> None:
+    """Refuse an engine config that lists a forge token variable."""
+    refused = sorted(set(names) & set(forbidden))
+    if refused:
+        raise EngineConfigError(
+            f"engines.{engine}.env lists {', '.join(refused)}: the forge token never goes to an agent; "
+            "remove it (the orchestrator pushes and opens PRs itself)"
+        )
+
+
+def engine_env(
+    engine: str,
+    names: Iterable[str],
+    environ: Mapping[str, str],
+    scratch: str,
+    forbidden: Iterable[str] = FORGE_TOKEN_NAMES,
+) -> dict[str, str]:
+    """The agent's environment: the listed variables that exist in `environ`, and a HOME inside scratch."""
+    blocked = set(forbidden)
+    env: dict[str, str] = {}
+    for name in names:
+        if name in blocked or name not in environ:
+            continue
+        value = environ[name]
+        if _GITHUB_TOKEN_VALUE_RE.match(value):
+            raise EngineConfigError(
+                f"engines.{engine}.env: {name} holds a GitHub token; the forge token never goes to an agent"
+            )
+        env[name] = value
+    env["HOME"] = f"{scratch.rstrip('/')}/home"
+    return env
+
+
+def prompt_argv(argv: list[str], prompt: str, prompt_path: str, stdin_marker: str | None) -> tuple[str, ...]:
+    """`argv` with the prompt appended as the last argument, or, when it is too long for one argument,
+    fed on stdin from the prompt file (`stdin_marker` is what the CLI takes for "read the prompt from stdin")."""
+    if len(prompt.encode("utf-8")) <= MAX_PROMPT_ARG_BYTES or stdin_marker is None:
+        return (*argv, "--", prompt)
+    # `sh -c 'exec "$@" < file' file argv...`: the CLI still runs as the container's process, reading the file.
+    tail = [stdin_marker] if stdin_marker else []
+    return ("sh", "-c", 'exec "$@" < "$0"', prompt_path, *argv, *tail)
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """The JSON object on `line`, or None when the line is not one (plain text, malformed, a list...)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def as_int(value: object) -> int:
+    """A token count from untrusted JSON: ints and numeric strings, anything else is 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    if isinstance(value, float) and value == value:
+        return max(int(value), 0)
+    if isinstance(value, str):
+        try:
+            return max(int(float(value)), 0)
+        except ValueError:
+            return 0
+    return 0
+
+
+def as_float(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if number == number and number >= 0 else None
+
+
+def make_engine(name: str, config: FleetConfig, *, environ: Mapping[str, str] | None = None) -> Engine:
+    """The engine called `name` in `config` (an `[engines]` entry or a built-in), by its `kind`.
+
+    `environ` is the operator's environment the listed variables are read from (default: this process's,
+    read at each invocation). Raises EngineConfigError for a config that cannot work.
+    """
+    try:
+        engine_config: EngineConfig = config.engine(name)
+    except KeyError:
+        known = sorted(set(config.engines) | {"codex", "claude", "aider", "scripted"})
+        raise EngineConfigError(f"no engine named {name!r} (known: {', '.join(known)})") from None
+    forbidden = forbidden_env_names(config)
+    kind = engine_config.kind
+    if kind == "codex":
+        from fleet_tui.engines.codex import CodexEngine
+
+        return CodexEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+    if kind == "claude":
+        from fleet_tui.engines.claude import ClaudeEngine
+
+        return ClaudeEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+    if kind == "aider":
+        from fleet_tui.engines.aider import AiderEngine
+
+        return AiderEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+    if kind == "command":
+        from fleet_tui.engines.command import CommandEngine
+
+        return CommandEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+    if kind == "scripted":
+        from fleet_tui.engines.scripted import ScriptedEngine
+
+        return ScriptedEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+    raise EngineConfigError(f"engines.{name}.kind {kind!r} is not known")
+
+
+def current_environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ

@@ -1,0 +1,215 @@
+"""The Codex CLI engine: `codex exec --json` and its JSONL thread/turn/item events.
+
+Event shapes follow codex-rs/exec's `exec_events.rs` (checked against codex-cli 0.169.0):
+`thread.started`, `turn.started`, `item.started|updated|completed` (item types agent_message, reasoning,
+command_execution, file_change, mcp_tool_call, web_search, todo_list, error, ...), `turn.completed` with
+`usage` {input_tokens, cached_input_tokens, output_tokens} (totals of the thread so far), `turn.failed`
+and `error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from fleet_tui.config import EngineConfig
+from fleet_tui.engines import (
+    FORGE_TOKEN_NAMES,
+    PROMPT_FILE,
+    as_int,
+    check_env_names,
+    current_environ,
+    engine_env,
+    json_object,
+    prompt_argv,
+)
+from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
+from fleet_tui.engines.prices import priced_usage
+from fleet_tui.model import Usage
+
+LAST_MESSAGE_FILE = "last_message.txt"
+# A command's output is shown up to this many lines; the rest is counted, not shown.
+MAX_OUTPUT_LINES = 60
+
+
+class CodexEngine:
+    """Builds `codex exec` command lines. The container is the sandbox, so Codex's own is bypassed."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        name: str = "codex",
+        environ: Mapping[str, str] | None = None,
+        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self._environ = environ
+        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
+        check_env_names(name, config.env, self._forbidden)
+
+    def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
+        scratch = scratch.rstrip("/")
+        argv = [
+            self.config.command or "codex",
+            "exec",
+            "--json",
+            # Codex's landlock/seccomp sandbox does not work inside an unprivileged container, and it is not
+            # needed: the run's container (limits, network policy, no secrets) is the sandbox.
+            "--dangerously-bypass-approvals-and-sandbox",
+            "--skip-git-repo-check",
+            "-C",
+            workdir,
+            "-o",
+            f"{scratch}/{LAST_MESSAGE_FILE}",
+        ]
+        if self.config.model:
+            argv += ["-m", self.config.model]
+        argv += self.config.args
+        # Codex reads stdin until EOF even with a prompt argument (the runner gives it /dev/null); "-" makes
+        # it take the whole prompt from stdin, used for prompts too long for one argument.
+        full = prompt_argv(argv, task.prompt, f"{scratch}/{PROMPT_FILE}", stdin_marker="-")
+        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+        return Invocation(argv=full, env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)
+
+    def parser(self) -> CodexParser:
+        return CodexParser(self.config)
+
+
+class CodexParser:
+    """Turns `codex exec --json` lines into log lines and usage; never raises on odd input."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        self.usage = Usage()
+        self.last_message = ""
+        self.errors: list[str] = []
+        self.turn_failed = False
+        self.thread_id = ""
+
+    def feed(self, line: str) -> list[Output]:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return []
+        event = json_object(line)
+        if event is None or not isinstance(event.get("type"), str):
+            return [LogLine(line)]
+        try:
+            out = self._event(event)
+        except (AttributeError, TypeError, ValueError, KeyError):
+            out = None
+        return [LogLine(line)] if out is None else out
+
+    def _event(self, event: dict[str, Any]) -> list[Output] | None:
+        kind = event["type"]
+        if kind == "thread.started":
+            self.thread_id = str(event.get("thread_id", ""))
+            return [LogLine(f"codex: thread {self.thread_id} started", "event")]
+        if kind == "turn.started":
+            return [LogLine("codex: turn started", "event")]
+        if kind == "turn.completed":
+            usage = event.get("usage")
+            if not isinstance(usage, dict):
+                return None
+            self.usage = priced_usage(
+                self._config,
+                input_tokens=as_int(usage.get("input_tokens")),
+                output_tokens=as_int(usage.get("output_tokens")),
+                cached_tokens=as_int(usage.get("cached_input_tokens")),
+            )
+            u = self.usage
+            return [
+                UsageUpdate(u),
+                LogLine(f"codex: turn completed: {u.input_tokens} in ({u.cached_tokens} cached), "
+                        f"{u.output_tokens} out, ${u.cost_usd:.4f}", "event"),
+            ]
+        if kind == "turn.failed":
+            self.turn_failed = True
+            error = event.get("error")
+            message = str(error.get("message", "")) if isinstance(error, dict) else str(error or "")
+            self.errors.append(message)
+            return [LogLine(f"codex: turn failed: {message}", "err")]
+        if kind == "error":
+            message = str(event.get("message", ""))
+            self.errors.append(message)
+            return [LogLine(f"codex: error: {message}", "err")]
+        if kind in ("item.started", "item.updated", "item.completed"):
+            item = event.get("item")
+            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+                return None
+            return self._item(kind.split(".", 1)[1], item)
+        return None  # unknown event: shown as the raw line
+
+    def _item(self, phase: str, item: dict[str, Any]) -> list[Output] | None:
+        kind = item["type"]
+        if kind == "agent_message":
+            if phase != "completed":
+                return []
+            text = str(item.get("text", ""))
+            self.last_message = text
+            return _lines(text, "out")
+        if kind == "reasoning":
+            return _lines(str(item.get("text", "")), "event", prefix="thinking: ") if phase == "completed" else []
+        if kind == "plan":
+            return _lines(str(item.get("text", "")), "event", prefix="plan: ") if phase == "completed" else []
+        if kind == "command_execution":
+            command = str(item.get("command", ""))
+            if phase == "started":
+                return [LogLine(f"$ {command}", "event")]
+            if phase != "completed":
+                return []
+            shown = _lines(str(item.get("aggregated_output", "")), "out", limit=MAX_OUTPUT_LINES)
+            status = item.get("status", "")
+            code = item.get("exit_code")
+            shown.append(LogLine(f"codex: command {status} (exit {code}): {command}", "event"))
+            return shown
+        if kind == "file_change":
+            if phase != "completed":
+                return []
+            changes = item.get("changes") or []
+            status = item.get("status", "")
+            edits: list[Output] = []
+            for change in changes if isinstance(changes, list) else []:
+                if isinstance(change, dict):
+                    edits.append(LogLine(f"codex: {change.get('kind', 'change')} {change.get('path', '?')} "
+                                         f"({status})", "event"))
+            return edits or [LogLine(f"codex: file change ({status})", "event")]
+        if kind == "mcp_tool_call":
+            return [LogLine(f"codex: tool {item.get('server', '?')}.{item.get('tool', '?')} "
+                            f"{item.get('status', phase)}", "event")]
+        if kind == "web_search":
+            return [LogLine(f"codex: web search {item.get('query', '')!s}", "event")] if phase == "started" else []
+        if kind == "todo_list":
+            todo = item.get("items") or []
+            return [LogLine(f"[{'x' if entry.get('completed') else ' '}] {entry.get('text', '')}", "event")
+                    for entry in todo if isinstance(entry, dict)]
+        if kind == "error":
+            message = str(item.get("message", ""))
+            return [LogLine(f"codex: {message}", "err")]
+        return None  # unknown item type: shown as the raw line
+
+    def result(self, exit_code: int, scratch: Path) -> EngineResult:
+        summary = self.last_message
+        try:
+            written = (Path(scratch) / LAST_MESSAGE_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            written = ""
+        if written.strip():
+            summary = written.strip()
+        ok = exit_code == 0 and not self.turn_failed
+        if not summary and self.errors:
+            summary = self.errors[-1]
+        return EngineResult(ok=ok, summary=summary, usage=self.usage)
+
+
+def _lines(text: str, stream: str, *, prefix: str = "", limit: int | None = None) -> list[Output]:
+    rows = text.splitlines() or ([text] if text else [])
+    out: list[Output] = []
+    shown = rows if limit is None else rows[:limit]
+    for index, row in enumerate(shown):
+        out.append(LogLine(f"{prefix}{row}" if index == 0 else row, stream))
+    if limit is not None and len(rows) > limit:
+        out.append(LogLine(f"… {len(rows) - limit} more lines", "event"))
+    return out
