@@ -1,0 +1,354 @@
+"""Supervision of one agent run: start it on a runner, pump its output through the engine's parser into the
+run log and to subscribers, account for usage, kill it at its timeout or budget, and report the outcome.
+
+Subscribers get sanitized display lines in batches through bounded buffers: one that does not keep up
+loses its oldest lines and never slows the run. The run log gets every raw line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+
+from fleet_tui.engines.base import Engine, EngineResult, LogLine, Task, UsageUpdate
+from fleet_tui.model import RunState, Usage
+from fleet_tui.runners.base import RunHandle, Runner, RunSpec
+from fleet_tui.untrusted import line_for_terminal
+from fleet_tui.workspace import SAFE_DIRECTORY_ENV, write_scratch_files
+
+Publish = Callable[[tuple[str, ...]], None]  # must not block: called from the run's pump
+
+
+class RunLogWriter(Protocol):
+    """What the supervisor needs of the journal's per-run log."""
+
+    def write(self, line: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Limits of one run; 0 means no limit."""
+
+    tokens: int = 0
+    usd: float = 0.0
+
+    def exceeded(self, usage: Usage) -> str:
+        """Why `usage` is over this budget, or "" when it is not."""
+        if self.tokens and usage.tokens > self.tokens:
+            return f"token budget of {self.tokens} passed ({usage.tokens} tokens used)"
+        if self.usd and usage.cost_usd > self.usd:
+            return f"budget of ${self.usd:.2f} passed (${usage.cost_usd:.2f} spent)"
+        return ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended: what the orchestrator records in the journal and acts on."""
+
+    run_id: str
+    state: RunState
+    exit_code: int | None
+    usage: Usage
+    result: EngineResult
+    reason: str = ""
+    last_line: str = ""  # sanitized
+    started_at: float = 0.0  # epoch seconds
+    ended_at: float = 0.0
+    lines: int = 0  # raw lines seen
+
+
+class Subscription:
+    """One subscriber's view of a `LineFeed`: iterate for batches of lines; old lines go when it lags."""
+
+    def __init__(self, feed: LineFeed, maxlen: int) -> None:
+        self._feed = feed
+        self._buffer: deque[str] = deque(maxlen=maxlen)
+        self._ready = anyio.Event()
+        self._closed = False
+        self.dropped = 0
+
+    def _push(self, lines: Sequence[str]) -> None:
+        overflow = len(self._buffer) + len(lines) - (self._buffer.maxlen or 0)
+        if overflow > 0:
+            self.dropped += overflow
+        self._buffer.extend(lines)
+        self._ready.set()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, ...]]:
+        return self
+
+    async def __anext__(self) -> tuple[str, ...]:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            await self._ready.wait()
+            self._ready = anyio.Event()
+        batch = tuple(self._buffer)
+        self._buffer.clear()
+        return batch
+
+    def close(self) -> None:
+        self._feed._subs.discard(self)
+        self._close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LineFeed:
+    """Fan-out of display lines to any number of subscribers; `publish` never blocks."""
+
+    def __init__(self, maxlen: int = 5000) -> None:
+        self.maxlen = maxlen
+        self._subs: set[Subscription] = set()
+        self.closed = False
+
+    def subscribe(self, maxlen: int | None = None) -> Subscription:
+        sub = Subscription(self, maxlen or self.maxlen)
+        if self.closed:
+            sub._close()
+        else:
+            self._subs.add(sub)
+        return sub
+
+    def publish(self, lines: tuple[str, ...]) -> None:
+        for sub in list(self._subs):
+            sub._push(lines)
+
+    def close(self) -> None:
+        """The run ended: subscribers finish once they have read what is buffered."""
+        self.closed = True
+        for sub in list(self._subs):
+            sub._close()
+        self._subs.clear()
+
+
+class AgentSupervisor:
+    """Runs one agent from start (or re-attach) to outcome. Make one per run."""
+
+    def __init__(self, runner: Runner, engine: Engine, *, log: RunLogWriter, publish: Publish | None = None,
+                 budget: Budget = Budget(), feed: LineFeed | None = None, flush_interval_s: float = 0.05,
+                 batch_max: int = 500, drain_s: float = 10.0, cleanup: bool = True) -> None:
+        self.runner = runner
+        self.engine = engine
+        self.log = log
+        self.budget = budget
+        self.feed = feed or LineFeed()
+        self._publishers: list[Publish] = [self.feed.publish, *([publish] if publish else [])]
+        self._flush_interval_s = flush_interval_s
+        self._batch_max = batch_max
+        self._drain_s = drain_s
+        self._cleanup = cleanup
+        self.state = RunState.QUEUED
+        self.usage = Usage()
+        self.lines_seen = 0
+        self.last_line = ""
+        self._pending: list[str] = []
+        self._handle: RunHandle | None = None
+        self._kill_state: RunState | None = None
+        self._kill_reason = ""
+        self._stop_requested = False
+        self._kill_requested = anyio.Event()
+
+    # --- building the run ---------------------------------------------------------------------
+
+    def build_spec(self, task: Task, *, workspace: Path, scratch: Path, timeout_s: float, network: str = "none",
+                   labels: dict[str, str] | None = None, extra_env: dict[str, str] | None = None) -> RunSpec:
+        """The RunSpec of `task`: the engine's invocation with its files written into `scratch`. A run
+        whose engine needs no model API gets no network, whatever `network` says."""
+        workdir, scratch_seen = self.runner.paths(workspace, scratch)
+        invocation = self.engine.invocation(task, workdir=workdir, scratch=scratch_seen)
+        write_scratch_files(scratch, invocation.files)
+        env = {**SAFE_DIRECTORY_ENV, **(extra_env or {}), **invocation.env}
+        invocation = type(invocation)(argv=invocation.argv, env=env, files=invocation.files,
+                                      needs_network=invocation.needs_network,
+                                      stdin_devnull=invocation.stdin_devnull)
+        return RunSpec(run_id=task.run_id, role=task.role, issue=task.issue, invocation=invocation,
+                       workspace=workspace, scratch=scratch, timeout_s=timeout_s,
+                       network=network if invocation.needs_network else "none", labels=dict(labels or {}))
+
+    # --- running ------------------------------------------------------------------------------
+
+    async def run(self, spec: RunSpec) -> RunOutcome:
+        """Start `spec` and supervise it to the end."""
+        started = time.time()
+        self.state = RunState.STARTING
+        try:
+            handle = await self.runner.start(spec)
+        except Exception as exc:  # noqa: BLE001 - any start failure is a failed run with a reason
+            reason = f"could not start: {exc}"
+            self._note(f"[fleet] {reason}")
+            self._flush()
+            self.feed.close()
+            self.state = RunState.FAILED
+            return RunOutcome(spec.run_id, RunState.FAILED, None, Usage(), EngineResult(ok=False, summary=reason),
+                              reason, line_for_terminal(reason), started, time.time())
+        return await self._supervise(handle, spec.scratch, spec.timeout_s, started)
+
+    async def reattach(self, run_id: str, *, scratch: Path, timeout_s: float | None = None,
+                       started_at: float | None = None) -> RunOutcome:
+        """Supervise a run found by `runner.find_runs()` after a restart. Output from now on is parsed by a
+        fresh parser, so usage reported before the restart is not counted again here."""
+        handle = await self.runner.attach(run_id)
+        started = started_at if started_at is not None else float(getattr(handle, "started_at", time.time()))
+        return await self._supervise(handle, scratch, timeout_s, started)
+
+    async def stop(self, reason: str = "stopped by the operator") -> None:
+        """The operator's stop: kill the run now; the outcome says STOPPED."""
+        self._stop_requested = True
+        await self._kill(RunState.STOPPED, reason)
+
+    async def _supervise(self, handle: RunHandle, scratch: Path, timeout_s: float | None,
+                         started: float) -> RunOutcome:
+        self._handle = handle
+        self.state = RunState.RUNNING
+        parser = self.engine.parser()
+        pump_done = anyio.Event()
+        exit_code: int | None = None
+        error = ""
+
+        async def pump() -> None:
+            try:
+                async for raw in handle.lines():
+                    self._on_line(raw, parser)
+            except Exception as exc:  # noqa: BLE001 - a broken stream must not lose the run's result
+                self._note(f"[fleet] log stream ended early: {exc}")
+            finally:
+                pump_done.set()
+
+        async def killer() -> None:
+            await self._kill_requested.wait()
+            await handle.stop()
+
+        async def flusher() -> None:
+            while True:
+                await anyio.sleep(self._flush_interval_s)
+                self._flush()
+
+        # Backstop for a runner that does not enforce the timeout itself; runners answer 124 at it.
+        guard_s = math.inf if timeout_s is None else max(0.0, started + timeout_s - time.time()) + 15.0
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump)
+            tg.start_soon(flusher)
+            tg.start_soon(killer)
+            if self._stop_requested:
+                self._kill_requested.set()
+            try:
+                with anyio.move_on_after(guard_s) as guard:
+                    exit_code = await handle.wait()
+                if guard.cancelled_caught:
+                    self._kill_state = self._kill_state or RunState.TIMED_OUT
+                    self._kill_reason = self._kill_reason or f"timed out after {timeout_s:g} s"
+                    await handle.stop()
+                    with anyio.move_on_after(30):
+                        exit_code = await handle.wait()
+            except Exception as exc:  # noqa: BLE001 - the runner lost the run (engine gone, container removed)
+                error = str(exc)
+            with anyio.move_on_after(self._drain_s):
+                await pump_done.wait()
+            tg.cancel_scope.cancel()
+
+        state, reason = self._judge(handle, exit_code, error, timeout_s)
+        if reason and state is not RunState.SUCCEEDED:
+            self._note(f"[fleet] {reason}")
+        self._flush()
+        self.feed.close()
+        try:
+            result = parser.result(exit_code if exit_code is not None else -1, scratch)
+        except Exception as exc:  # noqa: BLE001 - an engine bug must not lose the outcome
+            result = EngineResult(ok=False, summary=f"could not read the result: {exc}", usage=self.usage)
+        usage = result.usage if (result.usage.tokens or result.usage.cost_usd) else self.usage
+        if state is RunState.SUCCEEDED and not result.ok:
+            state, reason = RunState.FAILED, "the agent reported failure"
+        self.state = state
+        self.usage = usage
+        if self._cleanup:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+                try:
+                    await self.runner.cleanup(handle.run_id)
+                except Exception:  # noqa: BLE001 - a leftover container is found again by find_runs
+                    pass
+        return RunOutcome(handle.run_id, state, exit_code, usage, result, reason, self.last_line, started,
+                          time.time(), self.lines_seen)
+
+    def _judge(self, handle: RunHandle, exit_code: int | None, error: str,
+               timeout_s: float | None) -> tuple[RunState, str]:
+        if self._kill_state is not None:
+            return self._kill_state, self._kill_reason
+        if error:
+            return RunState.LOST, f"lost the run: {error}"
+        if getattr(handle, "timed_out", False):
+            return RunState.TIMED_OUT, f"timed out after {timeout_s:g} s" if timeout_s else "timed out"
+        if getattr(handle, "stopped", False):
+            return RunState.STOPPED, "stopped"
+        if exit_code == 0:
+            return RunState.SUCCEEDED, ""
+        reason = f"exited with code {exit_code}"
+        if getattr(handle, "oom_killed", False):
+            reason += " (out of memory)"
+        return RunState.FAILED, reason
+
+    # --- output -------------------------------------------------------------------------------
+
+    def _on_line(self, raw: str, parser: Any) -> None:
+        self.lines_seen += 1
+        self.log.write(raw)
+        try:
+            outputs = parser.feed(raw)
+        except Exception:  # noqa: BLE001 - the contract says never raises; keep the line if one does
+            outputs = [LogLine(raw)]
+        for out in outputs:
+            if isinstance(out, LogLine):
+                shown = line_for_terminal(out.text)
+                self._pending.append(shown)
+                if shown.strip():
+                    self.last_line = shown
+            elif isinstance(out, UsageUpdate):
+                self.usage = out.usage
+                over = self.budget.exceeded(out.usage)
+                if over and self._kill_state is None:
+                    self._start_kill(RunState.OVER_BUDGET, over)
+        if len(self._pending) >= self._batch_max:
+            self._flush()
+
+    def _start_kill(self, state: RunState, reason: str) -> None:
+        """Ask for a kill from inside the pump; the killer task stops the run while the pump keeps reading."""
+        self._kill_state, self._kill_reason = state, reason
+        self._kill_requested.set()
+
+    async def _kill(self, state: RunState, reason: str) -> None:
+        if self._kill_state is None:
+            self._kill_state, self._kill_reason = state, reason
+        if self._handle is not None:
+            await self._handle.stop()
+
+    def _note(self, line: str) -> None:
+        """A line of our own in the log and the feed (why a run was killed, why it could not start)."""
+        self.log.write(line)
+        self._pending.append(line_for_terminal(line))
+        self.last_line = line_for_terminal(line)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        batch = tuple(self._pending)
+        self._pending.clear()
+        for publish in self._publishers:
+            publish(batch)
