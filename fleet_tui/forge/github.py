@@ -1,0 +1,861 @@
+"""The GitHub forge: the `Forge` protocol over GitHub's REST API through githubkit.
+
+Owns the request queue (serial, writes spaced, rate limits obeyed by pausing rather than sleeping),
+conditional requests (githubkit's hishel cache revalidates with ETags, so an unchanged poll is a free 304),
+the two identities (fleet and operator), pushing branches with the fleet's credentials, and the token report
+for `fleet-tui check`. The fleet can comment on a pull request; nothing here can accept or land one.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+import anyio
+
+from fleet_tui.forge.base import ForgeError, NotFound, Permission, RateLimitedError
+from fleet_tui.model import (
+    Actor,
+    CIState,
+    Comment,
+    Issue,
+    LabelEvent,
+    PullRequest,
+    RateLimit,
+    Review,
+    ReviewComment,
+)
+
+if TYPE_CHECKING:
+    import httpx
+    from githubkit import GitHub
+
+    from fleet_tui.config import FleetConfig
+
+T = TypeVar("T")
+RateListener = Callable[[RateLimit], None]
+
+# Classic-token scopes the fleet can use; anything else is more than it needs.
+NEEDED_SCOPES = frozenset({"repo", "public_repo"})
+HARMLESS_SCOPES = frozenset({"read:org", "read:user", "user:email", "repo:status", "public_repo"})
+DANGEROUS_SCOPES = ("workflow", "delete_repo", "admin:", "write:packages", "delete:packages", "site_admin",
+                    "write:org", "user", "codespace", "gist", "write:discussion")
+
+_WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+_CI_OK = frozenset({"success", "neutral", "skipped"})
+_SECONDARY_RE = re.compile(r"secondary rate|abuse", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AppCredentials:
+    """A GitHub App installation the fleet writes as."""
+
+    app_id: int
+    installation_id: int
+    private_key: str
+
+
+class _Transient(ForgeError):
+    """A 5xx or a timeout: the request may or may not have taken effect."""
+
+
+@dataclass
+class _Meter:
+    """What the wire saw (below the http cache): real requests, 304s, rate points spent."""
+
+    requests: int = 0
+    gets: int = 0
+    not_modified: int = 0
+    remaining: int | None = None
+    limit: int | None = None
+    reset: int | None = None
+
+    @property
+    def points(self) -> int:
+        return self.requests - self.not_modified
+
+
+def _metered_transport(meter: _Meter, timeout: float) -> httpx.AsyncBaseTransport:
+    import httpx
+
+    # The http cache rebuilds requests without the client's timeout extension; put it back here.
+    timeouts = httpx.Timeout(timeout).as_dict()
+
+    class MeteredTransport(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if not request.extensions.get("timeout"):
+                request.extensions = {**request.extensions, "timeout": timeouts}
+            response = await super().handle_async_request(request)
+            meter.requests += 1
+            if request.method == "GET":
+                meter.gets += 1
+            if response.status_code == 304:
+                meter.not_modified += 1
+            headers = response.headers
+            if headers.get("x-ratelimit-resource", "core") == "core":
+                for attr, name in (("remaining", "x-ratelimit-remaining"), ("limit", "x-ratelimit-limit"),
+                                   ("reset", "x-ratelimit-reset")):
+                    value = headers.get(name)
+                    if value is not None and value.isdigit():
+                        setattr(meter, attr, int(value))
+            return response
+
+    return MeteredTransport(retries=0)
+
+
+class _Identity:
+    """One authenticated githubkit client, its wire meter and its login."""
+
+    def __init__(self, github: GitHub[Any], meter: _Meter, token: str | None, app: AppCredentials | None) -> None:
+        self.github = github
+        self.meter = meter
+        self.token = token
+        self.app = app
+        self.actor: Actor | None = None
+
+
+class GitHubForge:
+    """`Forge` on GitHub (or GitHub Enterprise Server: `base_url="https://HOST/api/v3/"`)."""
+
+    kind = "github"
+
+    def __init__(
+        self,
+        repo: str,
+        *,
+        token: str | None = None,
+        app: AppCredentials | None = None,
+        operator_token: str | None = None,
+        base_url: str = "https://api.github.com",
+        timeout: float = 30.0,
+        write_spacing: float = 1.0,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        secondary_backoff: float = 60.0,
+        max_wait: float = 5.0,
+        max_pause: float = 3600.0,
+        per_page: int = 100,
+        git_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        conditional: bool = True,
+    ) -> None:
+        """`write_spacing`: seconds between two writes. `max_wait`: longest rate-limit pause a call sits
+        out; a longer one raises `RateLimitedError` and pauses the queue. `max_retries` / `retry_backoff`:
+        5xx and timeouts. `secondary_backoff`: first wait on a secondary limit without `retry-after`,
+        doubled each time in a row. `git_url`: where `push_branch` pushes (derived from `base_url`).
+        `clock`: wall time, for tests. `conditional=False` sends no ETags (for comparison only)."""
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+            raise ValueError(f"repo must be 'owner/name', got {repo!r}")
+        if token is None and app is None:
+            raise ValueError("a token or GitHub App credentials are needed")
+        self.repo = repo
+        self.owner, self.name = repo.split("/", 1)
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.timeout = timeout
+        self.write_spacing = write_spacing
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.secondary_backoff = secondary_backoff
+        self.max_wait = max_wait
+        self.max_pause = max_pause
+        self.per_page = per_page
+        self.git_url = git_url or self._default_git_url()
+        self._clock = clock
+        self.conditional = conditional
+        self._token = token
+        self._app = app
+        self._operator_token = operator_token
+        self._fleet: _Identity | None = None
+        self._operator: _Identity | None = None
+        self._queue = anyio.Lock()
+        self._last_write = -math.inf
+        self._paused_until: float | None = None
+        self._pause_reason = ""
+        self._secondary_strikes = 0
+        self._listeners: list[RateListener] = []
+        self._pull_details: dict[int, tuple[tuple[str, str], tuple[tuple[str, ...], tuple[Review, ...],
+                                                                   tuple[ReviewComment, ...]]]] = {}
+
+    # --- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: FleetConfig, token: str, operator_token: str | None = None,
+                    **options: Any) -> GitHubForge:
+        """The forge fleet.toml describes; `token` is the fleet's (unused when an App is configured)."""
+        forge = config.forge
+        app = None
+        if forge.app_id is not None and forge.app_installation_id is not None:
+            key_path = Path(forge.app_private_key_path).expanduser()
+            try:
+                key = key_path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ForgeError(f"forge.app_private_key_path: cannot read {key_path}: {exc.strerror}") from None
+            app = AppCredentials(forge.app_id, forge.app_installation_id, key)
+        return cls(forge.repo, token=None if app else token, app=app, operator_token=operator_token,
+                   base_url=forge.api_url, timeout=forge.timeout_s, **options)
+
+    def _default_git_url(self) -> str:
+        host = self.base_url.split("//", 1)[-1].split("/", 1)[0]
+        web = "github.com" if host == "api.github.com" else host
+        return f"https://{web}/{self.repo}.git"
+
+    def _client(self, token: str | None, app: AppCredentials | None) -> _Identity:
+        from githubkit import AppInstallationAuthStrategy, GitHub, TokenAuthStrategy
+        from githubkit.cache import MemCacheStrategy
+
+        meter = _Meter()
+        auth: Any = (AppInstallationAuthStrategy(app.app_id, app.private_key, app.installation_id)
+                     if app is not None else TokenAuthStrategy(token or ""))
+        github = GitHub(
+            auth, base_url=self.base_url, timeout=self.timeout, auto_retry=False, http_cache=self.conditional,
+            cache_strategy=MemCacheStrategy(),  # one cache per identity: cached replies never cross tokens
+            async_transport=_metered_transport(meter, self.timeout), user_agent="fleet-tui",
+        )
+        return _Identity(github, meter, token, app)
+
+    def _app_client(self, app: AppCredentials) -> GitHub[Any]:
+        """A client that speaks as the App itself (a JWT), for /app and installation tokens."""
+        from githubkit import AppAuthStrategy, GitHub
+
+        return GitHub(AppAuthStrategy(app.app_id, app.private_key), base_url=self.base_url, timeout=self.timeout,
+                      auto_retry=False, http_cache=False, user_agent="fleet-tui")
+
+    async def __aenter__(self) -> GitHubForge:
+        self._fleet = self._client(self._token, self._app)
+        await self._fleet.github.__aenter__()
+        if self._operator_token:
+            self._operator = self._client(self._operator_token, None)
+            await self._operator.github.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for ident in (self._operator, self._fleet):
+            if ident is not None:
+                await ident.github.__aexit__(None, None, None)
+        self._fleet = self._operator = None
+
+    @property
+    def fleet_is_separate(self) -> bool:
+        """The fleet writes as its own bot or App, apart from the operator."""
+        return self._app is not None or bool(self._operator_token)
+
+    def _ident(self, as_operator: bool = False) -> _Identity:
+        ident = self._operator if as_operator and self._operator is not None else self._fleet
+        if ident is None:
+            raise ForgeError("the GitHub forge is not open (use `async with forge:`)")
+        return ident
+
+    @property
+    def _rest(self) -> Any:
+        return self._ident().github.rest
+
+    # --- rate limits and the queue -------------------------------------------------------------
+    def add_rate_listener(self, listener: RateListener) -> None:
+        """Call `listener(rate_limit)` whenever the queue pauses or resumes."""
+        self._listeners.append(listener)
+
+    def remove_rate_listener(self, listener: RateListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    @property
+    def rate_limit(self) -> RateLimit:
+        meters = [i.meter for i in (self._fleet, self._operator) if i is not None]
+        fleet = meters[0] if meters else _Meter()
+        gets = sum(m.gets for m in meters)
+        not_modified = sum(m.not_modified for m in meters)
+        paused = self._paused_until if self._paused_until and self._paused_until > self._clock() else None
+        return RateLimit(
+            remaining=fleet.remaining, limit=fleet.limit,
+            reset_at=datetime.fromtimestamp(fleet.reset, UTC) if fleet.reset else None,
+            paused_until=datetime.fromtimestamp(paused, UTC) if paused else None,
+            not_modified_share=(not_modified / gets) if gets else 0.0,
+        )
+
+    @property
+    def wire(self) -> dict[str, int]:
+        """Requests that reached the network, 304s among them, and primary rate points spent."""
+        meters = [i.meter for i in (self._fleet, self._operator) if i is not None]
+        return {"requests": sum(m.requests for m in meters), "not_modified": sum(m.not_modified for m in meters),
+                "points": sum(m.points for m in meters)}
+
+    def pause_message(self) -> str:
+        """"rate limited until HH:MM" while paused, else ""."""
+        until = self.rate_limit.paused_until
+        if until is None:
+            return ""
+        return f"rate limited until {until.astimezone().strftime('%H:%M')} ({self._pause_reason})"
+
+    def _publish(self) -> None:
+        rate = self.rate_limit
+        for listener in list(self._listeners):
+            listener(rate)
+
+    def _pause(self, seconds: float, reason: str) -> None:
+        seconds = min(max(seconds, 0.0), self.max_pause)
+        until = self._clock() + seconds
+        if self._paused_until is None or until > self._paused_until:
+            self._paused_until = until
+            self._pause_reason = reason
+            self._publish()
+
+    async def _wait_pause(self) -> None:
+        if self._paused_until is None:
+            return
+        left = self._paused_until - self._clock()
+        if left <= 0:
+            self._paused_until = None
+            self._pause_reason = ""
+            self._publish()
+            return
+        if left > self.max_wait:
+            until = datetime.fromtimestamp(self._paused_until, UTC)
+            raise RateLimitedError(f"GitHub {self.pause_message()}; the queued action runs after that", until)
+        await anyio.sleep(left)
+        self._paused_until = None
+        self._pause_reason = ""
+        self._publish()
+
+    async def _space_write(self) -> None:
+        wait = self._last_write + self.write_spacing - time.monotonic()
+        if wait > 0:
+            await anyio.sleep(wait)
+
+    def _limit_seconds(self, response: httpx.Response) -> tuple[float, str] | None:
+        """How long a 403/429 asks us to wait, or None when it is not a rate limit."""
+        headers = response.headers
+        try:
+            message = str(response.json().get("message", ""))
+        except Exception:
+            message = ""
+        retry_after = headers.get("retry-after")
+        remaining = headers.get("x-ratelimit-remaining")
+        reset = headers.get("x-ratelimit-reset")
+        secondary = bool(_SECONDARY_RE.search(message)) or (retry_after is not None and remaining != "0")
+        if secondary:
+            self._secondary_strikes += 1
+            base = float(retry_after) if retry_after and retry_after.isdigit() else self.secondary_backoff
+            return base * 2 ** (self._secondary_strikes - 1), "secondary rate limit"
+        if remaining == "0":
+            if retry_after and retry_after.isdigit():
+                return float(retry_after), "primary rate limit"
+            if reset and reset.isdigit():
+                return max(0.0, int(reset) - self._clock()) + 1.0, "primary rate limit"
+            return 60.0, "primary rate limit"
+        if response.status_code == 429:
+            return self.secondary_backoff, "too many requests"
+        return None
+
+    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, method: str = "GET", what: str = "",
+                    retry_transient: bool = True, **kwargs: Any) -> T:
+        """Run one request through the queue: pauses obeyed, writes spaced, limits and 5xx handled."""
+        from githubkit.exception import RequestError, RequestFailed, RequestTimeout
+
+        what = what or f"{method} {getattr(fn, '__name__', 'request').removeprefix('async_')}"
+        attempt = 0
+        while True:
+            failure = ""
+            async with self._queue:
+                await self._wait_pause()
+                write = method in _WRITE_METHODS
+                if write:
+                    await self._space_write()
+                try:
+                    result = await fn(*args, **kwargs)
+                except RequestFailed as exc:
+                    raw = exc.response.raw_response
+                    status = raw.status_code
+                    limit = self._limit_seconds(raw) if status in (403, 429) else None
+                    if limit is not None:
+                        seconds, reason = limit
+                        self._pause(seconds, reason)
+                        if seconds > self.max_wait:
+                            until = datetime.fromtimestamp(self._paused_until or self._clock(), UTC)
+                            raise RateLimitedError(f"GitHub {self.pause_message()} during {what}", until) from None
+                        continue  # a short pause: _wait_pause sleeps it out on the next turn
+                    if status >= 500:
+                        failure = f"{status} {raw.reason_phrase}"
+                    else:
+                        raise self._client_error(exc, what) from None
+                except (RequestTimeout, RequestError) as exc:
+                    failure = "no answer (timeout)" if isinstance(exc, RequestTimeout) else f"network error ({exc})"
+                else:
+                    self._secondary_strikes = 0
+                    self._note_primary()
+                    return result
+                finally:
+                    if write:
+                        self._last_write = time.monotonic()
+            attempt += 1
+            if not retry_transient:
+                raise _Transient(f"GitHub {what}: {failure}")
+            if attempt > self.max_retries:
+                raise ForgeError(f"GitHub {what} failed {attempt} times ({failure}); the next poll tries again")
+            await anyio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+
+    def _note_primary(self) -> None:
+        meter = self._ident().meter
+        if meter.remaining == 0 and meter.reset:
+            self._pause(max(0.0, meter.reset - self._clock()) + 1.0, "primary rate limit")
+
+    @staticmethod
+    def _client_error(exc: Any, what: str) -> ForgeError:
+        raw = exc.response.raw_response
+        try:
+            message = str(raw.json().get("message", ""))
+        except Exception:
+            message = raw.text[:200]
+        if raw.status_code == 404:
+            return NotFound(f"GitHub {what}: not found")
+        if raw.status_code == 401:
+            return ForgeError(f"GitHub {what}: the token was refused (401 {message}); check GITHUB_TOKEN")
+        error = ForgeError(f"GitHub {what}: {raw.status_code} {message}")
+        error.status = raw.status_code  # type: ignore[attr-defined]
+        try:
+            error.details = raw.json()  # type: ignore[attr-defined]
+        except Exception:
+            error.details = {}  # type: ignore[attr-defined]
+        return error
+
+    async def _pages(self, fn: Callable[..., Awaitable[Any]], *args: Any, what: str, **kwargs: Any) -> list[Any]:
+        """Every page of a list endpoint as raw JSON items (each page revalidated on its own)."""
+        items: list[Any] = []
+        page = 1
+        while True:
+            response = await self._call(fn, *args, what=what, per_page=self.per_page, page=page, **kwargs)
+            data = response.json()
+            items.extend(data)
+            if 'rel="next"' not in response.headers.get("link", "") or not data:
+                return items
+            page += 1
+
+    async def _typed_pages(self, fn: Callable[..., Awaitable[Any]], *args: Any, what: str,
+                           **kwargs: Any) -> list[Any]:
+        items: list[Any] = []
+        page = 1
+        while True:
+            response = await self._call(fn, *args, what=what, per_page=self.per_page, page=page, **kwargs)
+            data = response.parsed_data
+            items.extend(data)
+            if 'rel="next"' not in response.headers.get("link", "") or not data:
+                return items
+            page += 1
+
+    # --- identities ----------------------------------------------------------------------------
+    async def _whoami(self, ident: _Identity) -> Actor:
+        if ident.actor is not None:
+            return ident.actor
+        if ident.app is not None:
+            response = await self._call(self._app_client(ident.app).rest.apps.async_get_authenticated,
+                                        what="GET /app")
+            slug = response.parsed_data.slug or response.parsed_data.name
+            ident.actor = Actor(f"{slug}[bot]", "Bot")
+        else:
+            response = await self._call(ident.github.rest.users.async_get_authenticated, what="GET /user")
+            ident.actor = Actor(response.parsed_data.login, response.parsed_data.type)
+        return ident.actor
+
+    async def fleet_identity(self) -> Actor:
+        return await self._whoami(self._ident())
+
+    async def operator_identity(self) -> Actor:
+        return await self._whoami(self._ident(as_operator=True))
+
+    async def token_report(self) -> dict[str, Any]:
+        """What the fleet's token (and the operator's) is and can do, with warnings for excess scopes."""
+        report = await self._report(self._ident())
+        if self._operator is not None:
+            report["operator"] = await self._report(self._operator)
+        return report
+
+    async def _report(self, ident: _Identity) -> dict[str, Any]:
+        if ident.app is not None:
+            actor = await self._whoami(ident)
+            return {"login": actor.login, "type": actor.type, "kind": "app", "scopes": [], "warnings": [],
+                    "rate": self._rate_dict()}
+        response = await self._call(ident.github.rest.users.async_get_authenticated, what="GET /user")
+        user = response.parsed_data
+        ident.actor = Actor(user.login, user.type)
+        header = response.headers.get("x-oauth-scopes")
+        warnings: list[str] = []
+        if header is None:
+            kind, scopes = "fine-grained", []
+            warnings.append("fine-grained token: make sure it grants only Issues, Pull requests and Contents "
+                            "(read/write) and Metadata (read) on this repository, never Workflows or "
+                            "Administration")
+        else:
+            kind = "classic"
+            scopes = [s.strip() for s in header.split(",") if s.strip()]
+            for scope in scopes:
+                if scope in NEEDED_SCOPES or scope in HARMLESS_SCOPES:
+                    continue
+                danger = any(scope == d or (d.endswith(":") and scope.startswith(d)) for d in DANGEROUS_SCOPES)
+                warnings.append(f"scope {scope!r} is more than the fleet needs"
+                                + (" and lets a leaked token do real damage" if danger else "")
+                                + "; make a token with only 'repo' (or a fine-grained token)")
+            if not NEEDED_SCOPES & set(scopes):
+                warnings.append("the token has neither 'repo' nor 'public_repo': the fleet cannot write issues")
+        return {"login": user.login, "type": user.type, "kind": kind, "scopes": scopes, "warnings": warnings,
+                "rate": self._rate_dict()}
+
+    def _rate_dict(self) -> dict[str, Any]:
+        rate = self.rate_limit
+        return {"remaining": rate.remaining, "limit": rate.limit,
+                "reset_at": rate.reset_at.isoformat() if rate.reset_at else None}
+
+    # --- issues -------------------------------------------------------------------------------
+    async def list_issues(
+        self, *, labels: Sequence[str] = (), state: Literal["open", "closed", "all"] = "open",
+        since: datetime | None = None,
+    ) -> list[Issue]:
+        options: dict[str, Any] = {"state": state, "sort": "created", "direction": "asc"}
+        if labels:
+            options["labels"] = ",".join(labels)
+        if since is not None:
+            options["since"] = since
+        # oldest first: a new issue changes only the last page, so the other pages stay 304
+        items = await self._pages(self._rest.issues.async_list_for_repo, self.owner, self.name,
+                                  what="GET issues", **options)
+        return [_issue(item) for item in items if "pull_request" not in item]
+
+    async def get_issue(self, number: int) -> Issue:
+        response = await self._call(self._rest.issues.async_get, self.owner, self.name, number,
+                                    what=f"GET issue #{number}")
+        comments = await self._comments(number)
+        return dataclasses.replace(_issue(response.json()), comments=tuple(comments))
+
+    async def _comments(self, number: int) -> list[Comment]:
+        items = await self._pages(self._rest.issues.async_list_comments, self.owner, self.name, number,
+                                  what=f"GET comments of #{number}")
+        return [_comment(item) for item in items]
+
+    async def create_issue(self, title: str, body: str, labels: Sequence[str] = ()) -> Issue:
+        async def lookup() -> Issue | None:
+            me = await self.fleet_identity()
+            response = await self._call(self._rest.issues.async_list_for_repo, self.owner, self.name,
+                                        what="GET issues (lookup)", state="all", creator=me.login,
+                                        sort="created", direction="desc", per_page=30)
+            for item in response.json():
+                if "pull_request" not in item and item["title"] == title and (item.get("body") or "") == body:
+                    return _issue(item)
+            return None
+
+        async def create() -> Issue:
+            response = await self._call(self._rest.issues.async_create, self.owner, self.name, method="POST",
+                                        what="POST issue", retry_transient=False, title=title, body=body,
+                                        labels=list(labels))
+            return _issue(response.json())
+
+        return await self._write_once(create, lookup, check_first=False)
+
+    async def close_issue(self, number: int) -> None:
+        await self._call(self._rest.issues.async_update, self.owner, self.name, number, method="PATCH",
+                         what=f"close #{number}", state="closed")
+
+    async def add_labels(self, number: int, labels: Sequence[str], *, as_operator: bool = False) -> None:
+        if not labels:
+            return
+        rest = self._ident(as_operator).github.rest
+        await self._call(rest.issues.async_add_labels, self.owner, self.name, number, method="POST",
+                         what=f"label #{number}", labels=list(labels))
+
+    async def remove_label(self, number: int, label: str) -> None:
+        try:
+            await self._call(self._rest.issues.async_remove_label, self.owner, self.name, number, label,
+                             method="DELETE", what=f"unlabel #{number}")
+        except NotFound:
+            return
+
+    async def label_events(self, number: int) -> list[LabelEvent]:
+        # The timeline, read as plain JSON: the typed /events models reject some real entries
+        # (a `closed` event, for one), and one unknown event must not hide the label history.
+        items = await self._pages(self._rest.issues.async_list_events_for_timeline, self.owner, self.name,
+                                  number, what=f"GET timeline of #{number}")
+        events: list[LabelEvent] = []
+        for item in items:
+            if not isinstance(item, dict) or item.get("event") not in ("labeled", "unlabeled"):
+                continue
+            actor = item.get("actor") or {}
+            app = item.get("performed_via_github_app") or None
+            events.append(LabelEvent(
+                event_id=str(item.get("id", "")), kind=item["event"],
+                label=str((item.get("label") or {}).get("name", "")),
+                actor=Actor(str(actor.get("login", "ghost")), str(actor.get("type", "User")),
+                            via_app=(app.get("slug") or app.get("name")) if isinstance(app, dict) else None),
+                created_at=_time(item.get("created_at")) or datetime.fromtimestamp(0, UTC),
+            ))
+        events.sort(key=lambda e: e.created_at)
+        return events
+
+    async def missing_labels(self, names: Iterable[str]) -> list[str]:
+        items = await self._pages(self._rest.issues.async_list_labels_for_repo, self.owner, self.name,
+                                  what="GET labels")
+        have = {str(item["name"]).lower() for item in items}
+        return [name for name in dict.fromkeys(names) if name.lower() not in have]
+
+    async def ensure_labels(self, names: Iterable[str]) -> list[str]:
+        created: list[str] = []
+        for name in await self.missing_labels(names):
+            try:
+                await self._call(self._rest.issues.async_create_label, self.owner, self.name, method="POST",
+                                 what=f"create label {name!r}", name=name, color="ededed")
+            except ForgeError as exc:
+                if getattr(exc, "status", None) != 422:  # 422: it exists (made meanwhile)
+                    raise
+                continue
+            created.append(name)
+        return created
+
+    # --- comments ------------------------------------------------------------------------------
+    async def find_comment(self, number: int, marker_text: str) -> Comment | None:
+        for comment in reversed(await self._comments(number)):
+            if marker_text in comment.body:
+                return comment
+        return None
+
+    async def post_comment(self, number: int, body: str, marker_text: str) -> Comment:
+        async def create() -> Comment:
+            response = await self._call(self._rest.issues.async_create_comment, self.owner, self.name, number,
+                                        method="POST", what=f"comment on #{number}", retry_transient=False,
+                                        body=f"{body}\n\n{marker_text}")
+            return _comment(response.json())
+
+        return await self._write_once(create, lambda: self.find_comment(number, marker_text))
+
+    async def _write_once(self, create: Callable[[], Awaitable[T]], lookup: Callable[[], Awaitable[T | None]],
+                          *, check_first: bool = True) -> T:
+        """A non-idempotent write: look first, and after a failure that may have landed, look again
+        before retrying, so a retried call never writes twice."""
+        if check_first:
+            found = await lookup()
+            if found is not None:
+                return found
+        attempt = 0
+        while True:
+            try:
+                return await create()
+            except _Transient as exc:
+                attempt += 1
+                found = await lookup()
+                if found is not None:
+                    return found
+                if attempt > self.max_retries:
+                    raise ForgeError(f"{exc}; gave up after {attempt} tries, the next poll tries again") from None
+                await anyio.sleep(self.retry_backoff * 2 ** (attempt - 1))
+
+    # --- pull requests ---------------------------------------------------------------------------
+    async def push_branch(self, source: Path, branch: str) -> str:
+        """`git push` with the fleet's token in an http.extraheader passed through the environment: never
+        on the command line, in the remote URL or in a config file."""
+        from fleet_tui.git import GitError, git
+
+        token = await self._push_token()
+        header = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraheader",
+               "GIT_CONFIG_VALUE_0": f"Authorization: Basic {header}"}
+        try:
+            await git("push", "--quiet", self.git_url, f"refs/heads/{branch}:refs/heads/{branch}", cwd=source,
+                      env=env)
+            return await git("rev-parse", f"refs/heads/{branch}", cwd=source)
+        except GitError as exc:
+            stderr = exc.stderr.replace(token, "***")
+            raise ForgeError(f"pushing {branch} to {self.repo} failed: {stderr[-300:]}") from None
+
+    async def _push_token(self) -> str:
+        ident = self._ident()
+        if ident.token:
+            return ident.token
+        assert ident.app is not None
+        response = await self._call(self._app_client(ident.app).rest.apps.async_create_installation_access_token,
+                                    ident.app.installation_id, method="POST", what="installation token")
+        return str(response.parsed_data.token)
+
+    async def find_pull(self, head: str) -> PullRequest | None:
+        response = await self._call(self._rest.pulls.async_list, self.owner, self.name, what="GET pulls (head)",
+                                    state="open", head=f"{self.owner}:{head}", per_page=10)
+        items = response.json()
+        if not items:
+            return None
+        return await self.get_pull(int(items[0]["number"]))
+
+    async def open_pull(self, *, title: str, body: str, head: str, base: str) -> PullRequest:
+        async def create() -> PullRequest:
+            try:
+                response = await self._call(self._rest.pulls.async_create, self.owner, self.name, method="POST",
+                                            what=f"open PR for {head}", retry_transient=False, title=title,
+                                            body=body, head=head, base=base)
+            except ForgeError as exc:
+                if getattr(exc, "status", None) == 422 and "already exists" in str(getattr(exc, "details", "")):
+                    found = await self.find_pull(head)
+                    if found is not None:
+                        return found
+                raise
+            return await self.get_pull(int(response.json()["number"]))
+
+        return await self._write_once(create, lambda: self.find_pull(head))
+
+    async def list_pulls(self) -> list[PullRequest]:
+        items = await self._pages(self._rest.pulls.async_list, self.owner, self.name, what="GET pulls",
+                                  state="open", sort="created", direction="asc")
+        pulls = []
+        for item in items:
+            pulls.append(await self.get_pull(int(item["number"])))
+        live = {p.number for p in pulls}
+        for number in list(self._pull_details):
+            if number not in live:
+                del self._pull_details[number]
+        return pulls
+
+    async def get_pull(self, number: int) -> PullRequest:
+        response = await self._call(self._rest.pulls.async_get, self.owner, self.name, number,
+                                    what=f"GET PR #{number}")
+        data = response.json()
+        head_sha = data["head"]["sha"]
+        key = (str(data.get("updated_at")), head_sha)
+        cached = self._pull_details.get(number)
+        if cached is not None and cached[0] == key:
+            files, reviews, review_comments = cached[1]
+        else:  # files, reviews and review comments all move the PR's updated_at or head
+            file_items = await self._pages(self._rest.pulls.async_list_files, self.owner, self.name, number,
+                                           what=f"GET files of PR #{number}")
+            files = tuple(str(f["filename"]) for f in file_items)
+            review_items = await self._pages(self._rest.pulls.async_list_reviews, self.owner, self.name, number,
+                                             what=f"GET reviews of PR #{number}")
+            reviews = tuple(_review(r) for r in review_items)
+            comment_items = await self._pages(self._rest.pulls.async_list_review_comments, self.owner,
+                                              self.name, number, what=f"GET review comments of PR #{number}")
+            review_comments = tuple(_review_comment(c) for c in comment_items)
+            self._pull_details[number] = (key, (files, reviews, review_comments))
+        ci = await self._ci_state(head_sha) if data.get("state") == "open" else CIState.NONE
+        return PullRequest(
+            number=number, title=str(data.get("title") or ""), body=str(data.get("body") or ""),
+            head=str(data["head"]["ref"]), base=str(data["base"]["ref"]), head_sha=head_sha,
+            html_url=str(data.get("html_url") or ""),
+            state="merged" if data.get("merged") else ("closed" if data.get("state") == "closed" else "open"),
+            author=_actor(data.get("user")), additions=int(data.get("additions") or 0),
+            deletions=int(data.get("deletions") or 0), changed_files=int(data.get("changed_files") or 0),
+            files=files, mergeable=data.get("mergeable"), mergeable_state=str(data.get("mergeable_state") or
+                                                                              "unknown"),
+            ci=ci, reviews=reviews, review_comments=review_comments, draft=bool(data.get("draft")),
+            updated_at=_time(data.get("updated_at")),
+        )
+
+    async def _ci_state(self, sha: str) -> CIState:
+        """Combined status and check runs together; neither at all is NONE (GitHub calls that "pending")."""
+        status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
+                                   sha, what="GET combined status")).json()
+        runs = await self._check_runs(sha)
+        states: list[CIState] = []
+        if int(status.get("total_count") or 0) > 0:
+            states.append({"success": CIState.SUCCESS, "pending": CIState.PENDING}.get(status.get("state"),
+                                                                                     CIState.FAILURE))
+        for run in runs:
+            if run.get("status") != "completed":
+                states.append(CIState.PENDING)
+            else:
+                states.append(CIState.SUCCESS if run.get("conclusion") in _CI_OK else CIState.FAILURE)
+        if not states:
+            return CIState.NONE
+        for state in (CIState.FAILURE, CIState.PENDING):
+            if state in states:
+                return state
+        return CIState.SUCCESS
+
+    async def _check_runs(self, sha: str) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            response = await self._call(self._rest.checks.async_list_for_ref, self.owner, self.name, sha,
+                                        what="GET check runs", per_page=self.per_page, page=page)
+            data = response.json()
+            runs.extend(data.get("check_runs") or [])
+            if 'rel="next"' not in response.headers.get("link", "") or not data.get("check_runs"):
+                return runs
+            page += 1
+
+    async def post_review(self, number: int, body: str, commit_id: str) -> Review:
+        """A review with event COMMENT: the one review event this forge can send."""
+        async def lookup() -> Review | None:
+            me = await self.fleet_identity()
+            items = await self._pages(self._rest.pulls.async_list_reviews, self.owner, self.name, number,
+                                      what=f"GET reviews of PR #{number}")
+            for item in items:
+                review = _review(item)
+                if review.author.login == me.login and review.body == body and review.commit_id == commit_id:
+                    return review
+            return None
+
+        async def create() -> Review:
+            response = await self._call(self._rest.pulls.async_create_review, self.owner, self.name, number,
+                                        method="POST", what=f"review PR #{number}", retry_transient=False,
+                                        body=body, event="COMMENT", commit_id=commit_id)
+            return _review(response.json())
+
+        return await self._write_once(create, lookup, check_first=False)
+
+    # --- access --------------------------------------------------------------------------------
+    async def permission(self, login: str) -> Permission:
+        try:
+            response = await self._call(self._rest.repos.async_get_collaborator_permission_level, self.owner,
+                                        self.name, login, what=f"GET permission of {login}")
+        except NotFound:
+            return "none"
+        data = response.json()
+        role = str(data.get("role_name") or data.get("permission") or "none")
+        allowed: tuple[Permission, ...] = ("admin", "maintain", "write", "triage", "read", "none")
+        for value in allowed:
+            if role == value:
+                return value
+        return "read" if data.get("permission") == "read" else "none"
+
+
+# --- JSON to domain ----------------------------------------------------------------------------
+
+
+def _time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _actor(user: Any, app: Any = None) -> Actor:
+    if not isinstance(user, dict):
+        return Actor("ghost")
+    via = (app.get("slug") or app.get("name")) if isinstance(app, dict) else None
+    return Actor(str(user.get("login", "ghost")), str(user.get("type", "User")), via_app=via)
+
+
+def _issue(data: dict[str, Any]) -> Issue:
+    labels = tuple(str(label["name"]) if isinstance(label, dict) else str(label) for label in data.get("labels", []))
+    return Issue(
+        number=int(data["number"]), title=str(data.get("title") or ""), body=str(data.get("body") or ""),
+        state="closed" if data.get("state") == "closed" else "open", labels=labels, author=_actor(data.get("user")),
+        created_at=_time(data.get("created_at")), updated_at=_time(data.get("updated_at")),
+        html_url=str(data.get("html_url") or ""),
+    )
+
+
+def _comment(data: dict[str, Any]) -> Comment:
+    return Comment(id=str(data["id"]), author=_actor(data.get("user"), data.get("performed_via_github_app")),
+                   body=str(data.get("body") or ""),
+                   created_at=_time(data.get("created_at")) or datetime.fromtimestamp(0, UTC),
+                   html_url=str(data.get("html_url") or ""))
+
+
+def _review(data: dict[str, Any]) -> Review:
+    return Review(id=str(data["id"]), author=_actor(data.get("user")), body=str(data.get("body") or ""),
+                  state=str(data.get("state") or ""), commit_id=str(data.get("commit_id") or ""),
+                  submitted_at=_time(data.get("submitted_at")))
+
+
+def _review_comment(data: dict[str, Any]) -> ReviewComment:
+    line = data.get("line")
+    return ReviewComment(id=str(data["id"]), author=_actor(data.get("user")), body=str(data.get("body") or ""),
+                         path=str(data.get("path") or ""), line=int(line) if line is not None else None)

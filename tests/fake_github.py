@@ -1,0 +1,1187 @@
+"""A stateful fake of the GitHub REST API on loopback, for the GitHub forge's tests and benchmark.
+
+It speaks real HTTP (stdlib `ThreadingHTTPServer` in a thread) with GitHub's JSON shapes, status codes and
+headers: `ETag` / `If-None-Match` -> 304 (free against the primary limit), `Link` pagination,
+`x-ratelimit-*`, 403/429 with `retry-after` for secondary limits, 422 on a duplicate PR, 404 on removing a
+missing label, 401 on a bad token. Every request is recorded (`server.requests`) and faults can be scheduled
+(`server.fault(...)`). Code lives in a bare git repository the forge can push to (`server.push_url`).
+
+`open_github_forge(tmp_path, **options)` yields a started `GitHubForge` wired to a fresh fake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+OWNER = "octo"
+NAME = "demo"
+REPO = f"{OWNER}/{NAME}"
+FLEET_TOKEN = "fleet-test-token"
+OPERATOR_TOKEN = "operator-test-token"
+APP_TOKEN = "app-test-token"
+OUTSIDER_TOKEN = "outsider-test-token"
+FLEET_LOGIN = "fleet-bot"
+OPERATOR_LOGIN = "octo-operator"
+APP_LOGIN = "fleet-app[bot]"
+OUTSIDER_LOGIN = "mallory"
+WEB = "https://github.example"
+API = "https://api.github.example"
+
+
+# --- JSON shapes --------------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class User:
+    login: str
+    id: int
+    type: str = "User"
+    scopes: str | None = "repo"  # the x-oauth-scopes header; None for a fine-grained token
+    app: str | None = None  # the app slug this identity acts through (an installation token)
+
+
+def user_json(user: User) -> dict[str, Any]:
+    login = quote(user.login)
+    return {
+        "login": user.login, "id": user.id, "node_id": f"U_{user.id}",
+        "avatar_url": f"https://avatars.example/u/{user.id}?v=4", "gravatar_id": "",
+        "url": f"{API}/users/{login}", "html_url": f"{WEB}/{login}",
+        "followers_url": f"{API}/users/{login}/followers",
+        "following_url": f"{API}/users/{login}/following{{/other_user}}",
+        "gists_url": f"{API}/users/{login}/gists{{/gist_id}}",
+        "starred_url": f"{API}/users/{login}/starred{{/owner}}{{/repo}}",
+        "subscriptions_url": f"{API}/users/{login}/subscriptions",
+        "organizations_url": f"{API}/users/{login}/orgs", "repos_url": f"{API}/users/{login}/repos",
+        "events_url": f"{API}/users/{login}/events{{/privacy}}",
+        "received_events_url": f"{API}/users/{login}/received_events",
+        "type": user.type, "user_view_type": "public", "site_admin": False,
+    }
+
+
+def private_user_json(user: User) -> dict[str, Any]:
+    return {
+        **user_json(user), "name": user.login, "company": None, "blog": "", "location": None,
+        "email": None, "hireable": None, "bio": None, "twitter_username": None, "public_repos": 1,
+        "public_gists": 0, "followers": 0, "following": 0, "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z", "private_gists": 0, "total_private_repos": 1,
+        "owned_private_repos": 1, "disk_usage": 10, "collaborators": 1, "two_factor_authentication": True,
+    }
+
+
+def app_json(slug: str, owner: User) -> dict[str, Any]:
+    return {
+        "id": 4242, "slug": slug, "node_id": "A_4242", "client_id": "Iv1.fake", "owner": user_json(owner),
+        "name": slug, "description": "", "external_url": f"https://{slug}.example",
+        "html_url": f"{WEB}/apps/{slug}", "created_at": "2023-01-01T00:00:00Z",
+        "updated_at": "2023-01-01T00:00:00Z",
+        "permissions": {"issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read"},
+        "events": ["issues", "pull_request"],
+    }
+
+
+_REPO_URLS = (
+    "archive_url:/{archive_format}{/ref}", "assignees_url:/assignees{/user}", "blobs_url:/git/blobs{/sha}",
+    "branches_url:/branches{/branch}", "collaborators_url:/collaborators{/collaborator}",
+    "comments_url:/comments{/number}", "commits_url:/commits{/sha}", "compare_url:/compare/{base}...{head}",
+    "contents_url:/contents/{+path}", "contributors_url:/contributors", "deployments_url:/deployments",
+    "downloads_url:/downloads", "events_url:/events", "forks_url:/forks", "git_commits_url:/git/commits{/sha}",
+    "git_refs_url:/git/refs{/sha}", "git_tags_url:/git/tags{/sha}", "hooks_url:/hooks",
+    "issue_comment_url:/issues/comments{/number}", "issue_events_url:/issues/events{/number}",
+    "issues_url:/issues{/number}", "keys_url:/keys{/key_id}", "labels_url:/labels{/name}",
+    "languages_url:/languages", "merges_url:/merges", "milestones_url:/milestones{/number}",
+    "notifications_url:/notifications{?since,all,participating}", "pulls_url:/pulls{/number}",
+    "releases_url:/releases{/id}", "stargazers_url:/stargazers", "statuses_url:/statuses/{sha}",
+    "subscribers_url:/subscribers", "subscription_url:/subscription", "tags_url:/tags",
+    "teams_url:/teams", "trees_url:/git/trees{/sha}",
+)
+
+
+def minimal_repo_json(owner: User) -> dict[str, Any]:
+    base = f"{API}/repos/{REPO}"
+    data: dict[str, Any] = {
+        "id": 1296269, "node_id": "R_1296269", "name": NAME, "full_name": REPO, "owner": user_json(owner),
+        "private": False, "html_url": f"{WEB}/{REPO}", "description": "demo", "fork": False, "url": base,
+    }
+    for item in _REPO_URLS:
+        key, suffix = item.split(":", 1)
+        data[key] = base + suffix
+    return data
+
+
+def repo_json(owner: User) -> dict[str, Any]:
+    return {
+        **minimal_repo_json(owner), "license": None, "forks": 0, "git_url": f"git://github.example/{REPO}.git",
+        "ssh_url": f"git@github.example:{REPO}.git", "clone_url": f"{WEB}/{REPO}.git", "mirror_url": None,
+        "svn_url": f"{WEB}/{REPO}", "homepage": None, "language": "Python", "forks_count": 0,
+        "stargazers_count": 0, "watchers_count": 0, "size": 10, "default_branch": "main",
+        "open_issues_count": 0, "has_pages": False, "disabled": False, "archived": False,
+        "visibility": "public", "pushed_at": "2024-01-01T00:00:00Z", "created_at": "2020-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z", "open_issues": 0, "watchers": 0,
+    }
+
+
+# --- state --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelRec:
+    id: int
+    name: str
+    color: str = "ededed"
+    description: str | None = None
+
+
+@dataclass
+class CommentRec:
+    id: int
+    issue: int
+    user: str
+    body: str
+    created: float
+    via_app: str | None = None
+
+
+@dataclass
+class EventRec:
+    id: int
+    event: str
+    actor: str
+    created: float
+    label: str | None = None
+    via_app: str | None = None
+
+
+@dataclass
+class IssueRec:
+    number: int
+    title: str
+    body: str
+    user: str
+    created: float
+    updated: float
+    state: str = "open"
+    closed: float | None = None
+    labels: list[str] = field(default_factory=list)
+    comments: list[CommentRec] = field(default_factory=list)
+    events: list[EventRec] = field(default_factory=list)
+    is_pull: bool = False
+
+
+@dataclass
+class ReviewRec:
+    id: int
+    user: str
+    body: str
+    event: str
+    commit_id: str
+    submitted: float
+
+
+@dataclass
+class ReviewCommentRec:
+    id: int
+    review_id: int | None
+    user: str
+    body: str
+    path: str
+    line: int | None
+    commit_id: str
+    created: float
+
+
+@dataclass
+class PullRec:
+    number: int
+    head: str
+    base: str
+    head_sha: str
+    base_sha: str
+    additions: int = 0
+    deletions: int = 0
+    files: list[tuple[str, int, int, str]] = field(default_factory=list)  # name, add, del, status
+    from_git: bool = False
+    mergeable_nulls: int = 0
+    mergeable: bool = True
+    mergeable_state: str = "clean"
+    reviews: list[ReviewRec] = field(default_factory=list)
+    review_comments: list[ReviewCommentRec] = field(default_factory=list)
+
+
+@dataclass
+class StatusRec:
+    id: int
+    state: str
+    context: str
+    created: float
+
+
+@dataclass
+class CheckRunRec:
+    id: int
+    name: str
+    status: str
+    conclusion: str | None
+    created: float
+
+
+@dataclass
+class Recorded:
+    """One request as the server saw it (the Authorization header left out)."""
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+    status: int = 0
+    login: str | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Fault:
+    """A scheduled fault: matching requests after the first `skip` get it, `times` times."""
+
+    method: str
+    path: re.Pattern[str]
+    kind: str  # "status" | "slow" | "secondary" | "primary"
+    status: int = 502
+    times: int = 1
+    skip: int = 0
+    delay: float = 0.0
+    retry_after: int | None = 60
+    apply: bool = False  # for "status": perform the request's effect, then answer with the error
+    seen: int = 0
+    fired: int = 0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors
+        self.headers = headers or {}
+
+
+class FakeGitHub:
+    """The fake server's state and its HTTP front. Start with `start()` (or use as a context manager)."""
+
+    def __init__(self, root: Path, *, rate_limit: int = 5000, git: bool = True) -> None:
+        self.root = Path(root)
+        self.lock = threading.RLock()
+        self.requests: list[Recorded] = []
+        self.faults: list[Fault] = []
+        self.rate_limit = rate_limit
+        self.rate_used = 0
+        self.rate_reset = int(time.time()) + 3600
+        self._ids = 1000
+        self._clock = time.time() - 86400.0
+        owner = User(OWNER, 1, type="Organization", scopes=None)
+        self.users: dict[str, User] = {OWNER: owner}
+        self.tokens: dict[str, str] = {}
+        self.owner = owner
+        self.add_user(FLEET_LOGIN, FLEET_TOKEN, scopes="repo")
+        self.add_user(OPERATOR_LOGIN, OPERATOR_TOKEN, scopes="repo, read:org")
+        self.add_user(APP_LOGIN, APP_TOKEN, type="Bot", scopes=None, app="fleet-app")
+        self.add_user(OUTSIDER_LOGIN, OUTSIDER_TOKEN, scopes="public_repo")
+        self.permissions: dict[str, str] = {OPERATOR_LOGIN: "admin", FLEET_LOGIN: "write", APP_LOGIN: "write",
+                                            OUTSIDER_LOGIN: "read"}
+        self.labels: dict[str, LabelRec] = {}
+        self.issues: dict[int, IssueRec] = {}
+        self.pulls: dict[int, PullRec] = {}
+        self.statuses: dict[str, list[StatusRec]] = {}
+        self.check_runs: dict[str, list[CheckRunRec]] = {}
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.git_dir: Path | None = None
+        if git:
+            self._init_git()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> FakeGitHub:
+        server = self
+
+        class Handler(_Handler):
+            fake = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-github", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeGitHub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        assert self._httpd is not None, "start() the server first"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/"
+
+    @property
+    def push_url(self) -> str:
+        assert self.git_dir is not None
+        return str(self.git_dir)
+
+    # -- helpers for tests ---------------------------------------------------------------------
+    def next_id(self) -> int:
+        with self.lock:
+            self._ids += 1
+            return self._ids
+
+    def now(self) -> float:
+        """A strictly increasing server clock (one second per event) so event order is stable."""
+        with self.lock:
+            self._clock = max(self._clock + 1.0, self._clock)
+            return self._clock
+
+    def add_user(self, login: str, token: str | None = None, *, type: str = "User", scopes: str | None = "repo",
+                 app: str | None = None, permission: str | None = None) -> User:
+        with self.lock:
+            user = self.users.get(login) or User(login, self.next_id(), type=type, scopes=scopes, app=app)
+            self.users[login] = user
+            if token:
+                self.tokens[token] = login
+            if permission:
+                self.permissions[login] = permission
+            return user
+
+    def user(self, login: str) -> User:
+        return self.users.get(login) or self.add_user(login)
+
+    def add_label(self, name: str, color: str = "ededed") -> LabelRec:
+        with self.lock:
+            if name not in self.labels:
+                self.labels[name] = LabelRec(self.next_id(), name, color)
+            return self.labels[name]
+
+    def add_issue(self, title: str, body: str = "", *, labels: list[str] | tuple[str, ...] = (),
+                  user: str = OPERATOR_LOGIN, state: str = "open") -> IssueRec:
+        with self.lock:
+            number = len(self.issues) + 1
+            created = self.now()
+            issue = IssueRec(number, title, body, user, created, created, state=state,
+                             closed=created if state == "closed" else None)
+            self.issues[number] = issue
+            for name in labels:
+                self.apply_label(number, name, user)
+            return issue
+
+    def apply_label(self, number: int, name: str, login: str, *, via_app: str | None = None) -> None:
+        """What `POST /issues/{n}/labels` does for `login`: label added, a `labeled` event recorded."""
+        with self.lock:
+            issue = self.issues[number]
+            self.add_label(name)
+            if name in issue.labels:
+                return
+            issue.labels.append(name)
+            via = via_app if via_app is not None else self.user(login).app
+            issue.events.append(EventRec(self.next_id(), "labeled", login, self.now(), label=name, via_app=via))
+            issue.updated = self.now()
+
+    def unapply_label(self, number: int, name: str, login: str) -> bool:
+        with self.lock:
+            issue = self.issues[number]
+            if name not in issue.labels:
+                return False
+            issue.labels.remove(name)
+            issue.events.append(EventRec(self.next_id(), "unlabeled", login, self.now(), label=name,
+                                         via_app=self.user(login).app))
+            issue.updated = self.now()
+            return True
+
+    def add_comment(self, number: int, body: str, user: str = OPERATOR_LOGIN) -> CommentRec:
+        with self.lock:
+            issue = self.issues[number]
+            comment = CommentRec(self.next_id(), number, user, body, self.now(), self.user(user).app)
+            issue.comments.append(comment)
+            issue.updated = comment.created
+            return comment
+
+    def close(self, number: int, user: str = OPERATOR_LOGIN) -> None:
+        with self.lock:
+            issue = self.issues[number]
+            if issue.state != "closed":
+                issue.state = "closed"
+                issue.closed = self.now()
+                issue.events.append(EventRec(self.next_id(), "closed", user, issue.closed))
+                issue.updated = issue.closed
+
+    def add_pull(self, title: str, head: str, *, base: str = "main", body: str = "", user: str = FLEET_LOGIN,
+                 additions: int = 3, deletions: int = 1, files: tuple[str, ...] = ("app.py",)) -> PullRec:
+        """A PR without git behind it (the benchmark's 300 PRs)."""
+        with self.lock:
+            issue = self.add_issue(title, body, user=user)
+            issue.is_pull = True
+            sha = hashlib.sha1(f"{head}:{issue.number}".encode()).hexdigest()
+            pull = PullRec(issue.number, head, base, sha, "0" * 40, additions, deletions,
+                           [(name, additions, deletions, "modified") for name in files])
+            self.pulls[issue.number] = pull
+            return pull
+
+    def add_status(self, sha: str, state: str, context: str = "ci/test") -> None:
+        with self.lock:
+            self.statuses.setdefault(sha, []).append(StatusRec(self.next_id(), state, context, self.now()))
+
+    def add_check_run(self, sha: str, name: str, status: str = "completed", conclusion: str | None = "success") -> None:
+        with self.lock:
+            self.check_runs.setdefault(sha, []).append(CheckRunRec(self.next_id(), name, status, conclusion,
+                                                                   self.now()))
+
+    def set_mergeable_pending(self, number: int, reads: int) -> None:
+        """`mergeable: null` for the next `reads` reads of the PR, as while GitHub computes it."""
+        with self.lock:
+            self.pulls[number].mergeable_nulls = reads
+
+    def fault(self, method: str, path: str, kind: str = "status", **options: Any) -> Fault:
+        """Schedule a fault for requests whose method and path (a regex searched in the path) match.
+
+        kind "status" (`status=502`, `apply=True` performs the write before failing), "slow" (`delay=`),
+        "secondary" (403/429 with `retry_after=`), "primary" (403 with remaining 0 until the reset)."""
+        item = Fault(method.upper(), re.compile(path), kind, **options)
+        with self.lock:
+            self.faults.append(item)
+        return item
+
+    def exhaust_primary(self, reset_in: int = 3600) -> None:
+        with self.lock:
+            self.rate_used = self.rate_limit
+            self.rate_reset = int(time.time()) + reset_in
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[Recorded]:
+        """Recorded requests, optionally filtered by method and a regex on the path."""
+        with self.lock:
+            found = list(self.requests)
+        return [r for r in found if (method is None or r.method == method.upper())
+                and (path is None or re.search(path, r.path))]
+
+    def reset_requests(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    # -- git ---------------------------------------------------------------------------------------
+    def _git(self, *args: str, cwd: Path | None = None) -> str:
+        env = {"GIT_TERMINAL_PROMPT": "0", "GIT_AUTHOR_NAME": "Fake", "GIT_AUTHOR_EMAIL": "fake@example.invalid",
+               "GIT_COMMITTER_NAME": "Fake", "GIT_COMMITTER_EMAIL": "fake@example.invalid",
+               "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(self.root), "PATH": "/usr/bin:/bin:/usr/local/bin"}
+        out = subprocess.run(["git", *args], cwd=str(cwd or self.git_dir), env=env, capture_output=True,
+                             text=True, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"git {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout.strip()
+
+    def _init_git(self) -> None:
+        self.git_dir = self.root / "fake-github" / f"{NAME}.git"
+        work = self.root / "fake-github" / "work"
+        self.git_dir.mkdir(parents=True)
+        self._git("init", "--bare", "-q", "-b", "main", str(self.git_dir), cwd=self.root)
+        self._git("clone", "-q", str(self.git_dir), str(work), cwd=self.root)
+        (work / "README.md").write_text("# demo\n")
+        self._git("add", "-A", cwd=work)
+        self._git("commit", "-q", "-m", "initial", cwd=work)
+        self._git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+        self._work = work
+
+    def create_branch(self, name: str, files: dict[str, str], base: str = "main", message: str = "change") -> str:
+        """Commit `files` on top of `base` as branch `name` in the served repository; returns the sha."""
+        work = self._work
+        self._git("fetch", "-q", "origin", cwd=work)
+        self._git("checkout", "-q", "-B", name, f"origin/{base}", cwd=work)
+        for path, text in files.items():
+            target = work / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        self._git("add", "-A", cwd=work)
+        self._git("commit", "-q", "--allow-empty", "-m", message, cwd=work)
+        self._git("push", "-q", "-f", "origin", f"HEAD:refs/heads/{name}", cwd=work)
+        return self._git("rev-parse", "HEAD", cwd=work)
+
+    def branch_sha(self, name: str) -> str | None:
+        if self.git_dir is None:
+            return None
+        try:
+            return self._git("rev-parse", "--verify", "-q", f"refs/heads/{name}")
+        except RuntimeError:
+            return None
+
+    def _refresh_from_git(self, pull: PullRec) -> None:
+        if not pull.from_git:
+            return
+        sha = self.branch_sha(pull.head)
+        if sha is None or sha == pull.head_sha:
+            return
+        pull.head_sha = sha
+        pull.base_sha = self.branch_sha(pull.base) or pull.base_sha
+        pull.additions = pull.deletions = 0
+        pull.files = []
+        numstat = self._git("diff", "--numstat", f"{pull.base}...{pull.head}")
+        for line in numstat.splitlines():
+            added, deleted, path = line.split("\t", 2)
+            a, d = int(added.replace("-", "0")), int(deleted.replace("-", "0"))
+            pull.additions += a
+            pull.deletions += d
+            pull.files.append((path, a, d, "modified"))
+        self.issues[pull.number].updated = self.now()
+
+    # -- JSON of the state ---------------------------------------------------------------------
+    def label_json(self, name: str) -> dict[str, Any]:
+        label = self.labels.get(name) or self.add_label(name)
+        return {"id": label.id, "node_id": f"LA_{label.id}", "url": f"{API}/repos/{REPO}/labels/{quote(name)}",
+                "name": name, "color": label.color, "default": False, "description": label.description,
+                "archived_at": None, "archived_by": None}
+
+    def issue_json(self, issue: IssueRec) -> dict[str, Any]:
+        base = f"{API}/repos/{REPO}/issues/{issue.number}"
+        data: dict[str, Any] = {
+            "id": 10_000 + issue.number, "node_id": f"I_{issue.number}", "url": base,
+            "repository_url": f"{API}/repos/{REPO}", "labels_url": base + "/labels{/name}",
+            "comments_url": base + "/comments", "events_url": base + "/events",
+            "html_url": f"{WEB}/{REPO}/{'pull' if issue.is_pull else 'issues'}/{issue.number}",
+            "number": issue.number, "state": issue.state,
+            "state_reason": "completed" if issue.state == "closed" else None,
+            "title": issue.title, "body": issue.body, "user": user_json(self.user(issue.user)),
+            "labels": [self.label_json(n) for n in issue.labels], "assignee": None, "assignees": [],
+            "milestone": None, "locked": False, "active_lock_reason": None, "comments": len(issue.comments),
+            "closed_at": iso(issue.closed), "created_at": iso(issue.created), "updated_at": iso(issue.updated),
+            "closed_by": None, "author_association": "MEMBER",
+            "reactions": {"url": base + "/reactions", "total_count": 0, "+1": 0, "-1": 0, "laugh": 0,
+                          "confused": 0, "heart": 0, "hooray": 0, "eyes": 0, "rocket": 0},
+            "timeline_url": base + "/timeline",
+        }
+        if issue.is_pull:
+            pr = f"{API}/repos/{REPO}/pulls/{issue.number}"
+            data["pull_request"] = {"url": pr, "html_url": f"{WEB}/{REPO}/pull/{issue.number}",
+                                    "diff_url": f"{WEB}/{REPO}/pull/{issue.number}.diff",
+                                    "patch_url": f"{WEB}/{REPO}/pull/{issue.number}.patch", "merged_at": None}
+        return data
+
+    def comment_json(self, comment: CommentRec) -> dict[str, Any]:
+        url = f"{API}/repos/{REPO}/issues/comments/{comment.id}"
+        return {
+            "id": comment.id, "node_id": f"IC_{comment.id}", "url": url,
+            "html_url": f"{WEB}/{REPO}/issues/{comment.issue}#issuecomment-{comment.id}", "body": comment.body,
+            "user": user_json(self.user(comment.user)), "created_at": iso(comment.created),
+            "updated_at": iso(comment.created), "issue_url": f"{API}/repos/{REPO}/issues/{comment.issue}",
+            "author_association": "MEMBER",
+            "performed_via_github_app": app_json(comment.via_app, self.owner) if comment.via_app else None,
+        }
+
+    def event_json(self, issue: IssueRec, event: EventRec) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "id": event.id, "node_id": f"E_{event.id}", "url": f"{API}/repos/{REPO}/issues/events/{event.id}",
+            "actor": user_json(self.user(event.actor)), "event": event.event, "commit_id": None,
+            "commit_url": None, "created_at": iso(event.created),
+            "performed_via_github_app": app_json(event.via_app, self.owner) if event.via_app else None,
+        }
+        if event.label is not None:
+            label = self.labels.get(event.label)
+            data["label"] = {"name": event.label, "color": label.color if label else "ededed"}
+        if event.event == "closed":
+            data["state_reason"] = "completed"  # what real GitHub adds and the typed events model rejects
+        return data
+
+    def timeline_json(self, issue: IssueRec) -> list[dict[str, Any]]:
+        items: list[tuple[float, dict[str, Any]]] = [(e.created, self.event_json(issue, e)) for e in issue.events]
+        for comment in issue.comments:
+            data = self.comment_json(comment)
+            data.update(event="commented", actor=data["user"])
+            items.append((comment.created, data))
+        items.sort(key=lambda pair: pair[0])
+        return [data for _, data in items]
+
+    def pull_json(self, pull: PullRec, *, full: bool) -> dict[str, Any]:
+        issue = self.issues[pull.number]
+        author = self.user(issue.user)
+        base = f"{API}/repos/{REPO}/pulls/{pull.number}"
+        issue_url = f"{API}/repos/{REPO}/issues/{pull.number}"
+        html = f"{WEB}/{REPO}/pull/{pull.number}"
+        repo = repo_json(self.owner)
+
+        def side(ref: str, sha: str) -> dict[str, Any]:
+            return {"label": f"{OWNER}:{ref}", "ref": ref, "sha": sha, "user": user_json(self.owner), "repo": repo}
+
+        data: dict[str, Any] = {
+            "url": base, "id": 20_000 + pull.number, "node_id": f"PR_{pull.number}", "html_url": html,
+            "diff_url": html + ".diff", "patch_url": html + ".patch", "issue_url": issue_url,
+            "commits_url": base + "/commits", "review_comments_url": base + "/comments",
+            "review_comment_url": f"{API}/repos/{REPO}/pulls/comments{{/number}}",
+            "comments_url": issue_url + "/comments",
+            "statuses_url": f"{API}/repos/{REPO}/statuses/{pull.head_sha}", "number": pull.number,
+            "state": issue.state, "locked": False, "title": issue.title, "user": user_json(author),
+            "body": issue.body, "labels": [self.label_json(n) for n in issue.labels], "milestone": None,
+            "active_lock_reason": None, "created_at": iso(issue.created), "updated_at": iso(issue.updated),
+            "closed_at": iso(issue.closed), "merged_at": None, "merge_commit_sha": None, "assignee": None,
+            "assignees": [], "requested_reviewers": [], "requested_teams": [],
+            "head": side(pull.head, pull.head_sha), "base": side(pull.base, pull.base_sha),
+            "_links": {k: {"href": v} for k, v in {
+                "self": base, "html": html, "issue": issue_url, "comments": issue_url + "/comments",
+                "review_comments": base + "/comments",
+                "review_comment": f"{API}/repos/{REPO}/pulls/comments{{/number}}", "commits": base + "/commits",
+                "statuses": f"{API}/repos/{REPO}/statuses/{pull.head_sha}"}.items()},
+            "author_association": "MEMBER", "auto_merge": None, "draft": False,
+        }
+        if full:
+            mergeable: bool | None = pull.mergeable
+            state = pull.mergeable_state
+            if pull.mergeable_nulls > 0:
+                pull.mergeable_nulls -= 1
+                mergeable, state = None, "unknown"
+            data.update(
+                merged=False, mergeable=mergeable, rebaseable=mergeable, mergeable_state=state, merged_by=None,
+                comments=len(issue.comments), review_comments=len(pull.review_comments),
+                maintainer_can_modify=False, commits=1, additions=pull.additions, deletions=pull.deletions,
+                changed_files=len(pull.files),
+            )
+        return data
+
+    def review_json(self, pull: PullRec, review: ReviewRec) -> dict[str, Any]:
+        html = f"{WEB}/{REPO}/pull/{pull.number}#pullrequestreview-{review.id}"
+        state = {"COMMENT": "COMMENTED", "REQUEST_CHANGES": "CHANGES_REQUESTED"}.get(review.event, review.event + "D")
+        return {
+            "id": review.id, "node_id": f"PRR_{review.id}", "user": user_json(self.user(review.user)),
+            "body": review.body, "state": state, "html_url": html,
+            "pull_request_url": f"{API}/repos/{REPO}/pulls/{pull.number}",
+            "_links": {"html": {"href": html}, "pull_request": {"href": f"{API}/repos/{REPO}/pulls/{pull.number}"}},
+            "submitted_at": iso(review.submitted), "commit_id": review.commit_id, "author_association": "MEMBER",
+        }
+
+    def review_comment_json(self, pull: PullRec, comment: ReviewCommentRec) -> dict[str, Any]:
+        url = f"{API}/repos/{REPO}/pulls/comments/{comment.id}"
+        html = f"{WEB}/{REPO}/pull/{pull.number}#discussion_r{comment.id}"
+        pr = f"{API}/repos/{REPO}/pulls/{pull.number}"
+        return {
+            "url": url, "pull_request_review_id": comment.review_id, "id": comment.id,
+            "node_id": f"PRRC_{comment.id}", "diff_hunk": "@@ -1,1 +1,2 @@", "path": comment.path,
+            "position": 1, "original_position": 1, "commit_id": comment.commit_id,
+            "original_commit_id": comment.commit_id, "user": user_json(self.user(comment.user)),
+            "body": comment.body, "created_at": iso(comment.created), "updated_at": iso(comment.created),
+            "html_url": html, "pull_request_url": pr, "author_association": "MEMBER",
+            "_links": {"self": {"href": url}, "html": {"href": html}, "pull_request": {"href": pr}},
+            "line": comment.line, "original_line": comment.line, "side": "RIGHT",
+        }
+
+    def file_json(self, pull: PullRec, entry: tuple[str, int, int, str]) -> dict[str, Any]:
+        name, added, deleted, status = entry
+        sha = hashlib.sha1(f"{pull.head_sha}:{name}".encode()).hexdigest()
+        return {
+            "sha": sha, "filename": name, "status": status, "additions": added, "deletions": deleted,
+            "changes": added + deleted, "blob_url": f"{WEB}/{REPO}/blob/{pull.head_sha}/{name}",
+            "raw_url": f"{WEB}/{REPO}/raw/{pull.head_sha}/{name}",
+            "contents_url": f"{API}/repos/{REPO}/contents/{name}?ref={pull.head_sha}", "patch": "@@ -1 +1 @@",
+        }
+
+    def combined_status_json(self, sha: str) -> dict[str, Any]:
+        latest: dict[str, StatusRec] = {}
+        for status in self.statuses.get(sha, []):
+            latest[status.context] = status
+        states = [s.state for s in latest.values()]
+        if any(s in ("error", "failure") for s in states):
+            combined = "failure"
+        elif not states or any(s == "pending" for s in states):
+            combined = "pending"  # real GitHub says pending for a commit with no status at all
+        else:
+            combined = "success"
+        return {
+            "state": combined, "sha": sha, "total_count": len(latest),
+            "statuses": [{
+                "url": f"{API}/repos/{REPO}/statuses/{sha}", "avatar_url": None, "id": s.id,
+                "node_id": f"SC_{s.id}", "state": s.state, "description": s.state, "target_url": None,
+                "context": s.context, "created_at": iso(s.created), "updated_at": iso(s.created)}
+                for s in latest.values()],
+            "repository": minimal_repo_json(self.owner), "commit_url": f"{API}/repos/{REPO}/commits/{sha}",
+            "url": f"{API}/repos/{REPO}/commits/{sha}/status",
+        }
+
+    def check_runs_json(self, sha: str) -> dict[str, Any]:
+        runs = self.check_runs.get(sha, [])
+        return {"total_count": len(runs), "check_runs": [{
+            "id": run.id, "head_sha": sha, "node_id": f"CR_{run.id}", "external_id": "",
+            "url": f"{API}/repos/{REPO}/check-runs/{run.id}", "html_url": f"{WEB}/{REPO}/runs/{run.id}",
+            "details_url": None, "status": run.status, "conclusion": run.conclusion,
+            "started_at": iso(run.created), "completed_at": iso(run.created) if run.status == "completed" else None,
+            "output": {"title": None, "summary": None, "text": None, "annotations_count": 0,
+                       "annotations_url": f"{API}/repos/{REPO}/check-runs/{run.id}/annotations"},
+            "name": run.name, "check_suite": {"id": run.id + 1}, "app": None, "pull_requests": []}
+            for run in runs]}
+
+    # -- routing ----------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any, login: str
+               ) -> tuple[int, Any, dict[str, str]]:
+        prefix = f"/repos/{REPO}"
+        if path == "/user" and method == "GET":
+            return 200, private_user_json(self.user(login)), {}
+        if path == "/rate_limit" and method == "GET":
+            core = self._rate_json()
+            return 200, {"resources": {"core": core, "search": {**core, "limit": 30, "remaining": 30, "used": 0},
+                                       "graphql": core}, "rate": core}, {}
+        if not path.startswith(prefix):
+            raise ApiError(404, "Not Found")
+        rest = path[len(prefix):]
+        for pattern, verb, handler in self._routes():
+            match = re.fullmatch(pattern, rest)
+            if match and verb == method:
+                return handler(login, query, body, *[unquote(g) for g in match.groups()])
+        if any(re.fullmatch(p, rest) for p, _, _ in self._routes()):
+            raise ApiError(405, "Method Not Allowed")
+        raise ApiError(404, "Not Found")
+
+    def _routes(self) -> list[tuple[str, str, Callable[..., tuple[int, Any, dict[str, str]]]]]:
+        return [
+            (r"/issues", "GET", self._list_issues),
+            (r"/issues", "POST", self._create_issue),
+            (r"/issues/(\d+)", "GET", self._get_issue),
+            (r"/issues/(\d+)", "PATCH", self._update_issue),
+            (r"/issues/(\d+)/comments", "GET", self._list_comments),
+            (r"/issues/(\d+)/comments", "POST", self._create_comment),
+            (r"/issues/(\d+)/labels", "POST", self._add_labels),
+            (r"/issues/(\d+)/labels/([^/]+)", "DELETE", self._remove_label),
+            (r"/issues/(\d+)/events", "GET", self._list_events),
+            (r"/issues/(\d+)/timeline", "GET", self._timeline),
+            (r"/labels", "GET", self._list_labels),
+            (r"/labels", "POST", self._create_label),
+            (r"/pulls", "GET", self._list_pulls),
+            (r"/pulls", "POST", self._create_pull),
+            (r"/pulls/(\d+)", "GET", self._get_pull),
+            (r"/pulls/(\d+)/files", "GET", self._pull_files),
+            (r"/pulls/(\d+)/reviews", "GET", self._list_reviews),
+            (r"/pulls/(\d+)/reviews", "POST", self._create_review),
+            (r"/pulls/(\d+)/comments", "GET", self._list_review_comments),
+            (r"/pulls/(\d+)/merge", "PUT", self._refuse),
+            (r"/commits/([^/]+)/status", "GET", self._combined_status),
+            (r"/commits/([^/]+)/check-runs", "GET", self._check_runs),
+            (r"/collaborators/([^/]+)/permission", "GET", self._permission),
+        ]
+
+    def _issue(self, number: str | int) -> IssueRec:
+        issue = self.issues.get(int(number))
+        if issue is None:
+            raise ApiError(404, "Not Found")
+        return issue
+
+    def _pull(self, number: str | int) -> PullRec:
+        pull = self.pulls.get(int(number))
+        if pull is None:
+            raise ApiError(404, "Not Found")
+        self._refresh_from_git(pull)
+        return pull
+
+    def _list_issues(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        state = _q(query, "state", "open")
+        wanted = [n for n in _q(query, "labels", "").split(",") if n]
+        since = _q(query, "since", "")
+        creator = _q(query, "creator", "")
+        since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() if since else None
+        found = [i for i in self.issues.values()
+                 if (state == "all" or i.state == state) and all(n in i.labels for n in wanted)
+                 and (since_ts is None or i.updated >= since_ts) and (not creator or i.user == creator)]
+        key = (lambda i: i.updated) if _q(query, "sort", "created") == "updated" else (lambda i: i.number)
+        found.sort(key=key, reverse=_q(query, "direction", "desc") == "desc")
+        return 200, [self.issue_json(i) for i in found], {}
+
+    def _create_issue(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        if not isinstance(body, dict) or not body.get("title"):
+            raise ApiError(422, "Validation Failed", errors=[{"resource": "Issue", "field": "title",
+                                                               "code": "missing_field"}])
+        issue = self.add_issue(str(body["title"]), str(body.get("body") or ""), user=login)
+        for name in body.get("labels") or []:
+            self.apply_label(issue.number, name, login)
+        return 201, self.issue_json(issue), {"location": f"{API}/repos/{REPO}/issues/{issue.number}"}
+
+    def _get_issue(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                   ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.issue_json(self._issue(number)), {}
+
+    def _update_issue(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                      ) -> tuple[int, Any, dict[str, str]]:
+        issue = self._issue(number)
+        if body.get("state") == "closed":
+            self.close(issue.number, login)
+        elif body.get("state") == "open" and issue.state == "closed":
+            issue.state, issue.closed = "open", None
+            issue.events.append(EventRec(self.next_id(), "reopened", login, self.now()))
+            issue.updated = self.now()
+        for key in ("title", "body"):
+            if key in body:
+                setattr(issue, key, str(body[key] or ""))
+                issue.updated = self.now()
+        return 200, self.issue_json(issue), {}
+
+    def _list_comments(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                       ) -> tuple[int, Any, dict[str, str]]:
+        return 200, [self.comment_json(c) for c in self._issue(number).comments], {}
+
+    def _create_comment(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                        ) -> tuple[int, Any, dict[str, str]]:
+        self._issue(number)
+        comment = self.add_comment(int(number), str(body.get("body") or ""), login)
+        return 201, self.comment_json(comment), {}
+
+    def _add_labels(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        issue = self._issue(number)
+        names = body.get("labels") if isinstance(body, dict) else body
+        for name in names or []:
+            self.apply_label(issue.number, str(name), login)
+        return 200, [self.label_json(n) for n in issue.labels], {}
+
+    def _remove_label(self, login: str, query: dict[str, list[str]], body: Any, number: str, name: str
+                      ) -> tuple[int, Any, dict[str, str]]:
+        issue = self._issue(number)
+        if not self.unapply_label(issue.number, name, login):
+            raise ApiError(404, "Label does not exist")
+        return 200, [self.label_json(n) for n in issue.labels], {}
+
+    def _list_events(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                     ) -> tuple[int, Any, dict[str, str]]:
+        issue = self._issue(number)
+        events = []
+        for event in issue.events:
+            data = self.event_json(issue, event)
+            data["issue"] = self.issue_json(issue)
+            events.append(data)
+        return 200, events, {}
+
+    def _timeline(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                  ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.timeline_json(self._issue(number)), {}
+
+    def _list_labels(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        return 200, [self.label_json(n) for n in self.labels], {}
+
+    def _create_label(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        name = str(body.get("name") or "")
+        if not name or name in self.labels:
+            raise ApiError(422, "Validation Failed", errors=[{"resource": "Label", "code": "already_exists",
+                                                               "field": "name"}])
+        label = self.add_label(name, str(body.get("color") or "ededed"))
+        label.description = body.get("description")
+        return 201, self.label_json(name), {}
+
+    def _list_pulls(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        state = _q(query, "state", "open")
+        head = _q(query, "head", "")
+        base = _q(query, "base", "")
+        found = []
+        for pull in self.pulls.values():
+            issue = self.issues[pull.number]
+            if state != "all" and issue.state != state:
+                continue
+            if head and f"{OWNER}:{pull.head}" != head:
+                continue
+            if base and pull.base != base:
+                continue
+            self._refresh_from_git(pull)
+            found.append(pull)
+        found.sort(key=lambda p: p.number, reverse=_q(query, "direction", "desc") == "desc")
+        return 200, [self.pull_json(p, full=False) for p in found], {}
+
+    def _create_pull(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        head = str(body.get("head") or "").split(":")[-1]
+        base = str(body.get("base") or "")
+        head_sha, base_sha = self.branch_sha(head), self.branch_sha(base)
+        if head_sha is None or base_sha is None:
+            raise ApiError(422, "Validation Failed", errors=[{"resource": "PullRequest", "field": "head" if
+                                                               head_sha is None else "base", "code": "invalid"}])
+        for pull in self.pulls.values():
+            if pull.head == head and self.issues[pull.number].state == "open":
+                raise ApiError(422, "Validation Failed", errors=[{
+                    "resource": "PullRequest", "code": "custom",
+                    "message": f"A pull request already exists for {OWNER}:{head}."}])
+        issue = self.add_issue(str(body.get("title") or head), str(body.get("body") or ""), user=login)
+        issue.is_pull = True
+        pull = PullRec(issue.number, head, base, "", base_sha, from_git=True)
+        self.pulls[issue.number] = pull
+        self._refresh_from_git(pull)
+        return 201, self.pull_json(pull, full=True), {}
+
+    def _get_pull(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                  ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.pull_json(self._pull(number), full=True), {}
+
+    def _pull_files(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        pull = self._pull(number)
+        return 200, [self.file_json(pull, f) for f in pull.files], {}
+
+    def _list_reviews(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                      ) -> tuple[int, Any, dict[str, str]]:
+        pull = self._pull(number)
+        return 200, [self.review_json(pull, r) for r in pull.reviews], {}
+
+    def _create_review(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                       ) -> tuple[int, Any, dict[str, str]]:
+        pull = self._pull(number)
+        event = str(body.get("event") or "PENDING")
+        review = ReviewRec(self.next_id(), login, str(body.get("body") or ""), event,
+                           str(body.get("commit_id") or pull.head_sha), self.now())
+        pull.reviews.append(review)
+        for item in body.get("comments") or []:
+            pull.review_comments.append(ReviewCommentRec(self.next_id(), review.id, login, str(item.get("body")),
+                                                         str(item.get("path")), item.get("line"), review.commit_id,
+                                                         review.submitted))
+        self.issues[pull.number].updated = self.now()
+        return 200, self.review_json(pull, review), {}
+
+    def _list_review_comments(self, login: str, query: dict[str, list[str]], body: Any, number: str
+                              ) -> tuple[int, Any, dict[str, str]]:
+        pull = self._pull(number)
+        return 200, [self.review_comment_json(pull, c) for c in pull.review_comments], {}
+
+    def _refuse(self, login: str, query: dict[str, list[str]], body: Any, *args: str
+                ) -> tuple[int, Any, dict[str, str]]:
+        raise ApiError(405, "The fake does not implement this endpoint")
+
+    def _combined_status(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                         ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.combined_status_json(ref), {}
+
+    def _check_runs(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.check_runs_json(ref), {}
+
+    def _permission(self, login: str, query: dict[str, list[str]], body: Any, who: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        if who not in self.users or who not in self.permissions:
+            raise ApiError(404, f"{who} is not a user")
+        permission = self.permissions[who]
+        role = {"admin": "admin", "maintain": "maintain", "write": "write", "triage": "triage"}.get(permission,
+                                                                                                  "read")
+        legacy = {"maintain": "write", "triage": "read"}.get(permission, permission)
+        return 200, {"permission": legacy, "role_name": role, "user": {
+            **user_json(self.users[who]), "role_name": role, "permissions": {"admin": permission == "admin",
+                                                          "maintain": permission in ("admin", "maintain"),
+                                                          "push": permission in ("admin", "maintain", "write"),
+                                                          "triage": permission != "read", "pull": True}}}, {}
+
+    def _rate_json(self) -> dict[str, int]:
+        return {"limit": self.rate_limit, "remaining": max(0, self.rate_limit - self.rate_used),
+                "reset": self.rate_reset, "used": self.rate_used}
+
+    def rate_headers(self) -> dict[str, str]:
+        rate = self._rate_json()
+        return {"x-ratelimit-limit": str(rate["limit"]), "x-ratelimit-remaining": str(rate["remaining"]),
+                "x-ratelimit-reset": str(rate["reset"]), "x-ratelimit-used": str(rate["used"]),
+                "x-ratelimit-resource": "core"}
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            for item in self.faults:
+                if item.method in (method, "*") and item.path.search(path) and item.fired < item.times:
+                    item.seen += 1
+                    if item.seen > item.skip:
+                        item.fired += 1
+                        return item
+            return None
+
+
+def _q(query: dict[str, list[str]], key: str, default: str) -> str:
+    values = query.get(key)
+    return values[0] if values else default
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeGitHub
+    protocol_version = "HTTP/1.1"
+    server_version = "GitHub.com"
+    wbufsize = 1 << 16  # one write per response (flushed after each request), no Nagle stalls
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        return
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        fake = self.fake
+        parts = urlsplit(self.path)
+        path = parts.path
+        if path.startswith("/api/v3/"):  # GitHub Enterprise Server prefix
+            path = path[len("/api/v3"):]
+        query = parse_qs(parts.query)
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "cookie")}
+        record = Recorded(method, path, query, headers, body)
+        with fake.lock:
+            fake.requests.append(record)
+        auth = self.headers.get("authorization", "")
+        token = auth.split(" ", 1)[1].strip() if " " in auth else ""
+        login = fake.tokens.get(token)
+        if login is None:
+            record.status = 401
+            self._send(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest",
+                             "status": "401"}, {})
+            return
+        record.login = login
+        fault = fake.take_fault(method, path)
+        if fault is not None and fault.kind == "slow":
+            time.sleep(fault.delay)
+        if fault is not None and fault.kind == "secondary":
+            extra = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else {}
+            record.status = fault.status if fault.status in (403, 429) else 403
+            self._send(record.status, {
+                "message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try "
+                           "again.", "documentation_url": "https://docs.github.com/rest/overview/rate-limits",
+                "status": str(record.status)}, {**fake.rate_headers(), **extra})
+            return
+        if fault is not None and fault.kind == "primary":
+            fake.exhaust_primary(fault.retry_after or 3600)
+        with fake.lock:
+            if path != "/rate_limit" and fake.rate_used >= fake.rate_limit and time.time() < fake.rate_reset:
+                record.status = 403
+                self._send(403, {"message": f"API rate limit exceeded for user ID {fake.user(login).id}.",
+                                 "documentation_url": "https://docs.github.com/rest/overview/rate-limits",
+                                 "status": "403"}, fake.rate_headers())
+                return
+        if fault is not None and fault.kind == "status" and not fault.apply:
+            record.status = fault.status
+            self._send(fault.status, {"message": "Server Error"} if fault.status >= 500 else
+                       {"message": "fault"}, fake.rate_headers())
+            return
+        with fake.lock:
+            try:
+                status, data, extra = fake.handle(method, path, query, body if body is not None else {}, login)
+            except ApiError as exc:
+                status, extra = exc.status, exc.headers
+                data = {"message": exc.message, "documentation_url": "https://docs.github.com/rest",
+                        "status": str(exc.status)}
+                if exc.errors is not None:
+                    data["errors"] = exc.errors
+            if fault is not None and fault.kind == "status":
+                status, data, extra = fault.status, {"message": "Server Error"}, {}
+            page_headers: dict[str, str] = {}
+            if status == 200 and method == "GET" and isinstance(data, list):
+                data, page_headers = _paginate(data, query, self.headers.get("host", ""), parts.path)
+            payload = json.dumps(data, separators=(",", ":")).encode()
+            etag = 'W/"' + hashlib.sha256(payload).hexdigest()[:40] + '"'
+            not_modified = (method == "GET" and status == 200
+                            and etag in [t.strip() for t in self.headers.get("if-none-match", "").split(",")])
+            if path != "/rate_limit" and not not_modified:
+                fake.rate_used += 1  # a 304 costs nothing against the primary limit
+            out = {**fake.rate_headers(), **page_headers, **extra}
+            if path == "/user":
+                scopes = fake.user(login).scopes
+                if scopes is not None:
+                    out["x-oauth-scopes"] = scopes
+                    out["x-accepted-oauth-scopes"] = ""
+            if method == "GET" and status == 200:
+                out["etag"] = etag
+                out["cache-control"] = "private, max-age=60, s-maxage=60"
+                out["vary"] = "Accept, Authorization, Cookie, X-GitHub-OTP"
+            record.status = 304 if not_modified else status
+        if not_modified:
+            self._send_raw(304, b"", out)
+        else:
+            self._send_raw(status, payload, out)
+
+    def _send(self, status: int, data: Any, headers: dict[str, str]) -> None:
+        self._send_raw(status, json.dumps(data).encode(), headers)
+
+    def _send_raw(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("content-type", "application/json; charset=utf-8")
+            self.send_header("x-github-request-id", hashlib.md5(self.path.encode()).hexdigest()[:16].upper())
+            self.send_header("x-github-api-version-selected", "2026-03-10")
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if status != 304:
+                self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            if status != 304 and payload:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def _paginate(items: list[Any], query: dict[str, list[str]], host: str, path: str
+              ) -> tuple[list[Any], dict[str, str]]:
+    per_page = max(1, min(100, int(_q(query, "per_page", "30"))))
+    page = max(1, int(_q(query, "page", "1")))
+    last = max(1, -(-len(items) // per_page))
+    chunk = items[(page - 1) * per_page: page * per_page]
+    if last == 1:
+        return chunk, {}
+
+    def link(n: int) -> str:
+        params = {k: v[0] for k, v in query.items()}
+        params.update(per_page=str(per_page), page=str(n))
+        encoded = "&".join(f"{k}={quote(v, safe=',:')}" for k, v in params.items())
+        return f"<http://{host}{path}?{encoded}>"
+
+    rels = []
+    if page < last:
+        rels += [f'{link(page + 1)}; rel="next"', f'{link(last)}; rel="last"']
+    if page > 1:
+        rels += [f'{link(1)}; rel="first"', f'{link(page - 1)}; rel="prev"']
+    return chunk, {"link": ", ".join(rels)}
+
+
+@asynccontextmanager
+async def open_github_forge(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, FakeGitHub]]:
+    """A started `GitHubForge` (entered) for "octo/demo" on a fresh fake server, and the server.
+
+    The fleet writes as `fleet-bot` (a separate identity), the approve key acts as `octo-operator`.
+    `options` go to `GitHubForge` (e.g. `write_spacing`, `max_wait`); a `server_options` dict goes to the fake.
+    """
+    from fleet_tui.forge.github import GitHubForge
+
+    server = FakeGitHub(Path(tmp_path), **options.pop("server_options", {})).start()
+    settings: dict[str, Any] = dict(token=FLEET_TOKEN, operator_token=OPERATOR_TOKEN, base_url=server.url,
+                                    git_url=server.push_url if server.git_dir else None, write_spacing=0.0,
+                                    retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0)
+    settings.update(options)
+    try:
+        forge = GitHubForge(REPO, **settings)
+        async with forge:
+            yield forge, server
+    finally:
+        server.stop()

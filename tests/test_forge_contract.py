@@ -1,0 +1,346 @@
+"""The one contract every `Forge` backend keeps: the local forge and GitHub (through the fake server).
+
+The `forge` fixture yields an open backend; `make_branch(forge, name, files)` puts a branch with those
+files on it (one commit on top of the base branch) where the backend can see it, and returns its head sha.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleet_tui.forge.base import Forge, NotFound, judge_approval, marker, standing_label_event
+from fleet_tui.forge.local import LocalForge
+from fleet_tui.git import git_sync
+
+pytestmark = pytest.mark.anyio
+
+BranchMaker = Callable[[str, dict[str, str]], Awaitable[str]]
+_branch_makers: dict[int, BranchMaker] = {}
+_bases: dict[int, str] = {}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def init_repo(path: Path) -> Path:
+    """A repository on `main` with one commit."""
+    path.mkdir(parents=True, exist_ok=True)
+    git_sync("init", "-q", "-b", "main", cwd=path)
+    (path / "README.md").write_text("# sample\n\nline one\nline two\n")
+    (path / "app.py").write_text("def main():\n    return 1\n")
+    git_sync("add", "-A", cwd=path)
+    git_sync("commit", "-q", "-m", "initial", cwd=path)
+    return path
+
+
+def commit_branch(workspace: Path, name: str, files: dict[str, str], *, start: str = "origin/main") -> None:
+    git_sync("checkout", "-q", "-B", name, start, cwd=workspace)
+    for rel, text in files.items():
+        target = workspace / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git_sync("add", "-A", cwd=workspace)
+    git_sync("commit", "-q", "-m", f"work on {name}", cwd=workspace)
+
+
+async def make_branch(forge: Forge, name: str, files: dict[str, str]) -> str:
+    """Create branch `name` with `files` committed on top of the base, visible to the forge; its head sha."""
+    return await _branch_makers[id(forge)](name, files)
+
+
+def base_of(forge: Forge) -> str:
+    return _bases[id(forge)]
+
+
+def _open_github_factory() -> Any:
+    if importlib.util.find_spec("fleet_tui.forge.github") is None:
+        return None
+    for module_name in ("fake_github", "tests.fake_github"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError:
+            continue
+        factory = getattr(module, "open_github_forge", None)
+        if factory is not None:
+            return factory
+    return None
+
+
+def seed_base(workspace: Path) -> None:
+    """The same files on the base branch as `init_repo` makes, so sizes compare across backends."""
+    (workspace / "README.md").write_text("# sample\n\nline one\nline two\n")
+    (workspace / "app.py").write_text("def main():\n    return 1\n")
+    git_sync("add", "-A", cwd=workspace)
+    git_sync("commit", "-q", "-m", "seed", cwd=workspace)
+
+
+def _github_branch_maker(forge: Forge, server: Any, workspace: Path) -> BranchMaker:
+    """Code reaches the fake through the served bare repository: the base is seeded there directly, a
+    branch is committed in a clone and pushed by the forge's own `push_branch`."""
+    git_sync("clone", "-q", server.push_url, str(workspace), cwd=workspace.parent)
+    seed_base(workspace)
+    git_sync("push", "-q", "origin", "HEAD:refs/heads/main", cwd=workspace)
+
+    async def make(name: str, files: dict[str, str]) -> str:
+        commit_branch(workspace, name, files)
+        return await forge.push_branch(workspace, name)
+
+    return make
+
+
+@pytest.fixture(params=["local", "github"])
+async def forge(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Forge]:
+    if request.param == "local":
+        repo = init_repo(tmp_path / "repo")
+        workspace = tmp_path / "workspace"
+        git_sync("clone", "-q", str(repo), str(workspace), cwd=tmp_path)
+        async with LocalForge(repo, operator="alice") as local:
+
+            async def make(name: str, files: dict[str, str]) -> str:
+                commit_branch(workspace, name, files)
+                return await local.push_branch(workspace, name)
+
+            _branch_makers[id(local)] = make
+            _bases[id(local)] = "main"
+            try:
+                yield local
+            finally:
+                _branch_makers.pop(id(local), None)
+                _bases.pop(id(local), None)
+        return
+
+    factory = _open_github_factory()
+    if factory is None:
+        pytest.skip("fleet_tui/forge/github.py or tests/fake_github.py (open_github_forge) is not there yet: "
+                    "GitHub leg not run")
+    async with factory(tmp_path) as (github, server):
+        _branch_makers[id(github)] = _github_branch_maker(github, server, tmp_path / "workspace")
+        _bases[id(github)] = "main"
+        try:
+            yield github
+        finally:
+            _branch_makers.pop(id(github), None)
+            _bases.pop(id(github), None)
+
+
+# issues -----------------------------------------------------------------------------------------
+
+
+async def test_forge_satisfies_the_protocol(forge: Forge) -> None:
+    assert isinstance(forge, Forge)
+    assert forge.kind in ("local", "github")
+    assert forge.repo
+
+
+async def test_issues_are_created_listed_by_label_and_read_with_comments(forge: Forge) -> None:
+    bug = await forge.create_issue("Crash on start", "It crashes.", ["bug", "proposed"])
+    chore = await forge.create_issue("Tidy the docs", "Typos.", ["proposed"])
+    plain = await forge.create_issue("Unlabelled", "Nothing.")
+    assert bug.number != chore.number != plain.number
+    assert set(bug.labels) == {"bug", "proposed"}
+    assert bug.html_url and bug.html_url != chore.html_url
+
+    proposed = {i.number for i in await forge.list_issues(labels=["proposed"])}
+    assert proposed == {bug.number, chore.number}
+    assert {i.number for i in await forge.list_issues(labels=["proposed", "bug"])} == {bug.number}
+    assert {i.number for i in await forge.list_issues()} == {bug.number, chore.number, plain.number}
+
+    await forge.post_comment(chore.number, "Which docs?", marker("run", "r1"))
+    read = await forge.get_issue(chore.number)
+    assert read.title == "Tidy the docs" and read.body == "Typos."
+    assert [c.body.startswith("Which docs?") for c in read.comments] == [True]
+
+    await forge.close_issue(plain.number)
+    assert plain.number not in {i.number for i in await forge.list_issues()}
+    assert {i.number for i in await forge.list_issues(state="closed")} == {plain.number}
+    assert len(await forge.list_issues(state="all")) == 3
+    assert (await forge.get_issue(plain.number)).state == "closed"
+
+
+async def test_since_leaves_out_issues_not_updated_since(forge: Forge) -> None:
+    issue = await forge.create_issue("Old news", "body", ["proposed"])
+    later = datetime.now(UTC) + timedelta(days=1)
+    earlier = datetime.now(UTC) - timedelta(days=3)
+    assert await forge.list_issues(since=later) == []
+    assert [i.number for i in await forge.list_issues(since=earlier)] == [issue.number]
+
+
+async def test_unknown_issue_is_not_found(forge: Forge) -> None:
+    with pytest.raises(NotFound):
+        await forge.get_issue(9999)
+
+
+# labels -----------------------------------------------------------------------------------------
+
+
+async def test_labels_are_added_removed_and_their_actor_is_known(forge: Forge) -> None:
+    operator = await forge.operator_identity()
+    fleet = await forge.fleet_identity()
+    issue = await forge.create_issue("Add dark mode", "Please.", ["proposed"])
+
+    await forge.add_labels(issue.number, ["approved"], as_operator=True)
+    await forge.add_labels(issue.number, ["fleet:in-progress"])
+    assert set((await forge.get_issue(issue.number)).labels) == {"proposed", "approved", "fleet:in-progress"}
+
+    await forge.remove_label(issue.number, "proposed")
+    await forge.remove_label(issue.number, "never-there")  # not an error
+    assert set((await forge.get_issue(issue.number)).labels) == {"approved", "fleet:in-progress"}
+
+    events = await forge.label_events(issue.number)
+    assert len({e.event_id for e in events}) == len(events)
+    assert [(e.kind, e.label) for e in events] == [
+        ("labeled", "proposed"), ("labeled", "approved"), ("labeled", "fleet:in-progress"),
+        ("unlabeled", "proposed"),
+    ]
+    assert [e.created_at for e in events] == sorted(e.created_at for e in events)
+
+    approved = standing_label_event(events, "approved")
+    assert approved is not None and approved.actor.login == operator.login
+    assert approved.actor.type == "User"
+    working = standing_label_event(events, "fleet:in-progress")
+    assert working is not None and working.actor.login == fleet.login
+    assert standing_label_event(events, "proposed") is None
+
+
+async def test_relabel_by_someone_else_replaces_who_applied_it(forge: Forge) -> None:
+    operator = await forge.operator_identity()
+    fleet = await forge.fleet_identity()
+    issue = await forge.create_issue("Relabel", "body")
+    await forge.add_labels(issue.number, ["approved"], as_operator=True)
+    await forge.remove_label(issue.number, "approved")
+    await forge.add_labels(issue.number, ["approved"])
+    standing = standing_label_event(await forge.label_events(issue.number), "approved")
+    assert standing is not None and standing.actor.login == fleet.login != operator.login
+
+
+async def test_ensure_labels_creates_missing_labels_only_once(forge: Forge) -> None:
+    wanted = ["proposed", "approved", "fleet:needs-human"]
+    assert set(await forge.missing_labels(wanted)) == set(wanted)
+    assert set(await forge.ensure_labels(wanted)) == set(wanted)
+    assert await forge.ensure_labels(wanted) == []
+    assert await forge.missing_labels(wanted) == []
+    assert await forge.ensure_labels([*wanted, "fleet:qa"]) == ["fleet:qa"]
+
+
+# approval ---------------------------------------------------------------------------------------
+
+
+async def test_approval_by_the_operator_counts_and_by_the_fleet_does_not(forge: Forge) -> None:
+    operator = await forge.operator_identity()
+    fleet = await forge.fleet_identity()
+    separate = fleet.login.lower() != operator.login.lower()
+
+    by_operator = await forge.create_issue("Approved by a human", "body", ["proposed"])
+    await forge.add_labels(by_operator.number, ["approved"], as_operator=True)
+    event = standing_label_event(await forge.label_events(by_operator.number), "approved")
+    assert event is not None
+    verdict = judge_approval(by_operator.number, event, approvers=[operator.login], fleet_login=fleet.login,
+                             fleet_is_separate=separate)
+    assert verdict.verified, verdict.reason
+    assert await forge.permission(operator.login) in ("admin", "maintain", "write")
+
+    if not separate:
+        pytest.skip("this backend's fleet writes with the operator's own identity")
+    by_fleet = await forge.create_issue("Approved by the fleet itself", "body", ["proposed"])
+    await forge.add_labels(by_fleet.number, ["approved"])
+    event = standing_label_event(await forge.label_events(by_fleet.number), "approved")
+    assert event is not None
+    verdict = judge_approval(by_fleet.number, event, approvers=[operator.login, fleet.login],
+                             fleet_login=fleet.login, fleet_is_separate=True)
+    assert not verdict.verified
+    assert fleet.login in verdict.reason
+
+
+# comments ---------------------------------------------------------------------------------------
+
+
+async def test_a_marked_comment_posted_twice_is_posted_once(forge: Forge) -> None:
+    issue = await forge.create_issue("Claim me", "body")
+    tag = marker("run", "run-42")
+    assert await forge.find_comment(issue.number, tag) is None
+    first = await forge.post_comment(issue.number, "Claimed by the fleet.", tag)
+    again = await forge.post_comment(issue.number, "Claimed by the fleet.", tag)
+    assert again.id == first.id
+    assert tag in first.body
+    found = await forge.find_comment(issue.number, tag)
+    assert found is not None and found.id == first.id
+    other = await forge.post_comment(issue.number, "Second run.", marker("run", "run-43"))
+    assert other.id != first.id
+    comments = (await forge.get_issue(issue.number)).comments
+    assert [c.id for c in comments] == [first.id, other.id]
+
+
+# pull requests ----------------------------------------------------------------------------------
+
+
+async def test_open_pull_twice_for_one_head_gives_one_pr(forge: Forge) -> None:
+    base = base_of(forge)
+    sha = await make_branch(forge, "fleet/7-dark-mode", {"theme.css": "body { color: #eee; }\n"})
+    assert await forge.find_pull("fleet/7-dark-mode") is None
+    first = await forge.open_pull(title="Dark mode", body="Closes #7", head="fleet/7-dark-mode", base=base)
+    second = await forge.open_pull(title="Dark mode", body="Closes #7", head="fleet/7-dark-mode", base=base)
+    assert second.number == first.number
+    assert first.head_sha == sha
+    found = await forge.find_pull("fleet/7-dark-mode")
+    assert found is not None and found.number == first.number
+    assert [p.number for p in await forge.list_pulls()] == [first.number]
+
+
+async def test_list_pulls_shows_head_base_size_and_files(forge: Forge) -> None:
+    base = base_of(forge)
+    sha = await make_branch(forge, "fleet/8-docs", {
+        "README.md": "# sample\n\nline one\nline 2\nline three\n",  # 1 line changed, 1 added
+        "docs/guide.md": "one\ntwo\nthree\n",
+    })
+    opened = await forge.open_pull(title="Docs", body="More docs.", head="fleet/8-docs", base=base)
+    assert opened.html_url
+    [pull] = await forge.list_pulls()
+    assert (pull.number, pull.head, pull.base, pull.head_sha) == (opened.number, "fleet/8-docs", base, sha)
+    assert pull.state == "open"
+    assert set(pull.files) == {"README.md", "docs/guide.md"}
+    assert pull.changed_files == 2
+    assert (pull.additions, pull.deletions) == (5, 1)
+    assert pull.lines_changed == 6
+    assert pull.title == "Docs" and pull.body == "More docs."
+    got = await forge.get_pull(opened.number)
+    assert got.head_sha == sha and got.files == pull.files
+
+
+async def test_a_review_is_only_ever_a_comment(forge: Forge) -> None:
+    base = base_of(forge)
+    sha = await make_branch(forge, "fleet/9-fix", {"app.py": "def main():\n    return 2\n"})
+    pull = await forge.open_pull(title="Fix", body="Fixes it.", head="fleet/9-fix", base=base)
+    fleet = await forge.fleet_identity()
+    review = await forge.post_review(pull.number, "Looks right; one nit.", sha)
+    assert review.state == "COMMENTED"
+    assert review.commit_id == sha
+    [listed] = [p for p in await forge.list_pulls() if p.number == pull.number]
+    assert [(r.state, r.body, r.author.login) for r in listed.reviews] == [
+        ("COMMENTED", "Looks right; one nit.", fleet.login)]
+
+
+def test_the_protocol_has_no_way_to_merge_or_approve() -> None:
+    members = {name for name, _ in inspect.getmembers(Forge) if not name.startswith("_")}
+    members |= set(getattr(Forge, "__annotations__", {}))
+    assert {"list_issues", "add_labels", "open_pull", "post_review"} <= members  # the check sees methods
+    forbidden = sorted(n for n in members if "merge" in n.lower() or "approve" in n.lower())
+    assert forbidden == []
+    review_params = inspect.signature(Forge.post_review).parameters
+    assert set(review_params) == {"self", "number", "body", "commit_id"}  # no `event` to pick APPROVE
+
+
+async def test_the_github_backend_offers_no_merge_or_approve(forge: Forge) -> None:
+    if forge.kind != "github":
+        pytest.skip("the local forge has the human-only merge_as_human, called by the console only")
+    public = [n for n in dir(forge) if not n.startswith("_")]
+    assert [n for n in public if "merge" in n.lower() or "approve" in n.lower()] == []
