@@ -47,6 +47,27 @@ def check_env_names(engine: str, names: Iterable[str], forbidden: Iterable[str])
         )
 
 
+class ConfiguredEngine:
+    """What every engine shares: its config, its name, the environment it may read, and the refusal of any
+    forge token variable among the names it is to pass."""
+
+    default_name = "engine"
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        *,
+        name: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
+    ) -> None:
+        self.name = name or self.default_name
+        self.config = config
+        self._environ = environ
+        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
+        check_env_names(self.name, config.env, self._forbidden)
+
+
 def engine_env(
     engine: str,
     names: Iterable[str],

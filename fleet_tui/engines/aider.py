@@ -4,21 +4,26 @@ from its analytics log (`message_send` events) after the run, or from its "Token
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    FORGE_TOKEN_NAMES,
     PROMPT_FILE,
+    ConfiguredEngine,
     as_float,
     as_int,
-    check_env_names,
     current_environ,
     engine_env,
     json_object,
 )
-from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
+from fleet_tui.engines.base import (
+    EngineResult,
+    Invocation,
+    LogLine,
+    Output,
+    Task,
+    UsageUpdate,
+)
 from fleet_tui.engines.prices import priced_usage
 from fleet_tui.model import Usage
 
@@ -29,22 +34,11 @@ _SESSION_COST_RE = re.compile(r"\$(?P<cost>[\d.,]+) session")
 MAX_SUMMARY_LINES = 40
 
 
-class AiderEngine:
+class AiderEngine(ConfiguredEngine):
     """Builds aider command lines that never commit (the fleet commits on the branch) and never prompt."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        name: str = "aider",
-        environ: Mapping[str, str] | None = None,
-        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._environ = environ
-        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
-        check_env_names(name, config.env, self._forbidden)
+    default_name = "aider"
+
 
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")

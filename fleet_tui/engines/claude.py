@@ -8,45 +8,39 @@ tool_use, tool_result), and a final `result` with `result` (the final text), `is
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    FORGE_TOKEN_NAMES,
     PROMPT_FILE,
+    ConfiguredEngine,
     as_float,
     as_int,
-    check_env_names,
     current_environ,
     engine_env,
     json_object,
     prompt_argv,
 )
-from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
+from fleet_tui.engines.base import (
+    EngineResult,
+    Invocation,
+    LogLine,
+    Output,
+    Task,
+    UsageUpdate,
+)
 from fleet_tui.engines.prices import priced_usage
 from fleet_tui.model import Usage
 
 MAX_RESULT_LINES = 20
 
 
-class ClaudeEngine:
+class ClaudeEngine(ConfiguredEngine):
     """Builds `claude -p` command lines with permissions skipped: the container is the sandbox."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        name: str = "claude",
-        environ: Mapping[str, str] | None = None,
-        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._environ = environ
-        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
-        check_env_names(name, config.env, self._forbidden)
+    default_name = "claude"
+
 
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")

@@ -9,22 +9,27 @@ and `error`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    FORGE_TOKEN_NAMES,
     PROMPT_FILE,
+    ConfiguredEngine,
     as_int,
-    check_env_names,
     current_environ,
     engine_env,
     json_object,
     prompt_argv,
 )
-from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
+from fleet_tui.engines.base import (
+    EngineResult,
+    Invocation,
+    LogLine,
+    Output,
+    Task,
+    UsageUpdate,
+)
 from fleet_tui.engines.prices import priced_usage
 from fleet_tui.model import Usage
 
@@ -33,22 +38,11 @@ LAST_MESSAGE_FILE = "last_message.txt"
 MAX_OUTPUT_LINES = 60
 
 
-class CodexEngine:
+class CodexEngine(ConfiguredEngine):
     """Builds `codex exec` command lines. The container is the sandbox, so Codex's own is bypassed."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        name: str = "codex",
-        environ: Mapping[str, str] | None = None,
-        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._environ = environ
-        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
-        check_env_names(name, config.env, self._forbidden)
+    default_name = "codex"
+
 
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    FORGE_TOKEN_NAMES,
     PROMPT_FILE,
+    ConfiguredEngine,
     EngineConfigError,
-    check_env_names,
     current_environ,
     engine_env,
 )
@@ -29,20 +28,12 @@ _FIELD_RE = re.compile(r"\{(" + "|".join(FIELDS) + r")\}")
 MAX_SUMMARY_LINES = 40
 
 
-class CommandEngine:
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        name: str = "command",
-        environ: Mapping[str, str] | None = None,
-        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._environ = environ
-        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
-        check_env_names(name, config.env, self._forbidden)
+class CommandEngine(ConfiguredEngine):
+    default_name = "command"
+
+    def __init__(self, config: EngineConfig, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        name = self.name
         try:
             self._template = shlex.split(config.command) + list(config.args)
         except ValueError as exc:

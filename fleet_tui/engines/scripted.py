@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    FORGE_TOKEN_NAMES,
+    ConfiguredEngine,
     EngineConfigError,
     as_float,
     as_int,
-    check_env_names,
     current_environ,
     engine_env,
     json_object,
 )
-from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
+from fleet_tui.engines.base import (
+    EngineResult,
+    Invocation,
+    LogLine,
+    Output,
+    Task,
+    UsageUpdate,
+)
 from fleet_tui.model import Role, Usage
 
 AGENT_FILE = "scripted_agent.py"
@@ -201,24 +207,14 @@ def agent_source() -> str:
     return resources.files("fleet_tui.engines").joinpath(AGENT_FILE).read_text(encoding="utf-8")
 
 
-class ScriptedEngine:
+class ScriptedEngine(ConfiguredEngine):
     """Follows a script; `time_scale` multiplies every sleep (0 makes tests instant)."""
 
-    def __init__(
-        self,
-        config: EngineConfig,
-        *,
-        name: str = "scripted",
-        environ: Mapping[str, str] | None = None,
-        forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
-        time_scale: float = 1.0,
-    ) -> None:
-        self.name = name
-        self.config = config
-        self._environ = environ
-        self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
+    default_name = "scripted"
+
+    def __init__(self, config: EngineConfig, *, time_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
         self.time_scale = time_scale
-        check_env_names(name, config.env, self._forbidden)
         self.script = load_script(config.script) if config.script else DEMO_SCRIPT
 
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
