@@ -105,7 +105,8 @@ class LabelsConfig(_Section):
 
 class RoleConfig(_Section):
     engine: str = "scripted"
-    """Name of the engine (a key of `[engines]`, or a built-in: codex, claude, aider, scripted)."""
+    """Name of the engine (a key of `[engines]`, or a built-in: codex, claude, aider, scripted). The PM may
+    also use `builtin`: proposals from TODO/FIXME comments and unchecked ROADMAP.md items, no model."""
 
     max_concurrent: int = Field(1, ge=1)
     """How many runs of this role may be live at once."""
@@ -295,6 +296,8 @@ class FleetConfig(_Section):
     def _roles_name_engines(self) -> FleetConfig:
         for role in ("pm", "dev", "qa"):
             name = getattr(self.roles, role).engine
+            if role == "pm" and name == BUILTIN_PM:
+                continue
             if name not in self.engines and name not in BUILTIN_ENGINES:
                 known = sorted(set(self.engines) | set(BUILTIN_ENGINES))
                 raise ValueError(f"roles.{role}.engine names {name!r}, which is neither in [engines] nor built in "
@@ -306,6 +309,9 @@ class FleetConfig(_Section):
             return self.engines[name]
         return BUILTIN_ENGINES[name]
 
+
+# `roles.pm.engine = "builtin"`: the PM that needs no model.
+BUILTIN_PM = "builtin"
 
 BUILTIN_ENGINES: dict[str, EngineConfig] = {
     "codex": EngineConfig(kind="codex", command="codex", env=["OPENAI_API_KEY"]),

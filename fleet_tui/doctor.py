@@ -12,7 +12,7 @@ from typing import Literal
 
 import anyio
 
-from fleet_tui.config import FleetConfig, resolve_token
+from fleet_tui.config import BUILTIN_PM, FleetConfig, resolve_token
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -171,6 +171,8 @@ class Doctor:
         out = []
         for role in ("pm", "dev", "qa"):
             name = getattr(self.config.roles, role).engine
+            if name == BUILTIN_PM:
+                continue
             engine = self.config.engine(name)
             if engine.kind == "scripted":
                 binary = "python3"
@@ -195,7 +197,10 @@ class Doctor:
     def _engine_env(self) -> None:
         seen: set[str] = set()
         for role in ("pm", "dev", "qa"):
-            engine = self.config.engine(getattr(self.config.roles, role).engine)
+            name = getattr(self.config.roles, role).engine
+            if name == BUILTIN_PM:
+                continue
+            engine = self.config.engine(name)
             for var in engine.env:
                 if var in seen:
                     continue

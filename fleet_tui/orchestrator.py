@@ -936,11 +936,15 @@ class Orchestrator:
 
 @asynccontextmanager
 async def build_fleet(config: FleetConfig, *, repo_path: Path, state_dir: Path | None,
-                      pm_mode: Literal["engine", "builtin"] = "engine") -> AsyncIterator[Orchestrator]:
-    """The orchestrator for `config`: forge and runner picked from it, the journal locked for this process."""
+                      pm_mode: Literal["engine", "builtin"] | None = None) -> AsyncIterator[Orchestrator]:
+    """The orchestrator for `config`: forge and runner picked from it, the journal locked for this process.
+    The PM is the built-in one when `roles.pm.engine = "builtin"` (or `pm_mode` says so)."""
+    from fleet_tui.config import BUILTIN_PM
     from fleet_tui.store import Journal, journal_dir
     from fleet_tui.workspace import WorkspaceManager, parse_user
 
+    if pm_mode is None:
+        pm_mode = "builtin" if config.roles.pm.engine == BUILTIN_PM else "engine"
     repo_path = Path(repo_path)
     forge: Any
     if config.forge.kind == "github":

@@ -135,3 +135,9 @@ def test_example_documents_every_key_and_is_current() -> None:
         assert f"[{section}]" in committed
     for key in ("max_pr_lines", "protected_paths", "budget_usd", "max_concurrent", "api_url", "keys", "pids"):
         assert f"\n{key} = " in committed
+
+
+def test_builtin_pm_is_accepted_for_the_pm_only() -> None:
+    assert parse_config('[roles.pm]\nengine = "builtin"\n').roles.pm.engine == "builtin"
+    with pytest.raises(ConfigError, match="roles.dev.engine names 'builtin'"):
+        parse_config('[roles.dev]\nengine = "builtin"\n')
