@@ -143,7 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_check(config, config_path, repo=_repo_path(args, config), state_dir=state_dir, fix=args.fix)
     if args.demo:
-        from fleet_tui.demo import run_demo
+        from fleet_tui.tui.launch import run_demo
 
         return run_demo(state_dir=state_dir)
     repo = _repo_path(args, config)
@@ -151,7 +151,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fleet_tui.headless import run_headless
 
         return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once)
-    from fleet_tui.tui.app import run_console
+    from fleet_tui.tui.launch import run_console
 
     return run_console(config, repo_path=repo, state_dir=state_dir)
 
