@@ -1,0 +1,834 @@
+"""The operator console: the Textual app, its main screen, and `make_app()`.
+
+The app hosts `FleetControl.run()` in a worker, turns `FleetControl.events()` into typed messages, and sends
+every operator intent to the control in a worker. It knows nothing of forges or runners.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import anyio
+from rich.style import Style
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.containers import Grid
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input
+from textual.worker import Worker, WorkerState
+
+from fleet_tui.config import FleetConfig, user_config_dir, user_state_dir
+from fleet_tui.control import FleetControl
+from fleet_tui.model import (
+    AgentRun,
+    Issue,
+    NeedsHuman,
+    Notice,
+    PullRequest,
+    RateLimited,
+    RunChanged,
+    RunLogLines,
+    RunState,
+    SnapshotPublished,
+)
+from fleet_tui.tui import themes
+from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
+from fleet_tui.tui.commands import FleetCommands
+from fleet_tui.tui.messages import (
+    EventsEnded,
+    HistoryLoaded,
+    HumanNeeded,
+    LogLinesPending,
+    NoticeArrived,
+    RateLimitArrived,
+    RunUpdated,
+    SnapshotArrived,
+)
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
+from fleet_tui.tui.view import (
+    Clock,
+    HeaderState,
+    Styles,
+    agent_rows,
+    clean,
+    header_text,
+    inbox_key,
+    is_ready,
+    proposal_rows,
+    qa_rows,
+    ready_rows,
+    run_target,
+    safe_url,
+)
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneFilter, PaneTable
+from fleet_tui.untrusted import line_for_terminal
+
+FRAME_S = 1 / 30  # log lines reach the screen at most this often
+LAST_LINE_S = 0.5  # the Agents pane's "last line" column is a glance: refreshed at most this often
+PANES = ("proposals", "agents", "qa", "ready")
+_ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
+_ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
+
+
+def history_line(raw: str) -> str:
+    """A line of a run's log file (ISO timestamp prefix) as shown: `HH:MM:SS text`, sanitized."""
+    match = _ISO_PREFIX_RE.match(raw)
+    if match:
+        raw = f"{match.group(1)} {raw[match.end():]}"
+    return line_for_terminal(raw.rstrip("\n"))
+
+
+def read_log_tail(path: Path, max_lines: int) -> list[str]:
+    """The last `max_lines` lines of a run's log file, without reading all of a large file."""
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        start = max(0, size - max_lines * 512)
+        handle.seek(start)
+        data = handle.read()
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0 and lines:
+        lines = lines[1:]
+    return [history_line(line) for line in lines[-max_lines:]]
+
+
+def is_remote_terminal(environ: Mapping[str, str], platform: str) -> bool:
+    """True on SSH or without a display: a browser cannot be opened for the operator there."""
+    if environ.get("SSH_CONNECTION") or environ.get("SSH_TTY"):
+        return True
+    if platform == "darwin":
+        return False
+    return not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What the focused pane's cursor is on."""
+
+    pane: str = ""
+    issue: Issue | None = None
+    issue_number: int | None = None
+    pull: PullRequest | None = None
+    run: AgentRun | None = None
+
+    @property
+    def pr_number(self) -> int | None:
+        if self.pull is not None:
+            return self.pull.number
+        return self.run.pr if self.run is not None else None
+
+    @property
+    def url(self) -> str:
+        if self.pull is not None:
+            return safe_url(self.pull.html_url)
+        if self.issue is not None:
+            return safe_url(self.issue.html_url)
+        return ""
+
+
+class MainScreen(Screen[None]):
+    """Header, the four live panes, the log pane and the footer of keys for the focused row."""
+
+    BINDINGS = bindings()
+    AUTO_FOCUS = "#proposals"
+
+    def __init__(self, log_lines: int) -> None:
+        super().__init__()
+        self.log_lines = log_lines
+        self.filter_target: str | None = None
+        self._keys_signature: tuple[bool | None, ...] = ()
+
+    @property
+    def fleet(self) -> FleetApp:
+        assert isinstance(self.app, FleetApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        with Grid(id="panes"):
+            yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 22),
+                                                        ("Approval", "approval", 13)])
+            yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("State", "state", 10),
+                                                  ("Time", "elapsed", 6), ("Tokens", "tokens", 6),
+                                                  ("Cost", "cost", 5), ("Last line", "last", 18)])
+            yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 15), ("Round", "round", 5),
+                                          ("Verdict", "verdict", 9), ("Fnd", "findings", 3)])
+            yield PaneTable("ready", "Ready to merge", [("PR", "number", 4), ("Title", "title", 23),
+                                                        ("CI", "ci", 7), ("Size", "size", 15),
+                                                        ("Mergeable", "mergeable", 9)])
+        yield LogPane(self.log_lines, id="logpane")
+        yield LinkBar(id="linkbar", classes="hidden")
+        yield PaneFilter(placeholder="filter this pane (enter: keep, escape: done)", id="filter", classes="hidden")
+        yield Footer(compact=True)
+
+    def table(self, pane: str) -> PaneTable:
+        return self.query_one(f"#{pane}", PaneTable)
+
+    @property
+    def log_pane(self) -> LogPane:
+        return self.query_one(LogPane)
+
+    def focused_pane(self) -> str:
+        focused = self.focused
+        if isinstance(focused, PaneTable):
+            return focused.pane
+        if focused is not None and focused.id in ("log", "log-search"):
+            return "log"
+        return self.filter_target or ""
+
+    def selection(self) -> Selection:
+        fleet = self.fleet
+        pane = self.focused_pane()
+        if pane == "log":
+            run = fleet.runs.get(fleet.shown_run or "")
+            return Selection("log", run=run, issue_number=run.issue if run else None)
+        if pane not in PANES:
+            return Selection(pane)
+        key = self.table(pane).selected_key
+        if key is None:
+            return Selection(pane)
+        if pane == "proposals":
+            issue = fleet.proposals.get(int(key.removeprefix("issue-")))
+            return Selection(pane, issue=issue, issue_number=issue.number if issue else None)
+        if pane == "agents":
+            run = fleet.runs.get(key)
+            if run is None:
+                return Selection(pane)
+            pull = fleet.pulls.get(run.pr) if run.pr is not None else None
+            issue = fleet.proposals.get(run.issue) if run.issue is not None else None
+            return Selection(pane, issue=issue, issue_number=run.issue, pull=pull, run=run)
+        pull = fleet.pulls.get(int(key.removeprefix("pr-")))
+        return Selection(pane, pull=pull, run=fleet.run_for_pr(pull.number) if pull else None)
+
+    # --- which keys apply ----------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action not in _ROW_ACTIONS:
+            return True
+        local = self.fleet.control.forge_kind == "local"
+        if action == "merge" and not local:
+            return False  # never available on GitHub: merging happens on the PR page
+        sel = self.selection()
+        ok: bool
+        if action in ("approve", "reject"):
+            ok = sel.pane == "proposals" and sel.issue is not None
+        elif action == "details":
+            ok = sel.pane in PANES and (sel.issue_number is not None or sel.pr_number is not None)
+        elif action == "tail_log":
+            ok = sel.pane in PANES and sel.run is not None
+        elif action == "stop":
+            ok = sel.run is not None and sel.run.state.live
+        elif action == "retry":
+            ok = (sel.run is not None and sel.run.state.finished and sel.run.state is not RunState.SUCCEEDED
+                  and sel.run.issue is not None)
+        elif action == "merge":
+            ok = sel.pane == "ready" and sel.pull is not None
+        elif action == "open":
+            ok = bool(sel.url) or (local and sel.pane == "ready" and sel.pull is not None)
+        else:  # copy_url
+            ok = bool(sel.url)
+        return True if ok else None
+
+    def update_keys(self) -> None:
+        """Refresh the footer, but only when the set of keys that apply changed (a footer rebuild costs a frame)."""
+        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS))
+        if signature != self._keys_signature:
+            self._keys_signature = signature
+            self.refresh_bindings()
+
+    @on(DataTable.RowHighlighted)
+    def _row_moved(self, event: DataTable.RowHighlighted) -> None:
+        self.update_keys()
+        if event.data_table.id == "agents" and event.row_key.value:
+            self.fleet.show_run(event.row_key.value)
+
+    def on_descendant_focus(self) -> None:
+        self.update_keys()
+
+    # --- actions ---------------------------------------------------------------------------------
+
+    def action_approve(self) -> None:
+        sel = self.selection()
+        if sel.issue is not None:
+            self.fleet.approve_issue(sel.issue.number)
+
+    def action_reject(self) -> None:
+        sel = self.selection()
+        if sel.issue is None:
+            return
+        number = sel.issue.number
+        question = Text.assemble("Reject proposal ", (f"#{number}", "bold"), "?\n",
+                                 (clean(sel.issue.title, 200), "italic"), "\n\nThe PM's issue is closed or labeled "
+                                 "rejected; no agent will work on it.")
+        self.app.push_screen(ConfirmScreen("Reject proposal", question),
+                             lambda yes: self.fleet.reject_issue(number) if yes else None)
+
+    def action_details(self) -> None:
+        sel = self.selection()
+        if sel.pane in ("qa", "ready") or (sel.pane == "agents" and sel.pr_number is not None):
+            self.fleet.open_detail(issue=None, pr=sel.pr_number)
+        elif sel.issue_number is not None:
+            self.fleet.open_detail(issue=sel.issue_number, pr=None)
+
+    def action_tail_log(self) -> None:
+        sel = self.selection()
+        if sel.run is not None:
+            self.fleet.show_run(sel.run.run_id)
+            self.log_pane.log_widget.focus()
+
+    def action_stop(self) -> None:
+        run = self.selection().run
+        if run is None:
+            return
+        question = Text.assemble("Stop the ", (run.role.value.upper(), "bold"), " run on ",
+                                 (run_target(run), "bold"), f" ({clean(run.run_id, 40)})?\n\n"
+                                 "Its work so far stays in the workspace; the issue can be retried.")
+        run_id = run.run_id
+        self.app.push_screen(ConfirmScreen("Stop agent", question),
+                             lambda yes: self.fleet.stop_agent(run_id) if yes else None)
+
+    def action_retry(self) -> None:
+        run = self.selection().run
+        if run is not None and run.issue is not None:
+            self.fleet.retry_issue(run.issue)
+
+    def action_run_pm(self) -> None:
+        self.fleet.run_pm_now()
+
+    def action_pause(self) -> None:
+        self.fleet.toggle_pause()
+
+    def action_open(self) -> None:
+        sel = self.selection()
+        if self.fleet.control.forge_kind == "local" and sel.pane == "ready" and sel.pull is not None:
+            self.action_merge()
+            return
+        if sel.url:
+            self.fleet.open_link(sel.url)
+
+    def action_merge(self) -> None:
+        sel = self.selection()
+        if sel.pull is None or self.fleet.control.forge_kind != "local":
+            return
+        pull = sel.pull
+        question = Text.assemble("Merge ", (f"PR #{pull.number}", "bold"), " into ", (clean(pull.base, 60), "bold"),
+                                 " as you?\n", (clean(pull.title, 200), "italic"),
+                                 f"\n\n+{pull.additions} −{pull.deletions} in {pull.changed_files} files, "
+                                 f"CI {pull.ci.value}.")
+        number = pull.number
+        self.app.push_screen(ConfirmScreen("Merge", question),
+                             lambda yes: self.fleet.merge_pr(number) if yes else None)
+
+    def action_copy_url(self) -> None:
+        url = self.selection().url
+        if url:
+            self.fleet.share_link(url)
+
+    def action_inbox(self) -> None:
+        self.fleet.open_inbox()
+
+    def action_filter(self) -> None:
+        pane = self.focused_pane()
+        if pane == "log" or self.has_class("-log-full"):
+            self.log_pane.open_search()
+            return
+        if pane not in PANES:
+            pane = "proposals"
+        self.filter_target = pane
+        box = self.query_one("#filter", PaneFilter)
+        box.value = self.table(pane).filter_text
+        box.placeholder = f"filter {self.table(pane).title} (enter: keep, escape: done)"
+        box.remove_class("hidden")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if self.filter_target:
+            self.table(self.filter_target).set_filter(event.value)
+            self.fleet.refresh_panes()
+
+    @on(Input.Submitted, "#filter")
+    @on(PaneFilter.Done, "#filter")
+    def _filter_done(self, event: Input.Submitted | PaneFilter.Done) -> None:
+        event.stop()
+        self.query_one("#filter", PaneFilter).add_class("hidden")
+        target = self.filter_target or "proposals"
+        self.filter_target = None
+        self.table(target).focus()
+
+    def action_switch_pane(self) -> None:
+        order = [*PANES, "log"]
+        if self.has_class("-log-full"):
+            self.log_pane.log_widget.focus()
+            return
+        current = self.focused_pane()
+        following = order[(order.index(current) + 1) % len(order)] if current in order else order[0]
+        if following == "log":
+            self.log_pane.log_widget.focus()
+        else:
+            self.table(following).focus()
+
+    def action_fullscreen(self) -> None:
+        self.toggle_class("-log-full")
+        if self.has_class("-log-full"):
+            self.log_pane.log_widget.focus()
+        else:
+            self.table("agents").focus()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.fleet.current_keys()))
+
+    async def action_quit(self) -> None:
+        await self.fleet.quit_console()
+
+
+class FleetApp(App[None]):
+    """The console. Build it with `make_app()`."""
+
+    CSS_PATH = "fleet.tcss"
+    TITLE = "fleet-tui"
+    COMMANDS = App.COMMANDS | {FleetCommands}
+    NOTIFICATION_TIMEOUT = 8
+
+    def __init__(self, control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
+                 state_dir: Path | None = None, theme_dir: Path | None = None,
+                 environ: Mapping[str, str] | None = None, platform: str | None = None) -> None:
+        super().__init__()
+        self.control = control
+        self.config = config
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self.state_dir = state_dir
+        self.environ = os.environ if environ is None else environ
+        self.platform = sys.platform if platform is None else platform
+        self.max_lines = config.ui.log_lines
+        # what the fleet looks like, from the latest snapshot and the events since
+        self.snapshot: SnapshotPublished | None = None
+        self.proposals: dict[int, Issue] = {}
+        self.runs: dict[str, AgentRun] = {}
+        self.pulls: dict[int, PullRequest] = {}
+        self.inbox: list[NeedsHuman] = []
+        self.paused = False
+        self.header = HeaderState(repo=control.repo, forge_kind=control.forge_kind)
+        # log lines: raw per-run tails (bounded) and the batch waiting for the next frame
+        self._history: dict[str, deque[str]] = {}
+        self._pending: dict[str, deque[str]] = {}
+        self._log_pending = False
+        self._flush_armed = False
+        self._last_flush = 0.0
+        self._last_lines: dict[str, str] = {}
+        self._last_line_update = 0.0
+        self._last_line_timer = False
+        self.shown_run: str | None = None
+        self.errors: list[str] = []
+        self.bells = 0
+        self.cell_styles = Styles()
+        self.main = MainScreen(config.ui.log_lines)
+        loaded, self.theme_problems = themes.load_themes(theme_dir if theme_dir is not None
+                                                        else user_config_dir() / "themes")
+        for theme in loaded:
+            self.register_theme(theme)
+        wanted = themes.remembered_theme(self.state_dir, config.ui.theme)
+        if wanted not in self.available_themes:
+            self.theme_problems.append(f"theme {wanted!r} not found; using {themes.DEFAULT_THEME}")
+            wanted = themes.DEFAULT_THEME if themes.DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+        self._styles_from_theme()
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    # --- start and stop -----------------------------------------------------------------------
+
+    def on_mount(self) -> None:
+        unknown = sorted(set(self.config.ui.keys) - set(ACTIONS_BY_ID))
+        self.set_keymap({key: value for key, value in self.config.ui.keys.items() if key in ACTIONS_BY_ID})
+        for problem in self.theme_problems:
+            self.notify(clean(problem, 300), severity="warning", markup=False)
+        if unknown:
+            self.notify(f"ui.keys: unknown binding id(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(ACTIONS_BY_ID)}", severity="warning", markup=False)
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+        self.push_screen(self.main)
+        self.refresh_panes()
+        self.set_interval(1.0, self._tick, name="header clock")
+        self._host_loop()
+        self._consume_events()
+
+    def _theme_changed(self, theme: Any) -> None:
+        self._styles_from_theme()
+        themes.remember_theme(self.state_dir, theme.name, self.config.ui.theme)
+        self.refresh_panes()
+
+    def _styles_from_theme(self) -> None:
+        theme = self.current_theme
+
+        def color(value: str | None, fallback: str) -> Style:
+            try:
+                return Style.parse(value or fallback)
+            except Exception:  # noqa: BLE001 - a user theme may hold a colour Rich cannot read
+                return Style.parse(fallback)
+
+        self.cell_styles = Styles(ok=color(theme.success, "green"), warn=color(theme.warning, "yellow"),
+                             bad=color(theme.error, "red"), accent=color(theme.primary, "cyan"))
+
+    async def quit_console(self) -> None:
+        """Stop the loop (live agents keep running and are re-attached next start), then leave."""
+        with anyio.move_on_after(5):
+            try:
+                await self.control.shutdown()
+            except Exception as exc:  # noqa: BLE001 - leaving must not fail
+                self.log.error(f"shutdown: {exc!r}")
+        self.exit()
+
+    async def action_quit(self) -> None:
+        await self.quit_console()
+
+    @work(group="fleet-loop", exit_on_error=False, description="The fleet loop")
+    async def _host_loop(self) -> None:
+        await self.control.run()
+
+    @work(group="fleet-events", exit_on_error=False, description="Reading fleet events")
+    async def _consume_events(self) -> None:
+        post = self.post_message
+        async for event in self.control.events():
+            if isinstance(event, RunLogLines):
+                if event.lines:
+                    queue = self._pending.get(event.run_id)
+                    if queue is None:
+                        queue = self._pending[event.run_id] = deque(maxlen=self.max_lines)
+                    queue.extend(event.lines)
+                    if not self._log_pending:
+                        self._log_pending = True
+                        post(LogLinesPending())
+            elif isinstance(event, SnapshotPublished):
+                post(SnapshotArrived(event))
+            elif isinstance(event, RunChanged):
+                if event.run is not None:
+                    post(RunUpdated(event.run))
+            elif isinstance(event, NeedsHuman):
+                post(HumanNeeded(event))
+            elif isinstance(event, Notice):
+                post(NoticeArrived(event))
+            elif isinstance(event, RateLimited):
+                post(RateLimitArrived(event))
+        post(EventsEnded("the event stream ended"))
+
+    # --- the one place worker errors are shown ------------------------------------------------
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        worker = event.worker
+        if event.state is WorkerState.ERROR:
+            error = worker.error
+            detail = clean(str(error), 300) if error is not None else "unknown error"
+            self.report_error(f"{worker.description or worker.name} failed: {detail or type(error).__name__}")
+
+    def report_error(self, message: str) -> None:
+        self.errors.append(message)
+        self.notify(message, severity="error", markup=False, timeout=15)
+
+    # --- events -------------------------------------------------------------------------------
+
+    def on_snapshot_arrived(self, message: SnapshotArrived) -> None:
+        snap = message.snapshot
+        self.snapshot = snap
+        self.header.snapshot = snap
+        self.header.polled_at = snap.at
+        self.proposals = {issue.number: issue for issue in snap.proposals}
+        self.runs = {run.run_id: run for run in snap.runs}
+        self.pulls = {pull.number: pull for pull in snap.pulls if pull.state == "open"}
+        self.inbox = list(snap.needs_human)
+        self.paused = snap.paused
+        for run_id in list(self._history):
+            if run_id not in self.runs and run_id != self.shown_run:
+                del self._history[run_id]
+                self._last_lines.pop(run_id, None)
+        self.refresh_panes()
+        if self.shown_run is None and self.runs:
+            self.show_run(next(iter(self.runs)))
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        self.runs[message.run.run_id] = message.run
+        self.refresh_panes()
+
+    def on_human_needed(self, message: HumanNeeded) -> None:
+        item = message.item
+        if all(inbox_key(existing) != inbox_key(item) for existing in self.inbox):
+            self.inbox.append(item)
+        target = f"PR #{item.pr}" if item.pr is not None else f"#{item.issue}" if item.issue is not None else ""
+        self.notify(f"Needs you: {target} {clean(item.reason, 200)}".strip(), title="needs-human",
+                    severity="warning", markup=False)
+        self.ring()
+        self.refresh_panes()
+
+    def on_notice_arrived(self, message: NoticeArrived) -> None:
+        notice = message.notice
+        severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
+        self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
+        if notice.bell:
+            self.ring()
+
+    def on_rate_limit_arrived(self, message: RateLimitArrived) -> None:
+        self.header.rate_limited_until = message.event.until
+        self.notify(f"Rate limited: {clean(message.event.reason, 200)}", severity="warning", markup=False)
+        self._update_header()
+
+    def on_events_ended(self, message: EventsEnded) -> None:
+        self.notify(f"The fleet stopped: {message.reason}", severity="warning", markup=False)
+
+    def ring(self) -> None:
+        if self.config.ui.bell:
+            self.bells += 1
+            self.bell()
+
+    # --- log lines ------------------------------------------------------------------------------
+
+    def on_log_lines_pending(self, _message: LogLinesPending) -> None:
+        wait = FRAME_S - (monotonic() - self._last_flush)
+        if wait <= 0:
+            self.flush_logs()
+        elif not self._flush_armed:
+            self._flush_armed = True
+            self.set_timer(wait, self.flush_logs, name="log flush")
+
+    def flush_logs(self) -> None:
+        """Move the buffered lines into the per-run tails and write the shown run's batch at once."""
+        self._log_pending = False
+        self._flush_armed = False
+        self._last_flush = monotonic()
+        pending, self._pending = self._pending, {}
+        shown: list[str] = []
+        agents = self.main.table("agents") if self.main.is_mounted else None
+        update_last = self._last_flush - self._last_line_update >= LAST_LINE_S
+        if update_last:
+            self._last_line_update = self._last_flush
+        elif pending and not self._last_line_timer:
+            self._last_line_timer = True
+            self.set_timer(LAST_LINE_S, self._refresh_last_lines, name="last lines")
+        for run_id, lines in pending.items():
+            history = self._history.get(run_id)
+            if history is None:
+                history = self._history[run_id] = deque(maxlen=self.max_lines)
+            history.extend(lines)
+            if update_last:
+                self._set_last_line(agents, run_id, lines[-1])
+            if run_id == self.shown_run:
+                shown = [line_for_terminal(line) for line in lines]
+        if shown and self.main.is_mounted:
+            self.main.log_pane.append(shown)
+
+    def _set_last_line(self, agents: PaneTable | None, run_id: str, raw: str) -> None:
+        last = clean(raw, 300)
+        if self._last_lines.get(run_id) != last:
+            self._last_lines[run_id] = last
+            if agents is not None:
+                agents.update_cell_if_present(run_id, "last", Text(last, style=self.cell_styles.dim, no_wrap=True,
+                                                                   overflow="ellipsis"))
+
+    def _refresh_last_lines(self) -> None:
+        """The trailing update of the last-line column after a throttled burst."""
+        self._last_line_timer = False
+        self._last_line_update = monotonic()
+        agents = self.main.table("agents") if self.main.is_mounted else None
+        for run_id, history in self._history.items():
+            if history:
+                self._set_last_line(agents, run_id, history[-1])
+
+    def show_run(self, run_id: str) -> None:
+        """Point the log pane at a run: its in-memory tail, or the tail of its log file once finished."""
+        if run_id == self.shown_run or not self.main.is_mounted:
+            return
+        self.shown_run = run_id
+        run = self.runs.get(run_id)
+        label = f"{run.role.value.upper()} {run_target(run)} · {run_id}" if run else run_id
+        history = self._history.get(run_id)
+        pending = self._pending.get(run_id)
+        if history or pending:
+            lines = [line_for_terminal(line) for line in (*(history or ()), *(pending or ()))]
+            self._pending.pop(run_id, None)
+            if pending:
+                self._history.setdefault(run_id, deque(maxlen=self.max_lines)).extend(pending)
+            self.main.log_pane.show(label, lines)
+            return
+        self.main.log_pane.show(label, [])
+        path = self.control.log_path(run_id)
+        if path is not None:
+            self._load_history(run_id, path)
+
+    @work(thread=True, exclusive=True, group="log-history", exit_on_error=False, description="Reading a run's log")
+    def _load_history(self, run_id: str, path: Path) -> None:
+        if path.is_file():
+            self.post_message(HistoryLoaded(run_id, read_log_tail(path, self.max_lines)))
+
+    def on_history_loaded(self, message: HistoryLoaded) -> None:
+        if message.run_id == self.shown_run and not self._history.get(message.run_id):
+            self.main.log_pane.append(message.lines)
+
+    # --- panes ----------------------------------------------------------------------------------
+
+    def run_for_pr(self, pr: int) -> AgentRun | None:
+        runs = [run for run in self.runs.values() if run.pr == pr]
+        live = [run for run in runs if run.state.live]
+        return (live or runs or [None])[-1]
+
+    def refresh_panes(self) -> None:
+        if not self.main.is_mounted:
+            return
+        now = self.now()
+        styles = self.cell_styles
+        snap = self.snapshot
+        runs = list(self.runs.values())
+        main = self.main
+        main.table("proposals").sync(proposal_rows(tuple(self.proposals.values()), snap.approvals if snap else (),
+                                                   styles))
+        main.table("agents").sync(agent_rows(runs, self._last_lines, now, styles))
+        pulls = list(self.pulls.values())
+        ready = [pull for pull in pulls if is_ready(pull, runs)]
+        review = [pull for pull in pulls if not is_ready(pull, runs)]
+        main.table("qa").sync(qa_rows(review, runs, self.config.roles.qa.max_qa_rounds, styles))
+        main.table("ready").sync(ready_rows(ready, self.config.policy.max_pr_lines, styles))
+        self._update_header()
+        main.update_keys()
+        if isinstance(self.screen, InboxScreen):
+            self.screen.refresh_rows()
+
+    def _update_header(self) -> None:
+        if self.main.is_mounted:
+            self.header.repo = self.control.repo  # a deferred control learns its repository once started
+            self.header.forge_kind = self.control.forge_kind
+            self.header.needs_human = len(self.inbox)
+            self.main.query_one(HeaderBar).update(header_text(self.header, self.config, self.now(), self.cell_styles))
+
+    def _tick(self) -> None:
+        self._update_header()
+        if any(run.state.live for run in self.runs.values()) and self.main.is_mounted:
+            self.main.table("agents").sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(),
+                                                      self.cell_styles))
+
+    # --- operator intents: each one a worker; errors surface in on_worker_state_changed --------
+
+    @work(exclusive=True, group="intent-approve", exit_on_error=False, description="Approve")
+    async def approve_issue(self, issue: int) -> None:
+        await self.control.approve(issue)
+        self.notify(f"Approved #{issue}", markup=False)
+
+    @work(exclusive=True, group="intent-reject", exit_on_error=False, description="Reject")
+    async def reject_issue(self, issue: int) -> None:
+        await self.control.reject(issue)
+        self.notify(f"Rejected #{issue}", markup=False)
+
+    @work(exclusive=True, group="intent-stop", exit_on_error=False, description="Stop agent")
+    async def stop_agent(self, run_id: str) -> None:
+        await self.control.stop_run(run_id)
+        self.notify(f"Stopping {clean(run_id, 40)}", markup=False)
+
+    @work(exclusive=True, group="intent-retry", exit_on_error=False, description="Retry")
+    async def retry_issue(self, issue: int) -> None:
+        await self.control.retry(issue)
+        self.notify(f"Retrying #{issue}", markup=False)
+
+    @work(exclusive=True, group="intent-pm", exit_on_error=False, description="Run PM")
+    async def run_pm_now(self) -> None:
+        await self.control.run_pm()
+        self.notify("PM run requested", markup=False)
+
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self._set_paused(self.paused)
+
+    @work(exclusive=True, group="intent-pause", exit_on_error=False, description="Pause/resume")
+    async def _set_paused(self, paused: bool) -> None:
+        await self.control.set_paused(paused)
+        self.notify("Fleet paused: no new runs start" if paused else "Fleet resumed", markup=False)
+
+    @work(exclusive=True, group="intent-merge", exit_on_error=False, description="Merge")
+    async def merge_pr(self, pr: int) -> None:
+        await self.control.merge(pr)
+        self.notify(f"Merged PR #{pr}", markup=False)
+
+    def open_detail(self, *, issue: int | None, pr: int | None) -> None:
+        title = f"PR #{pr}" if pr is not None else f"Issue #{issue}"
+        screen = DetailScreen(title)
+        self.push_screen(screen)
+        self._load_detail(screen, issue, pr)
+
+    @work(exclusive=True, group="detail", exit_on_error=False, description="Loading details")
+    async def _load_detail(self, screen: DetailScreen, issue: int | None, pr: int | None) -> None:
+        try:
+            detail = await self.control.detail(issue=issue, pr=pr)
+        except Exception as exc:
+            screen.show_error(f"Could not load: {exc}")
+            raise
+        screen.show_detail(detail)
+
+    def open_inbox(self) -> None:
+        if not isinstance(self.screen, InboxScreen):
+            self.push_screen(InboxScreen(self._inbox_details, self.retry_issue))
+
+    def _inbox_details(self, issue: int | None, pr: int | None) -> None:
+        self.open_detail(issue=issue if pr is None else None, pr=pr)
+
+    # --- links ----------------------------------------------------------------------------------
+
+    def open_link(self, url: str) -> None:
+        """Open in a browser when one is at hand; on a remote terminal copy it and show it as a link."""
+        if is_remote_terminal(self.environ, self.platform):
+            self.share_link(url)
+        else:
+            self.open_url(url)
+            self.notify(f"Opened {url}", markup=False)
+
+    def share_link(self, url: str) -> None:
+        """Copy with OSC 52 and show the URL as a clickable OSC 8 link and as plain text."""
+        self.copy_to_clipboard(url)
+        bar = self.main.query_one(LinkBar)
+        bar.update(Text.assemble(("copied: ", "dim"), (url, Style(link=url, underline=True))))
+        bar.remove_class("hidden")
+        self.notify(f"Copied to the clipboard: {url}", markup=False)
+
+    # --- keys -----------------------------------------------------------------------------------
+
+    def key_for(self, action_id: str) -> str:
+        keys = self._keymap.get(action_id) if hasattr(self, "_keymap") else None
+        return keys or ACTIONS_BY_ID[action_id].key
+
+    def current_keys(self) -> dict[str, str]:
+        return {action.id: self.key_for(action.id) for action in ACTIONS}
+
+    async def run_fleet_action(self, action_id: str) -> None:
+        """Run an action from the palette on the main screen, as its key would."""
+        if self.screen is not self.main:
+            return
+        if self.main.check_action(action_id, ()) is not True:
+            self.notify(f"{ACTIONS_BY_ID[action_id].description}: not available for the selected row",
+                        severity="warning", markup=False)
+            return
+        await self.main.run_action(action_id)
+
+
+def make_app(control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
+             state_dir: Path | None = None, theme_dir: Path | None = None,
+             environ: Mapping[str, str] | None = None, platform: str | None = None) -> FleetApp:
+    """The console for `control`. `state_dir` holds ui.json (the remembered theme); `theme_dir` the user's theme
+    files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests."""
+    return FleetApp(control, config, clock=clock, state_dir=state_dir if state_dir is not None else user_state_dir(),
+                    theme_dir=theme_dir, environ=environ, platform=platform)
+
+
+def run_app(control: FleetControl, config: FleetConfig) -> None:
+    """Run the console in the terminal until the operator quits."""
+    make_app(control, config).run()
+
+
+__all__ = ["FleetApp", "MainScreen", "history_line", "is_remote_terminal", "make_app", "read_log_tail", "run_app"]
+

@@ -1,0 +1,284 @@
+"""Screens over the main one: the confirm dialog, the detail view of an issue or PR, the help screen and
+the needs-human inbox. They only show text that went through `fleet_tui.untrusted` and never parse markup."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from rich.style import Style
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, DataTable, Footer, Static
+
+from fleet_tui.control import Detail
+from fleet_tui.tui.actions import ACTIONS, KEY_DISPLAY
+from fleet_tui.tui.view import clean, inbox_rows
+from fleet_tui.tui.widgets import PaneTable
+from fleet_tui.untrusted import for_terminal
+
+if TYPE_CHECKING:
+    from fleet_tui.tui.app import FleetApp
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before anything that cannot be undone: y confirms, n or escape cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Yes", id="confirm_yes"),
+        Binding("n", "answer(False)", "No", id="confirm_no"),
+        Binding("escape", "answer(False)", "Cancel", show=False),
+    ]
+
+    def __init__(self, title: str, question: Text) -> None:
+        super().__init__()
+        self.title_text = title
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="confirm-box") as box:
+            box.border_title = self.title_text
+            yield Static(self.question, id="confirm-question")
+            with Horizontal(id="confirm-buttons"):
+                yield Button("Yes (y)", id="yes", variant="error")
+                yield Button("No (n)", id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+_FLEET_MARKER_RE = re.compile(r"[ \t]*<!-- fleet:[^>]*-->[ \t]*\n?")
+
+
+def _untrusted_block(text: str) -> Text:
+    """A body as plain text; the fleet's own idempotency markers are left out, any other hidden comment shows."""
+    shown = _FLEET_MARKER_RE.sub("", for_terminal(text)).expandtabs(4).rstrip()
+    return Text(shown or "(empty)")
+
+
+def _diff_text(diff: str, styles: dict[str, Style]) -> Text:
+    out = Text()
+    for line in for_terminal(diff).expandtabs(4).splitlines():
+        if line.startswith(("+++", "---")):
+            style = styles["meta"]
+        elif line.startswith("+"):
+            style = styles["add"]
+        elif line.startswith("-"):
+            style = styles["del"]
+        elif line.startswith("@@"):
+            style = styles["hunk"]
+        else:
+            style = Style()
+        out.append(line + "\n", style=style)
+    return out
+
+
+class DetailScreen(Screen[None]):
+    """An issue or PR: body, QA thread (reviews and comments), diff stat and diff, loaded by a worker."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Back", id="detail_close"),
+        Binding("q", "close", "Back", show=False),
+    ]
+
+    def __init__(self, title: str) -> None:
+        super().__init__()
+        self.heading = title
+        self.loaded = False
+        self._pending: Detail | str | None = None
+        self._composed = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.heading, style="bold"), id="detail-title")
+        with VerticalScroll(id="detail-body"):
+            yield Static(Text("loading…", style="dim"), id="detail-content")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#detail-body").focus()
+        self._composed = True
+        if isinstance(self._pending, Detail):
+            self.show_detail(self._pending)
+        elif isinstance(self._pending, str):
+            self.show_error(self._pending)
+
+    def show_detail(self, detail: Detail) -> None:
+        if not self._composed:
+            self._pending = detail
+            return
+        theme = self.app.current_theme
+        styles = {
+            "add": Style.parse(theme.success or "green"),
+            "del": Style.parse(theme.error or "red"),
+            "hunk": Style.parse(theme.accent or "cyan"),
+            "meta": Style(bold=True),
+        }
+        head = Style(bold=True, color=theme.primary)
+        out = Text()
+        if detail.issue is not None:
+            issue = detail.issue
+            out.append(f"Issue #{issue.number}: ", style=head)
+            out.append(clean(issue.title, 300) + "\n", style=Style(bold=True))
+            out.append(f"by {clean(issue.author.login, 60)} · {issue.state} · labels: "
+                       f"{clean(', '.join(issue.labels), 200) or '—'}\n", style=Style(dim=True))
+            out.append_text(_untrusted_block(issue.body))
+            out.append("\n\n")
+        if detail.pull is not None:
+            pull = detail.pull
+            out.append(f"PR #{pull.number}: ", style=head)
+            out.append(clean(pull.title, 300) + "\n", style=Style(bold=True))
+            out.append(f"{clean(pull.head, 100)} → {clean(pull.base, 100)} · CI {pull.ci.value} · "
+                       f"+{pull.additions} −{pull.deletions} in {pull.changed_files} files\n", style=Style(dim=True))
+            out.append_text(_untrusted_block(pull.body))
+            out.append("\n\n")
+        thread = sorted(
+            [(r.submitted_at, f"review by {r.author.login} ({r.state})", r.body) for r in detail.reviews]
+            + [(c.created_at, f"comment by {c.author.login}", c.body) for c in detail.comments],
+            key=lambda item: (item[0] is None, item[0] or 0),
+        )
+        out.append("QA thread\n", style=head)
+        if not thread:
+            out.append("no reviews or comments yet\n", style=Style(dim=True))
+        for when, who, body in thread:
+            stamp = when.strftime("%Y-%m-%d %H:%M") if when else ""
+            out.append(f"── {clean(who, 120)} {stamp}\n", style=Style(bold=True))
+            out.append_text(_untrusted_block(body))
+            out.append("\n\n")
+        out.append("\nDiff stat\n", style=head)
+        out.append_text(_untrusted_block(detail.diffstat) if detail.diffstat else Text("no diff\n", style="dim"))
+        if detail.diff:
+            out.append("\n\nDiff\n", style=head)
+            out.append_text(_diff_text(detail.diff, styles))
+        self.query_one("#detail-content", Static).update(out)
+        self.loaded = True
+
+    def show_error(self, message: str) -> None:
+        if not self._composed:
+            self._pending = message
+            return
+        self.query_one("#detail-content", Static).update(Text(clean(message, 500), style="bold red"))
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the console with what it does (remaps from fleet.toml shown)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Close", id="help_close"),
+        Binding("question_mark", "close", "Close", show=False),
+        Binding("q", "close", "Close", show=False),
+    ]
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        super().__init__()
+        self.keys = keys
+
+    def compose(self) -> ComposeResult:
+        table: DataTable[Text] = DataTable(id="help-table", cursor_type="row", show_cursor=False)
+        with Vertical(id="help-box") as box:
+            box.border_title = "Keys"
+            box.border_subtitle = "escape to close · remap in fleet.toml [ui.keys] by id"
+            yield table
+
+    def on_mount(self) -> None:
+        table = self.query_one("#help-table", DataTable)
+        table.add_column("key", key="key", width=8)
+        table.add_column("id", key="id", width=12)
+        table.add_column("what it does", key="help")
+        for action in ACTIONS:
+            key = self.keys.get(action.id, action.key)
+            shown = KEY_DISPLAY.get(key, key) if "," not in key else key
+            table.add_row(Text(shown, style="bold"), Text(action.id, style="dim"), Text(action.help), key=action.id)
+        table.focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class InboxScreen(Screen[None]):
+    """The needs-human inbox: what stopped and why; enter opens it, r retries it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Back", id="inbox_close"),
+        Binding("i", "close", "Back", show=False),
+        Binding("enter", "details", "Details", id="inbox_details"),
+        Binding("r", "retry", "Retry", id="inbox_retry"),
+    ]
+
+    def __init__(self, on_details: Callable[[int | None, int | None], None],
+                 on_retry: Callable[[int], None]) -> None:
+        super().__init__()
+        self.on_details = on_details
+        self.on_retry = on_retry
+
+    @property
+    def fleet(self) -> FleetApp:
+        from fleet_tui.tui.app import FleetApp
+
+        assert isinstance(self.app, FleetApp)
+        return self.app
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Needs you", style="bold"), id="inbox-title")
+        yield PaneTable("inbox", "Needs human", [("Target", "target", 10), ("Why", "why", None),
+                                                 ("When", "when", 10)])
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.refresh_rows()
+        self.query_one("#inbox", PaneTable).focus()
+
+    def refresh_rows(self) -> None:
+        fleet = self.fleet
+        rows = inbox_rows(fleet.inbox, fleet.now(), fleet.cell_styles)
+        table = self.query_one("#inbox", PaneTable)
+        table.sync(rows)
+        if not rows:
+            table.border_subtitle = "nothing needs you"
+        self.refresh_bindings()
+
+    def _selected(self):  # type: ignore[no-untyped-def]
+        key = self.query_one("#inbox", PaneTable).selected_key
+        for item in self.fleet.inbox:
+            from fleet_tui.tui.view import inbox_key
+
+            if inbox_key(item) == key:
+                return item
+        return None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "details":
+            return True if self._selected() is not None else None
+        if action == "retry":
+            item = self._selected()
+            return True if item is not None and item.issue is not None else None
+        return True
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()
+
+    def action_details(self) -> None:
+        item = self._selected()
+        if item is not None:
+            self.on_details(item.issue, item.pr)
+
+    def action_retry(self) -> None:
+        item = self._selected()
+        if item is not None and item.issue is not None:
+            self.on_retry(item.issue)
+
+    def action_close(self) -> None:
+        self.dismiss(None)

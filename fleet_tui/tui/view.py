@@ -1,0 +1,307 @@
+"""Pure view model of the console: what each pane, the header and the inbox show for a snapshot.
+
+No widgets here: functions turn domain objects into rows of `rich.text.Text` cells (every string from the
+forge or an agent passed through `fleet_tui.untrusted` first) so they can be tested without an app.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from rich.style import Style
+from rich.text import Text
+
+from fleet_tui.config import FleetConfig
+from fleet_tui.model import (
+    AgentRun,
+    Approval,
+    CIState,
+    Issue,
+    NeedsHuman,
+    PullRequest,
+    Review,
+    RunState,
+    SnapshotPublished,
+    Verdict,
+)
+from fleet_tui.untrusted import line_for_terminal
+
+Clock = Callable[[], datetime]
+
+# The verdict marker QA puts in its review body, and the finding bullets that follow a `changes` verdict.
+_VERDICT_MARKER_RE = re.compile(r"<!-- fleet:verdict=(pass|changes) round=(\d+) -->")
+_VERDICT_LINE_RE = re.compile(r"^\s*\**\s*VERDICT\s*\**\s*:\s*\**\s*(pass|changes)\b", re.IGNORECASE | re.MULTILINE)
+_FINDING_RE = re.compile(r"^\s*(?:[-*]|\d+[.)])\s+\S", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Styles:
+    """Cell styles taken from the active theme, so both themes read well."""
+
+    ok: Style = field(default_factory=lambda: Style(color="green"))
+    warn: Style = field(default_factory=lambda: Style(color="yellow"))
+    bad: Style = field(default_factory=lambda: Style(color="red"))
+    accent: Style = field(default_factory=lambda: Style(color="cyan"))
+    dim: Style = field(default_factory=lambda: Style(dim=True))
+    bold: Style = field(default_factory=lambda: Style(bold=True))
+
+
+def clean(text: str | None, limit: int = 400) -> str:
+    """One display line of untrusted text."""
+    return line_for_terminal(text or "", limit)
+
+
+def cell(text: str | None, style: Style | str = "", limit: int = 400) -> Text:
+    """A table cell: sanitized plain text, never markup."""
+    return Text(clean(text, limit), style=style, no_wrap=True, overflow="ellipsis")
+
+
+def safe_url(url: str | None) -> str:
+    """An http(s) URL fit for a link, or empty."""
+    value = clean(url, 2000).strip()
+    return value if re.match(r"https?://[^\s]+$", value) else ""
+
+
+def short_duration(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d"
+
+
+def short_tokens(tokens: int) -> str:
+    if tokens >= 1_000_000:
+        return f"{tokens / 1_000_000:.1f}M"
+    if tokens >= 10_000:
+        return f"{tokens // 1000}k"
+    if tokens >= 1000:
+        return f"{tokens / 1000:.1f}k"
+    return str(tokens)
+
+
+# --- QA reading of a PR ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QaState:
+    verdict: Verdict | None
+    round: int
+    findings: int
+
+
+def review_verdict(review: Review) -> tuple[Verdict | None, int | None]:
+    match = _VERDICT_MARKER_RE.search(review.body)
+    if match:
+        return Verdict(match.group(1)), int(match.group(2))
+    lines = list(_VERDICT_LINE_RE.finditer(review.body))
+    if lines:
+        return Verdict(lines[-1].group(1).lower()), None
+    return None, None
+
+
+def qa_state(pull: PullRequest, runs: tuple[AgentRun, ...] | list[AgentRun] = ()) -> QaState:
+    """Latest verdict, QA round and finding count of a PR, from its reviews and the runs on it."""
+    verdict: Verdict | None = None
+    findings = 0
+    verdict_rounds = 0
+    marker_round = 0
+    for review in pull.reviews:
+        found, round_no = review_verdict(review)
+        if found is None:
+            continue
+        verdict_rounds += 1
+        marker_round = max(marker_round, round_no or 0)
+        verdict = found
+        findings = len(_FINDING_RE.findall(review.body)) if found is Verdict.CHANGES else 0
+    run_round = max((run.qa_round for run in runs if run.pr == pull.number), default=0)
+    return QaState(verdict, max(verdict_rounds, marker_round, run_round), findings)
+
+
+def is_ready(pull: PullRequest, runs: tuple[AgentRun, ...] | list[AgentRun] = ()) -> bool:
+    """A PR that passed QA and waits for the human merge."""
+    return pull.state == "open" and not pull.draft and qa_state(pull, runs).verdict is Verdict.PASS
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+Row = tuple[str, tuple[Text, ...]]
+
+
+def proposal_rows(proposals: tuple[Issue, ...], approvals: tuple[Approval, ...], styles: Styles) -> list[Row]:
+    by_issue = {approval.issue: approval for approval in approvals}
+    rows: list[Row] = []
+    for issue in proposals:
+        approval = by_issue.get(issue.number)
+        if approval is None:
+            state = cell("awaiting you", styles.dim)
+        elif approval.verified:
+            state = cell("✓ approved", styles.ok)
+        else:
+            state = cell("⚠ unverified", styles.warn)
+        rows.append((f"issue-{issue.number}", (
+            cell(f"#{issue.number}", styles.accent),
+            cell(issue.title, limit=200),
+            state,
+        )))
+    return rows
+
+
+_STATE_STYLE = {
+    RunState.QUEUED: "dim", RunState.STARTING: "accent", RunState.RUNNING: "accent",
+    RunState.SUCCEEDED: "ok", RunState.FAILED: "bad", RunState.TIMED_OUT: "bad", RunState.STOPPED: "warn",
+    RunState.OVER_BUDGET: "bad", RunState.LOST: "warn",
+}
+
+
+def run_target(run: AgentRun) -> str:
+    if run.pr is not None:
+        return f"PR #{run.pr}"
+    if run.issue is not None:
+        return f"#{run.issue}"
+    return "—"
+
+
+def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, styles: Styles) -> list[Row]:
+    rows: list[Row] = []
+    for run in runs:
+        end = run.ended_at or now
+        elapsed = short_duration(end - run.started_at) if run.started_at else ""
+        style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
+        state = run.state.value.replace("_", " ")
+        if run.qa_round and run.role.value == "qa":
+            state = f"{state} r{run.qa_round}"
+        rows.append((run.run_id, (
+            cell(run.role.value.upper(), styles.bold),
+            cell(run_target(run), styles.accent),
+            cell(state, style),
+            cell(elapsed, styles.dim),
+            cell(short_tokens(run.usage.tokens)),
+            cell(f"${run.usage.cost_usd:.2f}"),
+            cell(last_lines.get(run.run_id, run.last_line), styles.dim, limit=300),
+        )))
+    return rows
+
+
+def qa_rows(pulls: list[PullRequest], runs: list[AgentRun], max_rounds: int, styles: Styles) -> list[Row]:
+    rows: list[Row] = []
+    for pull in pulls:
+        qa = qa_state(pull, runs)
+        if qa.verdict is Verdict.CHANGES:
+            verdict = cell("changes", styles.warn)
+        elif qa.verdict is Verdict.PASS:
+            verdict = cell("pass", styles.ok)
+        else:
+            verdict = cell("reviewing", styles.dim)
+        round_style = styles.bad if qa.round >= max_rounds else ""
+        rows.append((f"pr-{pull.number}", (
+            cell(f"#{pull.number}", styles.accent),
+            cell(pull.title, limit=200),
+            cell(f"{qa.round}/{max_rounds}", round_style),
+            verdict,
+            cell(str(qa.findings) if qa.findings else "—", styles.warn if qa.findings else styles.dim),
+        )))
+    return rows
+
+
+_CI_STYLE = {CIState.SUCCESS: "ok", CIState.FAILURE: "bad", CIState.PENDING: "warn", CIState.NONE: "dim"}
+
+
+def ready_rows(pulls: list[PullRequest], max_pr_lines: int, styles: Styles) -> list[Row]:
+    rows: list[Row] = []
+    for pull in pulls:
+        ci = cell(pull.ci.value if pull.ci is not CIState.NONE else "no CI", getattr(styles, _CI_STYLE[pull.ci]))
+        size_style = styles.warn if pull.lines_changed > max_pr_lines else ""
+        size = cell(f"+{pull.additions} −{pull.deletions} {pull.changed_files}f", size_style)
+        if pull.mergeable is None:
+            mergeable = cell("checking…", styles.dim)
+        elif pull.mergeable:
+            mergeable = cell(pull.mergeable_state if pull.mergeable_state not in ("", "unknown") else "clean",
+                             styles.ok)
+        else:
+            mergeable = cell(pull.mergeable_state or "conflict", styles.bad)
+        rows.append((f"pr-{pull.number}", (
+            cell(f"#{pull.number}", styles.accent),
+            cell(pull.title, limit=200),
+            ci,
+            size,
+            mergeable,
+        )))
+    return rows
+
+
+def inbox_key(item: NeedsHuman) -> str:
+    return f"nh-{item.issue}-{item.pr}-{clean(item.reason, 120)}"
+
+
+def inbox_rows(items: list[NeedsHuman], now: datetime, styles: Styles) -> list[Row]:
+    rows: list[Row] = []
+    for item in items:
+        target = f"PR #{item.pr}" if item.pr is not None else f"#{item.issue}" if item.issue is not None else "—"
+        rows.append((inbox_key(item), (
+            cell(target, styles.accent),
+            cell(item.reason, limit=300),
+            cell(short_duration(now - item.at) + " ago", styles.dim),
+        )))
+    return rows
+
+
+# --- header ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class HeaderState:
+    repo: str = ""
+    forge_kind: str = ""
+    polled_at: datetime | None = None
+    snapshot: SnapshotPublished | None = None
+    rate_limited_until: datetime | None = None
+    needs_human: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: Styles) -> Text:
+    sep = Text(" · ", style=styles.dim)
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append("fleet-tui ", style=styles.bold)
+    text.append(clean(state.repo, 80), style=styles.accent)
+    text.append(f" ({clean(state.forge_kind, 20)})", style=styles.dim)
+    text.append_text(sep)
+    if state.polled_at is None:
+        text.append("waiting for the first poll", style=styles.dim)
+    else:
+        text.append(f"polled {short_duration(now - state.polled_at)} ago")
+    snap = state.snapshot
+    if snap is not None:
+        rate = snap.rate
+        if rate.remaining is not None:
+            text.append_text(sep)
+            low = rate.limit and rate.remaining < rate.limit * 0.1
+            text.append(f"rate {rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit else ""),
+                        style=styles.warn if low else "")
+        text.append_text(sep)
+        budget = config.policy.budget_day_usd
+        spent = snap.spend_today.cost_usd
+        over = budget and spent >= budget
+        text.append(f"spend ${spent:.2f}" + (f" / ${budget:.2f}" if budget else "") + " today",
+                    style=styles.bad if over else "")
+    limited = state.rate_limited_until
+    if limited is not None and limited > now:
+        text.append_text(sep)
+        text.append(f"rate-limited {short_duration(limited - now)}", style=styles.warn)
+    text.append_text(sep)
+    if snap is not None and snap.paused:
+        text.append("⏸ paused", style=styles.warn)
+    else:
+        text.append("▶ running", style=styles.ok)
+    text.append_text(sep)
+    text.append(f"needs-human {state.needs_human}", style=styles.bad if state.needs_human else styles.dim)
+    return text

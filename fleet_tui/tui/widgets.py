@@ -1,0 +1,231 @@
+"""Widgets of the main screen: the header line, the live pane tables (updated in place by row key), the log
+pane (batched writes, follow mode, search) and the pane filter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.coordinate import Coordinate
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable, Input, Log, Static
+
+from fleet_tui.tui.view import Row, clean
+
+
+class HeaderBar(Static):
+    """One line: repository, forge, poll age, rate limit, spend, paused/running, needs-human count."""
+
+
+class LinkBar(Static):
+    """The last URL shared with the operator, as a clickable (OSC 8) link."""
+
+
+class PaneTable(DataTable[Text], inherit_bindings=False):
+    """A live pane: rows are keyed, updated in place, so the cursor and scroll stay where the user left them."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("up", "cursor_up", "Up", show=False),
+        Binding("down", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("pageup", "page_up", "Page up", show=False),
+        Binding("pagedown", "page_down", "Page down", show=False),
+        Binding("home", "scroll_top", "Top", show=False),
+        Binding("end", "scroll_bottom", "Bottom", show=False),
+    ]
+
+    def __init__(self, pane: str, title: str, columns: Sequence[tuple[str, str, int | None]]) -> None:
+        super().__init__(id=pane, cursor_type="row", zebra_stripes=False, cell_padding=1)
+        self.pane = pane
+        self.title = title
+        self.filter_text = ""
+        self._columns_spec = columns
+        self._total = 0
+        self.border_title = title
+
+    def on_mount(self) -> None:
+        for label, key, width in self._columns_spec:
+            self.add_column(label, key=key, width=width)
+
+    @property
+    def selected_key(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        row = min(max(self.cursor_row, 0), self.row_count - 1)
+        return self.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+
+    def sync(self, rows: list[Row]) -> None:
+        """Make the table show `rows` (after the pane filter), changing only what changed."""
+        self._total = len(rows)
+        needle = self.filter_text.lower()
+        if needle:
+            rows = [row for row in rows if any(needle in cell.plain.lower() for cell in row[1])]
+        selected = self.selected_key
+        wanted = {key for key, _ in rows}
+        for key in [row_key.value for row_key in self.rows]:
+            if key not in wanted:
+                self.remove_row(key)
+        column_keys = [key for _, key, _ in self._columns_spec]
+        for key, cells in rows:
+            if key in self.rows:
+                current = self.get_row(key)
+                for column, old, new in zip(column_keys, current, cells, strict=False):
+                    if old != new:
+                        self.update_cell(key, column, new)
+            else:
+                self.add_row(*cells, key=key)
+        if selected is not None and selected in self.rows:
+            index = self.get_row_index(selected)
+            if index != self.cursor_row:
+                self.move_cursor(row=index, animate=False, scroll=False)
+        self._retitle()
+
+    def update_cell_if_present(self, key: str, column: str, value: Text) -> None:
+        if key in self.rows and self.get_cell(key, column) != value:
+            self.update_cell(key, column, value)
+
+    def set_filter(self, text: str) -> None:
+        self.filter_text = text
+
+    def _retitle(self) -> None:
+        shown = self.row_count
+        count = f"{shown}/{self._total}" if self.filter_text else str(self._total)
+        self.border_title = f"{self.title} ({count})"
+        self.border_subtitle = Text(f"filter: {clean(self.filter_text, 40)}") if self.filter_text else ""
+
+
+class PaneFilter(Input):
+    """The `/` input: filters the focused pane as you type; enter or escape returns to the pane."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "done", "Done", show=False)]
+
+    class Done(Message):
+        def __init__(self, box: PaneFilter) -> None:
+            super().__init__()
+            self.box = box
+
+        @property
+        def control(self) -> PaneFilter:
+            return self.box
+
+    def action_done(self) -> None:
+        self.post_message(self.Done(self))
+
+
+class LogPane(Vertical):
+    """The selected run's log: a `Log` with `max_lines`, written in batches; follows the tail unless the user
+    scrolled up; searchable."""
+
+    following: reactive[bool] = reactive(True)
+
+    def __init__(self, max_lines: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.max_lines = max_lines
+        self.run_label = ""
+        self._search_term = ""
+        self._search_at: int | None = None
+        self._search_note = ""
+
+    def compose(self) -> ComposeResult:
+        yield Log(max_lines=self.max_lines, id="log", highlight=False, auto_scroll=True)
+        yield PaneFilter(placeholder="search the log (enter: previous match, escape: close)", id="log-search",
+                         classes="hidden")
+
+    @property
+    def log_widget(self) -> Log:
+        return self.query_one("#log", Log)
+
+    def on_mount(self) -> None:
+        self.border_title = "Log"
+        self.watch(self.log_widget, "scroll_y", self._scrolled, init=False)
+        self._retitle()
+
+    def show(self, label: str, lines: Iterable[str]) -> None:
+        """Switch to another run: `lines` are already sanitized."""
+        self.run_label = label
+        log = self.log_widget
+        log.clear()
+        log.write_lines(list(lines)[-self.max_lines:], scroll_end=True)
+        self.following = True
+        self._search_at = None
+        self._search_note = ""
+        self._retitle()
+
+    def append(self, lines: list[str]) -> None:
+        """One batch of new, sanitized lines."""
+        if lines:
+            self.log_widget.write_lines(lines)
+
+    def _scrolled(self, _old: float, _new: float) -> None:
+        log = self.log_widget
+        self.following = log.max_scroll_y == 0 or log.scroll_y >= log.max_scroll_y
+
+    def watch_following(self, _following: bool) -> None:
+        self._retitle()
+
+    def _retitle(self) -> None:
+        label = clean(self.run_label, 80) or "no run selected"
+        self.border_title = f"Log · {label}"
+        mode = "following" if self.following else "paused: scroll to the end to follow"
+        note = f" · {self._search_note}" if self._search_note else ""
+        self.border_subtitle = f"{mode}{note}"
+
+    # --- search ---------------------------------------------------------------------------------
+
+    def open_search(self) -> None:
+        search = self.query_one("#log-search", PaneFilter)
+        search.remove_class("hidden")
+        search.focus()
+
+    @on(PaneFilter.Done, "#log-search")
+    def _close_search(self, event: PaneFilter.Done) -> None:
+        event.stop()
+        search = self.query_one("#log-search", PaneFilter)
+        search.add_class("hidden")
+        self._search_note = ""
+        self._retitle()
+        self.log_widget.focus()
+
+    @on(Input.Submitted, "#log-search")
+    def _search(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.search(event.value)
+
+    def search(self, term: str) -> int | None:
+        """Scroll to the previous line holding `term` (case-insensitive); repeated calls walk back."""
+        term = term.strip().lower()
+        log = self.log_widget
+        lines = log.lines
+        if not term:
+            return None
+        if term != self._search_term or self._search_at is None:
+            self._search_term = term
+            start = len(lines) - 1
+        else:
+            start = self._search_at - 1
+        found = None
+        for index in range(min(start, len(lines) - 1), -1, -1):
+            if term in lines[index].lower():
+                found = index
+                break
+        if found is None and start < len(lines) - 1:  # wrap around once
+            for index in range(len(lines) - 1, start, -1):
+                if term in lines[index].lower():
+                    found = index
+                    break
+        self._search_at = found
+        if found is None:
+            self._search_note = f"no match for {clean(term, 30)!r}"
+        else:
+            total = sum(1 for line in lines if term in line.lower())
+            self._search_note = f"line {found + 1} of {len(lines)} ({total} matches)"
+            log.scroll_to(y=max(0, found - log.size.height // 2), animate=False, immediate=True)
+        self._retitle()
+        return found

@@ -1,0 +1,598 @@
+"""Console behaviour through Pilot: every key's effect on the control, confirmations, greyed-out keys,
+remapping, log batching and follow mode, links, themes, and that untrusted text never escapes as control
+sequences or markup."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fake_fleet import NOW, FakeFleet, fixed_clock, sample_detail, sample_snapshot
+from textual.command import CommandPalette
+from textual.pilot import Pilot
+from textual.widgets import Log
+
+from fleet_tui.config import FleetConfig, UiConfig
+from fleet_tui.model import (
+    AgentRun,
+    Issue,
+    NeedsHuman,
+    Notice,
+    Role,
+    RunLogLines,
+    RunState,
+)
+from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
+from fleet_tui.tui.widgets import LinkBar, LogPane, PaneTable
+
+SIZE = (120, 36)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def build(fake: FakeFleet | None = None, tmp_path: Path | None = None, **ui: object) -> tuple[FleetApp, FakeFleet]:
+    fake = fake or FakeFleet()
+    config = FleetConfig(ui=UiConfig(**ui)) if ui else FleetConfig()  # type: ignore[arg-type]
+    app = make_app(fake, config, clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux")
+    return app, fake
+
+
+async def wait_for(pilot: Pilot[None], condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Let the app run until `condition()` holds, within a bounded number of frames."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await pilot.pause(0.01)
+
+
+async def ready(pilot: Pilot[None]) -> FleetApp:
+    app = pilot.app
+    assert isinstance(app, FleetApp)
+    await wait_for(pilot, lambda: app.snapshot is not None and app.main.table("proposals").row_count > 0)
+    await pilot.pause()
+    return app
+
+
+LONG_LIVED = {"fleet-loop", "fleet-events"}
+
+
+async def settle(pilot: Pilot[None]) -> None:
+    """Wait for the intent and detail workers (the loop and event workers run until the app exits)."""
+    await pilot.pause()
+    short_lived = [w for w in pilot.app.workers if w.group not in LONG_LIVED]
+    if short_lived:  # an empty list would mean "all workers"
+        await pilot.app.workers.wait_for_complete(short_lived)
+    await pilot.pause()
+
+
+def pane(app: FleetApp, name: str) -> PaneTable:
+    return app.main.table(name)
+
+
+# --- keys -> intents ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_start_focuses_proposals_and_a_approves_the_first_row(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.focused is pane(app, "proposals")
+        assert pane(app, "proposals").cursor_row == 0
+        await pilot.press("a")
+        await settle(pilot)
+        assert fake.called("approve") == [12]
+        await pilot.press("down", "a")
+        await settle(pilot)
+        assert fake.called("approve") == [12, 14]
+
+
+@pytest.mark.anyio
+async def test_reject_asks_first(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        for answer in ("n", "escape"):
+            await pilot.press("x")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press(answer)
+            await settle(pilot)
+            assert not isinstance(app.screen, ConfirmScreen)
+        assert fake.called("reject") == []
+        await pilot.press("x")
+        await pilot.press("y")
+        await settle(pilot)
+        assert fake.called("reject") == [12]
+
+
+@pytest.mark.anyio
+async def test_stop_asks_then_stops_the_selected_live_run(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab")
+        assert app.focused is pane(app, "agents")
+        await pilot.press("s")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert fake.called("stop_run") == ["run-7f3a"]
+
+
+@pytest.mark.anyio
+async def test_keys_that_do_not_apply_are_greyed_out_and_do_nothing(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        main = app.main
+        # on a proposal: stop, retry and tail-log do not apply
+        for action in ("stop", "retry", "tail_log"):
+            assert main.check_action(action, ()) is None
+        await pilot.press("s", "r")
+        await settle(pilot)
+        assert isinstance(app.screen, type(main)) and fake.called("stop_run") == [] and fake.called("retry") == []
+        # on the finished PM run: stop and approve do not apply; retry does not either (it succeeded)
+        await pilot.press("tab", "down", "down")
+        assert pane(app, "agents").selected_key == "run-6d2e"
+        for action in ("stop", "approve", "reject", "retry"):
+            assert main.check_action(action, ()) is None
+        await pilot.press("s", "a", "x", "r")
+        await settle(pilot)
+        assert app.screen is main
+        assert fake.called("stop_run") == fake.called("approve") == fake.called("reject") == fake.called("retry") == []
+        # merge is never offered on GitHub
+        assert main.check_action("merge", ()) is False
+
+
+@pytest.mark.anyio
+async def test_retry_on_a_failed_run(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "r")  # live run: retry does nothing
+        await pilot.press("down", "down", "down", "r")
+        await settle(pilot)
+        assert pane(app, "agents").selected_key == "run-5b91"
+        assert fake.called("retry") == [11]
+
+
+@pytest.mark.anyio
+async def test_run_pm_and_pause_toggle(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        await pilot.press("space")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+        assert fake.called("set_paused") == [True, False]
+
+
+@pytest.mark.anyio
+async def test_keys_remap_from_config(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path, keys={"approve": "z", "run_pm": "ctrl+r"})
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        assert fake.called("approve") == []
+        await pilot.press("z", "ctrl+r")
+        await settle(pilot)
+        assert fake.called("approve") == [12]
+        assert fake.called("run_pm") == [None]
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        assert app.screen.keys["approve"] == "z"
+
+
+@pytest.mark.anyio
+async def test_details_screen_shows_the_control_detail(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    fake.details[(None, 40)] = sample_detail()
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, DetailScreen) and app.screen.loaded
+        await pilot.press("escape")
+        await pilot.press("tab", "tab", "enter")  # QA pane, PR 40
+        await settle(pilot)
+        assert fake.called("detail") == [(12, None), (None, 40)]
+        assert isinstance(app.screen, DetailScreen)
+        text = app.export_screenshot()
+        assert "end&#160;=&#160;start&#160;+&#160;size" in text and "Please&#160;keep" in text
+
+
+@pytest.mark.anyio
+async def test_inbox_lists_needs_human_and_retries(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("i")
+        assert isinstance(app.screen, InboxScreen)
+        assert app.screen.query_one("#inbox", PaneTable).row_count == 2
+        await pilot.press("r")
+        await settle(pilot)
+        assert fake.called("retry") == [11]
+        await pilot.press("escape")
+        assert app.screen is app.main
+
+
+@pytest.mark.anyio
+async def test_open_on_a_remote_terminal_copies_and_links(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    app = make_app(fake, FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"SSH_CONNECTION": "10.0.0.1 5000 10.0.0.2 22"}, platform="linux")
+    opened: list[str] = []
+    app.open_url = lambda url, *, new_tab=True: opened.append(url)  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "tab", "o")  # Ready pane, PR 38
+        await pilot.pause()
+        url = "https://github.com/acme/widgets/pull/38"
+        assert opened == []
+        assert app.clipboard == url
+        bar = app.main.query_one(LinkBar)
+        assert bar.display
+        rendered = bar.render()
+        assert any(span.style.link == url for span in rendered.spans if hasattr(span.style, "link"))  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_open_with_a_local_display_opens_the_browser(tmp_path: Path) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    opened: list[str] = []
+    app.open_url = lambda url, *, new_tab=True: opened.append(url)  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("o")
+        await pilot.press("y")
+        await pilot.pause()
+        assert opened == ["https://github.com/acme/widgets/issues/12"]
+        assert app.clipboard == "https://github.com/acme/widgets/issues/12"
+
+
+@pytest.mark.anyio
+async def test_local_forge_merge_is_confirmed(tmp_path: Path) -> None:
+    app, fake = build(FakeFleet(forge_kind="local", repo="/srv/widgets"), tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "tab", "o")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.press("m")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert fake.called("merge") == [38]
+
+
+@pytest.mark.anyio
+async def test_worker_error_is_a_notification_not_a_crash(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    fake.fail["approve"] = RuntimeError("the forge said no")
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        assert app.errors == ["Approve failed: the forge said no"]
+        assert any("the forge said no" in n.message for n in app._notifications)
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]  # still alive and answering
+
+
+@pytest.mark.anyio
+async def test_palette_runs_an_action(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: CommandPalette.is_open(app))
+        await pilot.press(*"run pm")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await settle(pilot)
+        await wait_for(pilot, lambda: fake.called("run_pm") == [None])
+
+
+@pytest.mark.anyio
+async def test_quit_shuts_the_loop_down(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert fake.running
+        await pilot.press("q")
+        await pilot.pause()
+    assert ("shutdown", None) in fake.calls
+
+
+# --- tables, filter, bell -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_tables_update_in_place_keeping_the_cursor(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("down")
+        assert pane(app, "proposals").selected_key == "issue-14"
+        snap = sample_snapshot()
+        extra = Issue(number=16, title="A new proposal", body="", created_at=NOW)
+        renamed = replace(snap.proposals[1], title="Document budget keys (edited)")
+        fake.publish(replace(snap, proposals=(snap.proposals[0], renamed, snap.proposals[2], extra)))
+        await wait_for(pilot, lambda: pane(app, "proposals").row_count == 4)
+        table = pane(app, "proposals")
+        assert table.selected_key == "issue-14"
+        assert table.get_cell("issue-14", "title").plain == "Document budget keys (edited)"
+        fake.publish(replace(snap, proposals=(snap.proposals[1], snap.proposals[2])))
+        await wait_for(pilot, lambda: pane(app, "proposals").row_count == 2)
+        assert table.selected_key == "issue-14"
+
+
+@pytest.mark.anyio
+async def test_filter_narrows_the_focused_pane(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("slash", *"cache")
+        await pilot.pause()
+        assert pane(app, "proposals").row_count == 1
+        await pilot.press("enter")
+        assert app.focused is pane(app, "proposals")
+        await pilot.press("a")
+        await settle(pilot)
+        assert fake.called("approve") == [15]
+
+
+@pytest.mark.anyio
+async def test_bell_rings_when_something_needs_the_human(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        fake.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
+        fake.push(Notice(at=NOW, level="info", message="just so you know"))
+        fake.push(Notice(at=NOW, level="error", message="over budget", bell=True))
+        await wait_for(pilot, lambda: app.bells == 2)
+        assert len(app.inbox) == 3
+    quiet, fake2 = build(tmp_path=tmp_path, bell=False)
+    async with quiet.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        fake2.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
+        await wait_for(pilot, lambda: len(quiet.inbox) == 3)
+        assert quiet.bells == 0
+
+
+# --- log pane -------------------------------------------------------------------------------------
+
+
+def log_of(app: FleetApp) -> Log:
+    return app.main.query_one("#log", Log)
+
+
+@pytest.mark.anyio
+async def test_log_flood_is_batched_and_bounded(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path, log_lines=1000)
+    flushes = 0
+    original = app.flush_logs
+
+    def counting_flush() -> None:
+        nonlocal flushes
+        flushes += 1
+        original()
+
+    app.flush_logs = counting_flush  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.shown_run == "run-7f3a"
+        for n in range(10_000):  # the worst case: one line per event
+            fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=(f"line {n}",)))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: bool(log_of(app).lines) and log_of(app).lines[-1] == "line 9999", timeout=20)
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+        assert log_of(app).line_count <= 1000
+        assert flushes < 500, flushes  # batched per frame, not per line
+        await wait_for(pilot, lambda: pane(app, "agents").get_cell("run-7f3a", "last").plain == "line 9999")
+
+
+@pytest.mark.anyio
+async def test_log_follow_mode_stops_when_scrolled_up_and_resumes_at_the_end(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"a{n}" for n in range(300))))
+        await wait_for(pilot, lambda: log_of(app).line_count == 300)
+        await pilot.pause()
+        log = log_of(app)
+        logpane = app.main.query_one(LogPane)
+        assert log.scroll_y == log.max_scroll_y and logpane.following
+        log.scroll_home(animate=False, immediate=True)
+        await pilot.pause()
+        assert not logpane.following
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"b{n}" for n in range(50))))
+        await wait_for(pilot, lambda: log_of(app).line_count == 350)
+        await pilot.pause()
+        assert log.scroll_y == 0
+        log.scroll_end(animate=False, immediate=True)
+        await pilot.pause()
+        assert logpane.following
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("c",)))
+        await wait_for(pilot, lambda: log_of(app).line_count == 351)
+        await pilot.pause()
+        assert log.scroll_y == log.max_scroll_y
+
+
+@pytest.mark.anyio
+async def test_log_search_and_fullscreen(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        lines = tuple("needle here" if n == 40 else f"hay {n}" for n in range(400))
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=lines))
+        await wait_for(pilot, lambda: log_of(app).line_count == 400)
+        await pilot.press("f")
+        assert app.main.has_class("-log-full") and app.focused is log_of(app)
+        await pilot.press("slash", *"needle", "enter")
+        await pilot.pause()
+        log = log_of(app)
+        assert log.scroll_y <= 40 < log.scroll_y + log.size.height
+        assert "line 41" in str(app.main.query_one(LogPane).border_subtitle)
+        await pilot.press("escape", "f")
+        assert not app.main.has_class("-log-full")
+
+
+@pytest.mark.anyio
+async def test_finished_run_history_comes_from_its_log_file(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    log_file = tmp_path / "run-5b91.log"
+    log_file.write_text("2026-03-14T09:10:00.123456+00:00 collecting tests\n"
+                        "2026-03-14T09:10:01+00:00 \x1b[31merror\x1b[0m: 3 tests failed\n", encoding="utf-8")
+    fake.log_files["run-5b91"] = log_file
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "down", "down", "down", "l")
+        await wait_for(pilot, lambda: log_of(app).line_count == 2)
+        assert list(log_of(app).lines) == ["09:10:00 collecting tests", "09:10:01 error: 3 tests failed"]
+        assert app.focused is log_of(app)
+
+
+# --- safety ---------------------------------------------------------------------------------------
+
+EVIL = ("\x1b]52;c;ZXZpbA==\x07\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\x1b\\"
+        "\x1b]0;pwned title\x07\x1b[2J\x9b31m [/] [@click=app.quit]Q[/] [link=https://evil.example]L[/link] [b]B")
+
+
+def _evil_snapshot() -> object:
+    snap = sample_snapshot()
+    issue = replace(snap.proposals[0], title="T1 " + EVIL, body="BODY " + EVIL)
+    run = replace(snap.runs[1], last_line="R1 " + EVIL)
+    pull = replace(snap.pulls[2], title="P1 " + EVIL)
+    return replace(snap, proposals=(issue, *snap.proposals[1:]), runs=(snap.runs[0], run, *snap.runs[2:]),
+                   pulls=(*snap.pulls[:2], pull, snap.pulls[3]))
+
+
+def _assert_inert(svg: str, *, shown_in_full: bool = True) -> None:
+    """No escape sequence survived; where a line is wide enough, the markup is shown literally."""
+    for bad in ("\x1b", "\x07", "\x9b", "]52;", "]8;;", "]0;", "pwned", "evil.example/"):
+        assert bad not in svg
+    if shown_in_full:
+        assert "[@click=app.quit]Q[/]" in svg
+        assert "[link=https://evil.example]L[/link]" in svg
+
+
+@pytest.mark.anyio
+async def test_untrusted_text_reaches_every_pane_inert(tmp_path: Path) -> None:
+    fake = FakeFleet(_evil_snapshot())  # type: ignore[arg-type]
+    fake.details[(12, None)] = replace(sample_detail(), pull=None, issue=fake.snapshot.proposals[0],
+                                       diff="+ added " + EVIL)
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=(200, 50), notifications=True) as pilot:
+        await ready(pilot)
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("L1 " + EVIL, "L2 " + EVIL)))
+        fake.push(Notice(at=NOW, level="warning", message="N1 " + EVIL))
+        await wait_for(pilot, lambda: log_of(app).line_count == 2 and len(app.screen.query("Toast")) == 1)
+        await pilot.pause()
+        svg = app.export_screenshot()
+        _assert_inert(svg)
+        for marker in ("T1", "R1", "P1", "L1", "N1"):
+            assert f"{marker}&#160;" in svg or f">{marker}" in svg, marker
+        assert all("\x1b" not in line and "\x07" not in line for line in log_of(app).lines)
+        assert "[b]B" in log_of(app).lines[0]
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, DetailScreen) and app.screen.loaded
+        svg = app.export_screenshot()
+        _assert_inert(svg)
+        assert "BODY" in svg
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.is_running and app.return_code is None
+
+
+@pytest.mark.anyio
+async def test_run_changed_and_inbox_reasons_are_sanitized(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await ready(pilot)
+        from fleet_tui.model import RunChanged
+
+        run = AgentRun("run-new", Role.DEV, 30, RunState.RUNNING, started_at=NOW - timedelta(seconds=5),
+                       last_line="X1 " + EVIL)
+        fake.push(RunChanged(at=NOW, run=run), NeedsHuman(at=NOW, issue=30, reason="Y1 " + EVIL))
+        await wait_for(pilot, lambda: "run-new" in pane(app, "agents").rows and len(app.inbox) == 3)
+        svg = app.export_screenshot()
+        _assert_inert(svg, shown_in_full=False)
+        assert "X1&#160;" in svg
+        await pilot.press("i")
+        await pilot.pause()
+        svg = app.export_screenshot()
+        _assert_inert(svg)
+        assert "Y1&#160;" in svg
+
+
+# --- themes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_theme_choice_is_remembered_and_user_themes_load(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text('name = "mine"\nprimary = "#ff8800"\ndark = true\n', encoding="utf-8")
+    app, _ = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert app.theme == "fleet-dark"
+        assert {"fleet-dark", "fleet-light", "mine"} <= set(app.available_themes)
+        app.theme = "fleet-light"
+        await pilot.pause()
+    assert json.loads((tmp_path / "ui.json").read_text())["theme"] == "fleet-light"
+    again, _ = build(tmp_path=tmp_path)
+    async with again.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert again.theme == "fleet-light"
+
+
+@pytest.mark.anyio
+async def test_a_broken_theme_file_is_reported_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / "broken.toml").write_text('name = "broken"\nprimary = 3\ncolour = "x"\n', encoding="utf-8")
+    app, _ = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        assert any("broken.toml" in problem for problem in app.theme_problems)
+        assert app.theme == "fleet-dark"
+
+
+# --- helpers without an app -----------------------------------------------------------------------
+
+
+def test_history_line_keeps_the_time_and_strips_control_sequences() -> None:
+    assert history_line("2026-03-14T09:10:00.5+00:00 hello\n") == "09:10:00 hello"
+    assert history_line("no stamp \x1b]0;t\x07here") == "no stamp here"
+
+
+@pytest.mark.parametrize(("environ", "platform", "remote"), [
+    ({"DISPLAY": ":0"}, "linux", False),
+    ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
+    ({}, "linux", True),
+    ({}, "darwin", False),
+    ({"DISPLAY": ":0", "SSH_CONNECTION": "a b c d"}, "linux", True),
+    ({"SSH_TTY": "/dev/pts/1"}, "darwin", True),
+])
+def test_remote_terminal_detection(environ: dict[str, str], platform: str, remote: bool) -> None:
+    assert is_remote_terminal(environ, platform) is remote
