@@ -72,3 +72,38 @@ def test_github_without_token(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "no token in GITHUB_TOKEN or GH_TOKEN" in result.stdout
     assert "export GITHUB_TOKEN" in result.stdout
+
+
+def test_github_token_report_and_labels(tmp_path: Path) -> None:
+    """Against the fake GitHub over loopback: who the token is, an excess scope warned about, labels created."""
+    from tests.fake_github import REPO, FakeGitHub
+
+    with FakeGitHub(tmp_path / "fake", git=False) as server:
+        server.add_user("wide-bot", "wide-token-0123456789", scopes="repo, workflow, delete_repo")
+        server.permissions["wide-bot"] = "write"
+        (tmp_path / "fleet.toml").write_text(
+            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            + LOCAL_SCRIPTED)
+        env = {"GITHUB_TOKEN": "wide-token-0123456789"}
+        first = check(tmp_path, env=env)
+        assert "wide-bot" in first.stdout
+        assert "scope 'workflow' is more than the fleet needs" in first.stdout
+        assert "scope 'delete_repo' is more than the fleet needs" in first.stdout
+        assert "missing: proposed, approved" in first.stdout and first.returncode == 1
+        fixed = check(tmp_path, "--fix", env=env)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert {"proposed", "approved", "fleet:in-progress", "fleet:needs-human"} <= set(server.labels)
+        assert "wide-token-0123456789" not in fixed.stdout + fixed.stderr
+
+
+def test_github_bad_token(tmp_path: Path) -> None:
+    from tests.fake_github import REPO, FakeGitHub
+
+    with FakeGitHub(tmp_path / "fake", git=False) as server:
+        (tmp_path / "fleet.toml").write_text(
+            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            + LOCAL_SCRIPTED)
+        result = check(tmp_path, env={"GITHUB_TOKEN": "not-a-valid-token-42"})
+        assert result.returncode == 1
+        assert "forge reachable" in result.stdout and "Traceback" not in result.stdout + result.stderr
+        assert "not-a-valid-token-42" not in result.stdout + result.stderr
