@@ -10,7 +10,9 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import re
+import signal
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -144,6 +146,7 @@ class _Live:
     kill: tuple[RunState, str] | None = None
     usage: Usage = Usage()
     scope: anyio.CancelScope | None = None
+    tests: Any = None  # the supervisor of the QA run's test command while it runs
 
 
 class Orchestrator:
@@ -192,6 +195,7 @@ class Orchestrator:
         self._base = ""
         self._started = False
         self._titles: dict[str, str] = {}
+        self._judged: dict[int, tuple[tuple[Any, ...], Approval | None]] = {}
         self.ticks = 0
 
     # --- FleetControl: events ----------------------------------------------------------------------
@@ -284,6 +288,8 @@ class Orchestrator:
         await self._reattach()
 
     async def _reattach(self) -> None:
+        if self.runner.kind == "local":
+            self._sweep_local_orphans()
         found = {r.run_id: r for r in await self.runner.find_runs()}
         for run in self.journal.runs(live_only=True):
             if run.run_id in self._live:
@@ -302,6 +308,7 @@ class Orchestrator:
                 self._spawn(live, ws, lambda live=live, ws=ws, role_cfg=role_cfg, started=started: live.sup.reattach(
                     live.run.run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s), started_at=started))
             else:
+                self._set_extras(run.run_id, interrupted=True)
                 self._end_lost(run, "the run was gone when the orchestrator started")
         for run_id, live_run in found.items():
             if self.journal.get_run(run_id) is None:
@@ -310,6 +317,18 @@ class Orchestrator:
                     handle = await self.runner.attach(run_id)
                     await handle.stop()
                     await self.runner.cleanup(run_id)
+
+    def _sweep_local_orphans(self) -> None:
+        """Kill what local runs of an earlier orchestrator process left running: a local agent leads its own
+        session, so it outlives an orchestrator killed with SIGKILL, and a local run cannot be re-attached.
+        Such processes are known by their HOME, which every engine puts inside the run's scratch dir."""
+        keep = set(self._live)
+        for pid, run_id in _processes_of_workspaces(Path(self.workspaces.root), os.getpid()):
+            if run_id in keep:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                log.info("killed process %d left by run %s", pid, run_id)
 
     def _end_lost(self, run: AgentRun, reason: str) -> None:
         ended = dataclasses.replace(run, state=RunState.LOST, ended_at=self.clock(), reason=reason)
@@ -324,7 +343,7 @@ class Orchestrator:
         except RateLimitedError as exc:
             self.publish(RateLimited(at=self.clock(), until=exc.until, reason=str(exc)))
             return []
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("observe failed")
             self._notice(f"cannot read the forge: {exc}", "error")
             return []
@@ -337,7 +356,7 @@ class Orchestrator:
             try:
                 await self.execute(action)
                 executed.append(action)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("action %r failed", action)
                 self._notice(f"{type(action).__name__} failed: {exc}", "error")
         await self._publish_snapshot(snapshot)
@@ -357,7 +376,7 @@ class Orchestrator:
         claims: dict[int, ClaimRecord] = {}
         for number, issue in by_number.items():
             if issue.has_label(labels.approved):
-                approval = await self._judge(number)
+                approval = await self._judge_cached(issue)
                 if approval is not None:
                     approvals[number] = approval
                     if approval.verified:
@@ -402,11 +421,23 @@ class Orchestrator:
             budget_paused_on=date.fromisoformat(paused_on) if paused_on else None,
             fleet_login=self._fleet_login,
             fleet_is_separate=self._fleet_separate,
-            pm_requested=bool(self.journal.get_kv("pm_requested", False)),
+            pm_requested=bool(self.journal.get_kv("pm_requested", False)) or self._pm_due(now),
             handled=frozenset(self._flagged),
         )
         self._last_snapshot = snapshot
         return snapshot
+
+    def _pm_due(self, now: datetime) -> bool:
+        """Whether the PM's schedule (`policy.pm_interval_s`, 0 = off) asks for a run now."""
+        interval = float(getattr(self.config.policy, "pm_interval_s", 0) or 0)
+        if interval <= 0:
+            return False
+        last = self.journal.get_kv("pm_last_at")
+        if not last:
+            return True
+        with contextlib.suppress(ValueError):
+            return (now - datetime.fromisoformat(last)).total_seconds() >= interval
+        return True
 
     def _retry_at(self, number: int) -> datetime | None:
         value = self.journal.get_kv(f"retry:{number}")
@@ -418,6 +449,20 @@ class Orchestrator:
         while self.journal.get_run(run_id) is not None:
             run_id = f"{candidate}-{_short()}"
         return run_id
+
+    async def _judge_cached(self, issue: Issue) -> Approval | None:
+        """`_judge`, read again only when the issue changed: a label event moves its `updated_at`, so an
+        unchanged issue keeps its judged approval and a tick costs no timeline request per approved issue.
+        Approvals that rest on a live permission check are judged afresh every time."""
+        if issue.updated_at is None or self.config.policy.approvers_with_write:
+            return await self._judge(issue.number)
+        key = (issue.updated_at, tuple(sorted(issue.labels)))
+        cached = self._judged.get(issue.number)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        approval = await self._judge(issue.number)
+        self._judged[issue.number] = (key, approval)
+        return approval
 
     async def _judge(self, number: int) -> Approval | None:
         events = await self.forge.label_events(number)
@@ -480,6 +525,7 @@ class Orchestrator:
             files=tuple(extras.get("files", ())), pushed=bool(extras.get("pushed")),
             verdict=Verdict(verdict) if verdict else None, findings=tuple(extras.get("findings", ())),
             posted=bool(extras.get("posted")), workspace=bool(extras.get("workspace")),
+            interrupted=bool(extras.get("interrupted")),
         )
 
     async def _publish_snapshot(self, snapshot: Snapshot) -> None:
@@ -592,6 +638,7 @@ class Orchestrator:
 
     async def _do_propose(self, action: Propose) -> None:
         self.journal.set_kv("pm_requested", False)
+        self.journal.set_kv("pm_last_at", self.clock().isoformat())
         open_titles = [i.title for i in await self.forge.list_issues()]
         if self.pm_mode == "builtin":
             proposals = pm_role.builtin_proposals(self.repo_path, open_titles=open_titles, limit=action.slots)
@@ -660,7 +707,43 @@ class Orchestrator:
                                                             "fleet.role": role.value})
         live.run = dataclasses.replace(run, state=RunState.RUNNING)
         self.journal.upsert_run(live.run)
-        self._spawn(live, ws, lambda: live.sup.run(spec))
+        command = self.config.policy.test_command.strip()
+        if role == Role.QA and command:
+            self._spawn(live, ws, lambda: self._tests_then_review(live, ws, task, command, role_cfg, spec))
+        else:
+            self._spawn(live, ws, lambda: live.sup.run(spec))
+
+    async def _tests_then_review(self, live: _Live, ws: Any, task: Task, command: str, role_cfg: Any,
+                                 spec: Any) -> Any:
+        """QA: the repository's test command first, as its own run with no network; the review only when it
+        passes (a failing suite already decides the verdict, and the fix round needs nothing more)."""
+        from fleet_tui.agents import AgentSupervisor, RunOutcome
+
+        run_id = live.run.run_id
+        tests_id = f"{run_id}-tests"
+        engine = qa_role.TestCommandEngine(command)
+        sup = AgentSupervisor(self.runner, engine, log=live.log, publish=lambda batch: self._on_lines(live, batch))
+        live.tests = sup
+        test_task = dataclasses.replace(task, run_id=tests_id, prompt="")
+        test_spec = sup.build_spec(test_task, workspace=ws.repo, scratch=ws.scratch,
+                                   timeout_s=float(role_cfg.timeout_s), network="none",
+                                   labels={"fleet.run_id": tests_id, "fleet.issue": str(task.issue or ""),
+                                           "fleet.role": Role.QA.value})
+        live.log.write(f"[fleet] running the test command: {command}")
+        try:
+            tests = await sup.run(test_spec)
+        finally:
+            live.tests = None
+        passed = tests.state == RunState.SUCCEEDED
+        self._set_extras(run_id, tests={"passed": passed, "exit_code": tests.exit_code, "state": tests.state.value,
+                                        "output": tests.result.summary[-qa_role.TEST_TAIL_CHARS * 2:]})
+        live.log.write(f"[fleet] the tests {'pass' if passed else 'fail'} ({tests.reason or tests.state.value})")
+        if passed and live.kill is None:
+            return await live.sup.run(spec)
+        state = RunState.SUCCEEDED if tests.state == RunState.FAILED else tests.state
+        return RunOutcome(run_id, state, tests.exit_code, Usage(), EngineResult(ok=state == RunState.SUCCEEDED),
+                          "" if state == RunState.SUCCEEDED else tests.reason, tests.last_line, tests.started_at,
+                          tests.ended_at, tests.lines)
 
     def _source_for(self, issue: int | None, branch: str) -> Path:
         """Where a run on an existing branch clones from: the forge's repository when it holds the branch
@@ -731,6 +814,7 @@ class Orchestrator:
         extras: dict[str, Any] = {}
         try:
             if state == RunState.SUCCEEDED and run.role == Role.DEV:
+                await self._reclaim(ws)
                 await self.workspaces.commit_pending(ws, f"Work on #{run.issue}")
                 made = await self.workspaces.changes(ws)
                 total = await self.workspaces.changes(ws, against=f"origin/{self._base}")
@@ -739,9 +823,15 @@ class Orchestrator:
                 if not made.commits:
                     state, reason = RunState.FAILED, "the run made no commits"
             elif state == RunState.SUCCEEDED and run.role == Role.QA:
-                parsed = qa_role.parse_message(result.summary)
-                verdict = result.verdict or parsed.verdict
-                findings = tuple(result.findings) or parsed.findings
+                tests = self._extras(run.run_id).get("tests") or {}
+                if tests and not tests.get("passed"):
+                    verdict: Verdict | None = Verdict.CHANGES
+                    findings: tuple[str, ...] = (qa_role.test_failure_finding(
+                        self.config.policy.test_command, tests.get("exit_code"), tests.get("output", "")),)
+                else:
+                    parsed = qa_role.parse_message(result.summary)
+                    verdict = result.verdict or parsed.verdict
+                    findings = tuple(result.findings) or parsed.findings
                 if verdict is None:
                     state, reason = RunState.FAILED, "the review gave no verdict"
                 else:
@@ -754,7 +844,7 @@ class Orchestrator:
                 open_titles = [i.title for i in await self.forge.list_issues()]
                 proposals = pm_role.parse_message(result.summary, open_titles=open_titles, limit=slots)
                 await self._create_proposals(proposals, slots)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("collecting the result of %s failed", run.run_id)
             state, reason = RunState.FAILED, f"cannot collect the result: {exc}"[:300]
         if extras:
@@ -767,6 +857,15 @@ class Orchestrator:
             self.workspaces.finish(run.run_id)
         self.publish(RunChanged(at=self.clock(), run=ended))
         self.wake()
+
+    async def _reclaim(self, ws: Any) -> None:
+        """Give a finished run's clone back to this process's uid. A Docker run's clone belongs to the agent's
+        uid, and git refuses a repository owned by another uid ("dubious ownership") wherever the
+        `safe.directory` override is not passed: pushing it with credentials, or cloning it for a fix round."""
+        owner = getattr(self.workspaces, "owner", None)
+        if owner is None or owner == (os.geteuid(), os.getegid()):
+            return
+        await anyio.to_thread.run_sync(_chown_tree, Path(ws.repo), os.geteuid(), os.getegid())
 
     # --- the remaining actions ----------------------------------------------------------------------
 
@@ -819,6 +918,8 @@ class Orchestrator:
             return
         live.kill = (action.state, action.reason)
         self._notice(f"stopping run {action.run_id}: {action.reason}", "warning")
+        if live.tests is not None:
+            await live.tests.stop(action.reason)
         await live.sup.stop(action.reason)
 
     async def _do_cleanup(self, action: Cleanup) -> None:
@@ -857,6 +958,7 @@ class Orchestrator:
         self.journal.append_event("approve", {"issue": issue, "event_id": event.event_id, "operator": operator.login})
         self.journal.delete_kv(f"retry:{issue}")
         self._flagged.discard(issue)
+        self._judged.pop(issue, None)
         self.wake()
 
     async def reject(self, issue: int) -> None:
@@ -929,6 +1031,36 @@ class Orchestrator:
             diffstat = f"{pull.changed_files} files, +{pull.additions} -{pull.deletions}"
         return Detail(issue=found_issue, pull=pull, reviews=pull.reviews if pull else (),
                       comments=found_issue.comments if found_issue else (), diffstat=diffstat)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))]:
+            with contextlib.suppress(OSError):
+                os.chown(name, uid, gid, follow_symlinks=False)
+
+
+def _processes_of_workspaces(root: Path, me: int) -> list[tuple[int, str]]:
+    """(pid, run id) of every process whose HOME lies inside a run's dir under `root` (Linux /proc; none
+    elsewhere). Engines and the test command give each run a HOME in its scratch dir; nothing else has one."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    prefix = (str(Path(root).resolve()) + os.sep).encode()
+    found: list[tuple[int, str]] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(b"HOME=") and item[5:].startswith(prefix):
+                run_id = item[5 + len(prefix):].split(b"/", 1)[0].decode(errors="replace")
+                found.append((int(entry.name), run_id))
+                break
+    return found
 
 
 # --- wiring -------------------------------------------------------------------------------------------

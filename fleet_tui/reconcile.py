@@ -13,9 +13,21 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 
 from fleet_tui.config import FleetConfig, PolicyConfig
-from fleet_tui.model import AgentRun, Approval, Issue, PullRequest, Role, RunState, Usage, Verdict
+from fleet_tui.model import (
+    AgentRun,
+    Approval,
+    Issue,
+    PullRequest,
+    Role,
+    RunState,
+    Usage,
+    Verdict,
+)
 
 EDITED_AFTER_APPROVAL = "edited after approval: approve again"
+# Runs lost because the orchestrator itself stopped (a crash, a kill -9) are not the agent's failed attempts;
+# this many of them in one step still stop the issue, so a fleet that keeps dying cannot loop forever.
+MAX_INTERRUPTIONS = 12
 
 
 def text_sha(text: str) -> str:
@@ -62,6 +74,7 @@ class RunRecord:
     findings: tuple[str, ...] = ()  # QA: its findings
     posted: bool = False  # QA: its review is on the PR
     workspace: bool = False  # its workspace still exists on disk
+    interrupted: bool = False  # lost because the orchestrator stopped under it, not through its own fault
 
     @property
     def run_id(self) -> str:
@@ -218,7 +231,7 @@ def policy_problem(lines: int, files: tuple[str, ...] | list[str], policy: Polic
     return ""
 
 
-def role_cfg(config: FleetConfig, role: Role):  # noqa: ANN201 - RoleConfig
+def role_cfg(config: FleetConfig, role: Role):
     return getattr(config.roles, role.value)
 
 
@@ -226,11 +239,9 @@ def _over(usage: Usage, tokens: int, usd: float) -> bool:
     return (tokens > 0 and usage.tokens > tokens) or (usd > 0 and usage.cost_usd > usd)
 
 
-def _pr_issue(pull: PullRequest, claims: Mapping[int, ClaimRecord]) -> int | None:
-    for claim in claims.values():
-        if claim.branch and pull.head == claim.branch:
-            return claim.issue
-    return None
+def _claimed_branches(claims: Mapping[int, ClaimRecord]) -> dict[str, int]:
+    """Branch -> issue of every claim (a PR belongs to the issue whose claim named its head branch)."""
+    return {claim.branch: claim.issue for claim in claims.values() if claim.branch}
 
 
 # --- reconcile --------------------------------------------------------------------------------------
@@ -310,10 +321,11 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         if rec.run.issue is not None:
             runs_by_issue.setdefault(rec.run.issue, []).append(rec)
     pulls_by_issue: dict[int, PullRequest] = {}
+    branches = _claimed_branches(snapshot.claims)
     for pull in snapshot.pulls:
         if pull.state != "open":
             continue
-        number = _pr_issue(pull, snapshot.claims)
+        number = branches.get(pull.head)
         if number is not None:
             pulls_by_issue[number] = pull
     flagged: set[int] = set()
@@ -384,16 +396,20 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             pushed_any = any(r.pushed for r in dev_runs)
             if pushed_any:
                 continue  # the PR is being opened or was closed: nothing to dispatch
-            failures = [r for r in first if r.run.state.finished]
+            ended = [r for r in first if r.run.state.finished]
+            failures, lost = _split_interrupted(ended)
             if len(failures) >= config.roles.dev.max_attempts:
                 last = max(failures, key=lambda r: r.run.attempt)
                 needs_human(number, f"dev run failed {len(failures)} times: {_why(last)}")
+                continue
+            if len(lost) >= MAX_INTERRUPTIONS:
+                needs_human(number, f"the dev run was interrupted {len(lost)} times by orchestrator restarts")
                 continue
             if over_issue_budget:
                 needs_human(number, "issue budget spent")
                 continue
             if may_dispatch and slots.take(Role.DEV, number):
-                actions.append(DispatchDev(number, event_id, claim.branch, len(failures) + 1))
+                actions.append(DispatchDev(number, event_id, claim.branch, len(ended) + 1))
             continue
 
         # the PR exists: QA every new head -------------------------------------------------------------
@@ -411,16 +427,21 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             if problem:
                 needs_human(number, problem, pull.number)
                 continue
-            failures = [r for r in pending if r.verdict is None]
+            ended = [r for r in pending if r.verdict is None]
+            failures, lost = _split_interrupted(ended)
             if len(failures) >= config.roles.qa.max_attempts:
                 needs_human(number, f"QA run failed {len(failures)} times: {_why(failures[-1])}", pull.number)
+                continue
+            if len(lost) >= MAX_INTERRUPTIONS:
+                needs_human(number, f"the QA run was interrupted {len(lost)} times by orchestrator restarts",
+                            pull.number)
                 continue
             if over_issue_budget:
                 needs_human(number, "issue budget spent", pull.number)
                 continue
             if may_dispatch and slots.take(Role.QA, number):
                 actions.append(DispatchQA(number, pull.number, pull.head_sha, pull.head, len(verdicts) + 1,
-                                          len(failures) + 1))
+                                          len(ended) + 1))
             continue
         if head_verdict.verdict == Verdict.PASS:
             continue  # ready for the human
@@ -433,18 +454,23 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             continue
         fix_round = head_verdict.run.qa_round
         fixes = [r for r in dev_runs if r.run.qa_round == fix_round]
-        failures = [r for r in fixes if r.run.state.finished]
+        ended = [r for r in fixes if r.run.state.finished]
+        failures, lost = _split_interrupted(ended)
         if any(r.pushed for r in fixes):
             continue  # pushed: the new head is on its way
         if len(failures) >= config.roles.dev.max_attempts:
             needs_human(number, f"fix round {fix_round} failed {len(failures)} times", pull.number)
+            continue
+        if len(lost) >= MAX_INTERRUPTIONS:
+            needs_human(number, f"fix round {fix_round} was interrupted {len(lost)} times by orchestrator restarts",
+                        pull.number)
             continue
         if over_issue_budget:
             needs_human(number, "issue budget spent", pull.number)
             continue
         if may_dispatch and slots.take(Role.DEV, number):
             actions.append(DispatchFix(number, pull.number, event_id, claim.branch, fix_round,
-                                       head_verdict.findings, len(failures) + 1))
+                                       head_verdict.findings, len(ended) + 1))
 
     # the PM --------------------------------------------------------------------------------------------
     waiting = sum(1 for i in issues.values() if i.has_label(labels.proposed))
@@ -463,6 +489,11 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             continue
         actions.append(Cleanup(rec.run_id))
     return actions
+
+
+def _split_interrupted(ended: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
+    """(attempts that failed on their own, runs lost to an orchestrator restart)."""
+    return [r for r in ended if not r.interrupted], [r for r in ended if r.interrupted]
 
 
 def _why(rec: RunRecord) -> str:

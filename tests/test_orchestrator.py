@@ -389,3 +389,98 @@ def test_headless_stops_cleanly_on_sigterm(tmp_path: Path, repo: Path) -> None:
             proc.kill()
     assert proc.returncode == 0, err
     assert '"signal": "SIGTERM"' in out
+
+
+# --- QA runs the repository's tests; the PM's schedule; what a killed orchestrator left behind ------------
+
+
+@pytest.mark.anyio
+async def test_qa_runs_the_test_command_and_failing_tests_request_changes_with_their_output(
+        tmp_path: Path, repo: Path) -> None:
+    command = 'grep -q "round 1" notes/*.md || { echo "FAIL: the notes still say round 0"; exit 3; }'
+    script = {**SCRIPT, "qa": {"default": [{"print": "reviewing"}, {"final": "Fine.\n\nVERDICT: pass\n"}]}}
+    async with fleet(tmp_path, repo, make_config(tmp_path, script, test_command=command)) as orch:
+        number = await approve_new_issue(orch)
+        await run_once(orch)
+        [pull] = await orch.forge.list_pulls()
+        first, second = [r.body for r in pull.reviews]
+        assert "<!-- fleet:verdict=changes round=1 -->" in first
+        assert "The tests fail" in first and "exit code 3" in first
+        assert "FAIL: the notes still say round 0" in first
+        assert "<!-- fleet:verdict=pass round=2 -->" in second and "The tests fail" not in second
+        qa_runs = [r for r in orch.journal.runs(issue=number) if r.role == Role.QA]
+        assert [r.state for r in qa_runs] == [RunState.SUCCEEDED, RunState.SUCCEEDED]
+        failing_log = orch.log_path(qa_runs[0].run_id)
+        assert failing_log is not None
+        text = failing_log.read_text()
+        assert "running the test command" in text and "FAIL: the notes still say round 0" in text
+        assert "reviewing" not in text  # failing tests decide the round: no review run is paid for
+        passing_log = orch.log_path(qa_runs[1].run_id)
+        assert passing_log is not None and "the tests pass" in passing_log.read_text()
+        # the fix round was asked to make the tests pass
+        fix = [r for r in orch.journal.runs(issue=number) if r.role == Role.DEV and r.qa_round == 1]
+        assert len(fix) == 1 and fix[0].state == RunState.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_the_pm_runs_on_its_schedule(tmp_path: Path, repo: Path) -> None:
+    base = make_config(tmp_path)
+    config = base.model_copy(update={"policy": base.policy.model_copy(update={"pm_interval_s": 3600})})
+    shift = {"s": 0.0}
+
+    def clock() -> datetime:
+        from datetime import timedelta
+
+        return datetime.now(UTC) + timedelta(seconds=shift["s"])
+
+    journal = Journal.open(tmp_path / "journal")
+    try:
+        async with LocalForge(repo) as forge:
+            orch = Orchestrator(config, forge=forge, runner=LocalRunner(), journal=journal, repo_path=repo,
+                                workspaces=WorkspaceManager(tmp_path / "ws"), clock=clock)
+            await run_once(orch)  # never asked: the schedule is due on the first pass
+            assert len(await forge.list_issues(labels=["proposed"])) == 2
+            await run_once(orch)
+            assert [r.role for r in journal.runs()] == [Role.PM]
+            shift["s"] = 3601.0
+            await run_once(orch)
+            assert [r.role for r in journal.runs()] == [Role.PM, Role.PM]
+            assert len(await forge.list_issues(labels=["proposed"])) == 2  # no duplicate proposals
+    finally:
+        journal.close()
+
+
+def _sleeper(env: dict[str, str]) -> Any:
+    import subprocess
+
+    return subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+
+
+@pytest.mark.anyio
+async def test_on_start_processes_left_by_local_runs_are_killed_and_their_runs_do_not_count(
+        tmp_path: Path, repo: Path) -> None:
+    import os
+
+    async with fleet(tmp_path, repo) as orch:
+        number = await approve_new_issue(orch)
+        home = orch.workspaces.root / "dev-orphan" / "scratch" / "home"
+        home.mkdir(parents=True)
+        orphan = _sleeper({**os.environ, "HOME": str(home)})
+        bystander = _sleeper(dict(os.environ))
+        try:
+            orch.journal.upsert_run(AgentRun("dev-orphan", Role.DEV, number, RunState.RUNNING,
+                                             started_at=datetime.now(UTC)))
+            await orch.start()
+            with anyio.fail_after(10):
+                while orphan.poll() is None:
+                    await anyio.sleep(0.05)
+            assert orphan.returncode == -9 and bystander.poll() is None
+            lost = orch.journal.get_run("dev-orphan")
+            assert lost is not None and lost.state == RunState.LOST
+            record = orch._record(lost)
+            assert record.interrupted
+        finally:
+            for proc in (orphan, bystander):
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()

@@ -1,21 +1,27 @@
 """The QA role: the review prompt, the parser of the reviewer's final message (`VERDICT: pass|changes` and
-`- finding` bullets), and the one COMMENT review the fleet posts per PR head with its verdict marker."""
+`- finding` bullets), the one COMMENT review the fleet posts per PR head with its verdict marker, and the
+repository's test command as a run of its own (`TestCommandEngine`) whose failure becomes a finding."""
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task
 from fleet_tui.forge.base import marker
 from fleet_tui.model import Issue, PullRequest, Verdict
 from fleet_tui.roles import quote_block
-from fleet_tui.untrusted import for_prompt
+from fleet_tui.untrusted import for_prompt, line_for_terminal
 
 _VERDICT_LINE_RE = re.compile(r"^\s*\**\s*VERDICT\s*\**\s*:\s*\**\s*(pass|changes)\b", re.IGNORECASE | re.MULTILINE)
 _MARKER_RE = re.compile(r"<!-- fleet:verdict=(pass|changes) round=(\d+) -->")
 _BULLET_RE = re.compile(r"^\s*[-*]\s+(.+?)\s*$")
 MAX_FINDINGS = 30
+TEST_TAIL_LINES = 25  # lines of a failing test run quoted in the finding
+TEST_TAIL_CHARS = 3000
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +86,56 @@ def review_body(*, verdict: Verdict, round: int, findings: Sequence[str], run_id
         lines += ["", *[f"- {for_prompt(f).strip()}" for f in findings]]
     lines += ["", verdict_marker(verdict, round), marker("run", run_id)]
     return "\n".join(lines)
+
+
+# --- the repository's test command, run by the fleet itself -------------------------------------------
+
+
+class TestCommandEngine:
+    """`sh -c <policy.test_command>` in the PR's checkout, with no network and no model: its exit code is the
+    result and its last lines are kept for the finding. Never given any secret (HOME inside scratch)."""
+
+    name = "tests"
+    __test__ = False  # not a pytest class, whatever its name
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
+        env = {"HOME": f"{scratch.rstrip('/')}/home", "CI": "true", "PYTHONDONTWRITEBYTECODE": "1"}
+        return Invocation(argv=("sh", "-c", self.command), env=env, needs_network=False)
+
+    def parser(self) -> TestOutputParser:
+        return TestOutputParser()
+
+
+class TestOutputParser:
+    """Keeps the last lines of the test output; every line is also a log line of the QA run."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.tail: deque[str] = deque(maxlen=TEST_TAIL_LINES * 4)
+
+    def feed(self, line: str) -> list[Output]:
+        line = line.rstrip("\r\n")
+        self.tail.append(line)
+        return [LogLine(line)]
+
+    def result(self, exit_code: int, scratch: Path) -> EngineResult:
+        return EngineResult(ok=exit_code == 0, summary="\n".join(self.tail))
+
+
+def test_failure_finding(command: str, exit_code: int | None, output: str) -> str:
+    """The finding a failing test run becomes: the command, its exit code and its last output lines."""
+    lines = [line_for_terminal(for_prompt(line), 300).rstrip() for line in (output or "").splitlines()]
+    lines = [line for line in lines if line.strip()][-TEST_TAIL_LINES:]
+    quoted = "\n".join(f"    {line}" for line in lines)
+    if len(quoted) > TEST_TAIL_CHARS:
+        quoted = "    [...]\n" + quoted[-TEST_TAIL_CHARS:]
+    code = "no exit code" if exit_code is None else f"exit code {exit_code}"
+    head = f"The tests fail: `{for_prompt(command).strip()}` ended with {code}."
+    return head + (f" Last lines of its output:\n{quoted}" if quoted else "")
+
+
+test_failure_finding.__test__ = False  # type: ignore[attr-defined]
