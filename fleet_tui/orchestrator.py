@@ -694,9 +694,12 @@ class Orchestrator:
     async def _start_run(self, run: AgentRun, role_cfg: Any, engine: Any, prompt: str, *, existing: bool) -> None:
         run_id, role, issue, title, branch = run.run_id, run.role, run.issue, "", run.branch
         title = self._titles.pop(run_id, "")
-        source = self._source_for(issue, branch) if existing else self.repo_path
-        ws = await self.workspaces.create(run_id, source, issue=issue, title=title, base=self._base,
+        ws = await self.workspaces.create(run_id, self.repo_path, issue=issue, title=title, base=self._base,
                                           branch=branch, existing=existing)
+        if role == Role.DEV:
+            from fleet_tui.workspace import CommittingEngine
+
+            engine = CommittingEngine(engine, f"Work on #{issue}", self.workspaces.author)
         self._set_extras(run_id, workspace=True)
         task = Task(run_id=run_id, role=role, prompt=prompt, issue=issue, title=title, branch=branch,
                     qa_round=run.qa_round)
@@ -744,18 +747,6 @@ class Orchestrator:
         return RunOutcome(run_id, state, tests.exit_code, Usage(), EngineResult(ok=state == RunState.SUCCEEDED),
                           "" if state == RunState.SUCCEEDED else tests.reason, tests.last_line, tests.started_at,
                           tests.ended_at, tests.lines)
-
-    def _source_for(self, issue: int | None, branch: str) -> Path:
-        """Where a run on an existing branch clones from: the forge's repository when it holds the branch
-        (local forge), else the newest workspace of the issue that pushed it."""
-        if self.forge.kind == "local" or issue is None:
-            return self.repo_path
-        for run in reversed(self.journal.runs(issue=issue)):
-            extras = self._extras(run.run_id)
-            if run.role == Role.DEV and extras.get("pushed"):
-                with contextlib.suppress(Exception):
-                    return self.workspaces.open(run.run_id).repo
-        return self.repo_path
 
     # --- supervision (fleet_tui.agents does the work; this keeps the journal and the events) ----------
 
@@ -814,11 +805,8 @@ class Orchestrator:
         extras: dict[str, Any] = {}
         try:
             if state == RunState.SUCCEEDED and run.role == Role.DEV:
-                await self._reclaim(ws)
-                await self.workspaces.commit_pending(ws, f"Work on #{run.issue}")
-                made = await self.workspaces.changes(ws)
-                total = await self.workspaces.changes(ws, against=f"origin/{self._base}")
-                extras.update(commits=len(made.commits), lines=total.lines_changed, files=list(total.paths),
+                made = await self.workspaces.collect(ws, base=self._base)
+                extras.update(commits=len(made.commits), lines=made.lines_changed, files=list(made.paths),
                               head_sha=made.head_sha)
                 if not made.commits:
                     state, reason = RunState.FAILED, "the run made no commits"
@@ -858,21 +846,11 @@ class Orchestrator:
         self.publish(RunChanged(at=self.clock(), run=ended))
         self.wake()
 
-    async def _reclaim(self, ws: Any) -> None:
-        """Give a finished run's clone back to this process's uid. A Docker run's clone belongs to the agent's
-        uid, and git refuses a repository owned by another uid ("dubious ownership") wherever the
-        `safe.directory` override is not passed: pushing it with credentials, or cloning it for a fix round."""
-        owner = getattr(self.workspaces, "owner", None)
-        if owner is None or owner == (os.geteuid(), os.getegid()):
-            return
-        await anyio.to_thread.run_sync(_chown_tree, Path(ws.repo), os.geteuid(), os.getegid())
-
     # --- the remaining actions ----------------------------------------------------------------------
 
     async def _do_openpr(self, action: OpenPR) -> None:
         issue = await self.forge.get_issue(action.issue)
-        ws = self.workspaces.open(action.run_id)
-        head = await self.forge.push_branch(ws.repo, action.branch)
+        head = await self.forge.push_branch(self.workspaces.mirror, action.branch)
         pull = await self.forge.find_pull(action.branch)
         if pull is None:
             pull = await self.forge.open_pull(title=dev_role.pr_title(issue), head=action.branch, base=self._base,
@@ -1031,13 +1009,6 @@ class Orchestrator:
             diffstat = f"{pull.changed_files} files, +{pull.additions} -{pull.deletions}"
         return Detail(issue=found_issue, pull=pull, reviews=pull.reviews if pull else (),
                       comments=found_issue.comments if found_issue else (), diffstat=diffstat)
-
-
-def _chown_tree(top: Path, uid: int, gid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in [dirpath, *(os.path.join(dirpath, n) for n in (*dirnames, *filenames))]:
-            with contextlib.suppress(OSError):
-                os.chown(name, uid, gid, follow_symlinks=False)
 
 
 def _processes_of_workspaces(root: Path, me: int) -> list[tuple[int, str]]:

@@ -9,13 +9,20 @@ Layout under the root the caller gives (the orchestrator passes `<journal dir>/w
 
 A clone (not a worktree) keeps everything inside `repo/`: no `.git` file pointing at a host path, so the
 same directory works when mounted into a container. Git refuses to work in a repository owned by another
-uid ("dubious ownership"); `SAFE_DIRECTORY_ENV` turns that check off for the agent and for our own git calls
-(git honours `safe.directory` only from protected config, which environment config is, a repository's own
-config is not).
+uid ("dubious ownership"); `SAFE_DIRECTORY_ENV` turns that check off for the agent inside its sandbox.
+
+**The orchestrator never runs git inside a workspace after the agent has had it.** The agent controls that
+repository's `.git/config` and hooks (`core.fsmonitor`, `pre-push`, ...), so any git command run there on the
+host would run the agent's code outside its sandbox, with the orchestrator's environment (the forge token
+when pushing). Instead, every clone comes from a trusted bare mirror owned by the orchestrator
+(`<root>/../mirror.git`); after the run, the agent's branch is *fetched* from the workspace into the mirror
+(`git fetch` runs no hooks and no command from the other repository's config), measured there, and pushed
+from there. Work the agent left uncommitted is committed inside the sandbox, by `commit_after()`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -29,9 +36,10 @@ from pathlib import Path
 
 import anyio
 
-from fleet_tui.git import git
+from fleet_tui.engines.base import Engine, Invocation, OutputParser, Task
+from fleet_tui.git import GitError, git
 
-# Environment-scoped git config: trust any repository owner. Safe here because the workspace is ours.
+# Environment-scoped git config: trust any repository owner. Given to the agent, inside its sandbox.
 SAFE_DIRECTORY_ENV: dict[str, str] = {
     "GIT_CONFIG_COUNT": "1",
     "GIT_CONFIG_KEY_0": "safe.directory",
@@ -110,6 +118,7 @@ class WorkspaceManager:
         """`owner` (uid, gid): chown the workspace to the uid the agent runs as (Docker); None leaves it to
         the current user (local runner). `author` is the git identity the agent commits with."""
         self.root = Path(root)
+        self.mirror = self.root.parent / "mirror.git"
         self.retention_h = retention_h
         self.owner = owner
         self.author = author
@@ -120,12 +129,33 @@ class WorkspaceManager:
             raise WorkspaceError(f"run id {run_id!r} is not usable as a directory name")
         return self.root / run_id
 
+    async def _sync_mirror(self, source: str | Path, branch: str, existing: bool) -> None:
+        """Bring the trusted mirror up to date with `source` (the operator's repository, trusted): every
+        branch but the fleet's own, which the mirror holds as collected from runs; a fleet branch the mirror
+        lacks (a fresh mirror) is taken from the source."""
+        if not (self.mirror / "HEAD").exists():
+            self.mirror.parent.mkdir(parents=True, exist_ok=True)
+            await git("init", "--quiet", "--bare", str(self.mirror), cwd=self.mirror.parent)
+            await git("config", "gc.auto", "0", cwd=self.mirror)
+        await git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(source),
+                  "+refs/heads/*:refs/heads/*", "^refs/heads/fleet/*", cwd=self.mirror)
+        head = await git("symbolic-ref", "--quiet", "HEAD", cwd=source, check=False)
+        if head.startswith("refs/heads/"):
+            await git("symbolic-ref", "HEAD", head, cwd=self.mirror)
+        if existing and not await self._mirror_sha(branch):
+            await git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", str(source),
+                      f"+refs/heads/{branch}:refs/heads/{branch}", cwd=self.mirror)
+
+    async def _mirror_sha(self, ref: str) -> str:
+        return await git("rev-parse", "--verify", "--quiet", f"refs/heads/{ref}^{{commit}}", cwd=self.mirror,
+                         check=False)
+
     async def create(self, run_id: str, source: str | Path, *, issue: int | None = None, title: str = "",
                      base: str = "", branch: str = "", existing: bool = False) -> Workspace:
-        """Clone `source` for `run_id`.
+        """A clone for `run_id`, made from the trusted mirror after syncing it with `source`.
 
         New work: branch `branch` (default `branch_name(issue, title)`) from `base` (default: the source's
-        HEAD). A fix round: `existing=True` checks out `branch` as it is in the source.
+        HEAD). A fix round: `existing=True` checks out `branch` as the fleet last collected it.
         """
         run_dir = self.path(run_id)
         if run_dir.exists():
@@ -139,8 +169,9 @@ class WorkspaceManager:
         try:
             run_dir.mkdir(parents=True)
             scratch.mkdir()
-            await git("clone", "--quiet", "--no-hardlinks", "--local", "--no-checkout", str(source), str(repo),
-                      cwd=run_dir)
+            await self._sync_mirror(source, branch, existing)
+            await git("clone", "--quiet", "--no-hardlinks", "--local", "--no-checkout", str(self.mirror),
+                      str(repo), cwd=run_dir)
             if existing:
                 await git("checkout", "--quiet", "-B", branch, f"origin/{branch}", cwd=repo)
             else:
@@ -175,18 +206,29 @@ class WorkspaceManager:
         return Workspace(run_id, run_dir, run_dir / "repo", run_dir / "scratch", meta["branch"],
                          meta["start_sha"], meta.get("issue"))
 
-    async def changes(self, ws: Workspace, *, against: str = "") -> Changes:
-        """Commits, diff stats and touched paths since the run started, or since the merge base with
-        `against` (e.g. `origin/main`: what the PR would hold)."""
-        repo = ws.repo
-        env = SAFE_DIRECTORY_ENV
-        head = await git("rev-parse", "HEAD", cwd=repo, env=env)
-        since = ws.start_sha
-        if against:
-            since = await git("merge-base", against, "HEAD", cwd=repo, env=env)
-        log = await git("log", "--reverse", "--format=%H%x00%s", f"{since}..HEAD", cwd=repo, env=env)
+    async def collect(self, ws: Workspace, *, base: str = "") -> Changes:
+        """Fetch the run's branch from its workspace into the mirror and measure it there: the commits made
+        since the run started, and the lines/files the branch changes against `base` (the PR's size).
+        The mirror's `refs/heads/<branch>` then points at the run's head, ready to push."""
+        alternates = ws.repo / ".git" / "objects" / "info" / "alternates"
+        if alternates.exists() or alternates.is_symlink():
+            alternates.unlink()  # objects from elsewhere on the host never reach the mirror (or the forge)
+        ref = f"refs/runs/{ws.run_id}"
+        try:
+            # Local transport clears environment config for the upload-pack it starts, so the ownership
+            # override (the workspace belongs to the agent's uid) goes on upload-pack's own command line.
+            await git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                      "--upload-pack", "git -c safe.directory='*' upload-pack", str(ws.repo),
+                      f"+refs/heads/{ws.branch}:{ref}", cwd=self.mirror)
+        except GitError as exc:
+            raise WorkspaceError(f"run {ws.run_id}: cannot collect branch {ws.branch}: {exc.stderr[-300:]}") from None
+        head = await git("rev-parse", ref, cwd=self.mirror)
+        log = await git("log", "--reverse", "--format=%H%x00%s", f"{ws.start_sha}..{head}", cwd=self.mirror)
         commits = tuple(Commit(*line.split("\0", 1)) for line in log.splitlines() if "\0" in line)
-        numstat = await git("diff", "--numstat", "--no-renames", "-z", since, "HEAD", cwd=repo, env=env)
+        since = ws.start_sha
+        if base and await self._mirror_sha(base):
+            since = await git("merge-base", f"refs/heads/{base}", head, cwd=self.mirror)
+        numstat = await git("diff", "--numstat", "--no-renames", "-z", since, head, cwd=self.mirror)
         additions = deletions = 0
         paths: list[str] = []
         for record in numstat.split("\0"):
@@ -196,20 +238,8 @@ class WorkspaceManager:
             additions += int(added) if added.isdigit() else 0  # "-" for binary files
             deletions += int(deleted) if deleted.isdigit() else 0
             paths.append(path)
-        status = await git("status", "--porcelain", "-z", "--untracked-files=all", cwd=repo, env=env)
-        uncommitted = tuple(sorted({entry[3:] for entry in status.split("\0") if len(entry) > 3}))
-        return Changes(commits, additions, deletions, len(paths), tuple(sorted(paths)), uncommitted, head)
-
-    async def commit_pending(self, ws: Workspace, message: str) -> bool:
-        """Commit what the agent left uncommitted (some CLIs edit without committing); True if it did."""
-        env = SAFE_DIRECTORY_ENV
-        await git("add", "--all", cwd=ws.repo, env=env)
-        if not await git("status", "--porcelain", cwd=ws.repo, env=env):
-            return False
-        name, email = self.author
-        await git("-c", f"user.name={name}", "-c", f"user.email={email}", "commit", "--quiet", "--no-verify",
-                  "-m", message, cwd=ws.repo, env=env)
-        return True
+        await git("update-ref", f"refs/heads/{ws.branch}", head, cwd=self.mirror)
+        return Changes(commits, additions, deletions, len(paths), tuple(sorted(paths)), (), head)
 
     def finish(self, run_id: str) -> None:
         """Mark the run's workspace finished: from now on `cleanup()` may remove it after the retention."""
@@ -243,6 +273,35 @@ class WorkspaceManager:
                 await anyio.to_thread.run_sync(_remove_tree, run_dir)
                 removed.append(run_dir.name)
         return removed
+
+
+def commit_after(invocation: Invocation, message: str, author: tuple[str, str]) -> Invocation:
+    """`invocation` followed, inside the same sandbox, by a commit of whatever the agent left uncommitted
+    (some CLIs edit without committing). The agent's exit code is kept."""
+    script = ('rc=0; "$@" || rc=$?; git add --all >/dev/null 2>&1 && '
+              'git -c user.name="$FLEET_AUTHOR_NAME" -c user.email="$FLEET_AUTHOR_EMAIL" '
+              'commit --quiet --no-verify -m "$FLEET_COMMIT_MESSAGE" >/dev/null 2>&1; exit $rc')
+    env = {**invocation.env, "FLEET_COMMIT_MESSAGE": message, "FLEET_AUTHOR_NAME": author[0],
+           "FLEET_AUTHOR_EMAIL": author[1]}
+    return dataclasses.replace(invocation, argv=("sh", "-c", script, "fleet-agent", *invocation.argv), env=env)
+
+
+class CommittingEngine:
+    """An engine whose runs end with `commit_after()`: the dev role's engine, so a run that edited without
+    committing still yields commits, made inside its sandbox."""
+
+    def __init__(self, engine: Engine, message: str, author: tuple[str, str]) -> None:
+        self.engine = engine
+        self.name = engine.name
+        self.message = message
+        self.author = author
+
+    def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
+        return commit_after(self.engine.invocation(task, workdir=workdir, scratch=scratch), self.message,
+                            self.author)
+
+    def parser(self) -> OutputParser:
+        return self.engine.parser()
 
 
 def write_scratch_files(scratch: Path, files: dict[str, str]) -> None:

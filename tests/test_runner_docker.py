@@ -247,7 +247,7 @@ async def test_the_agent_commits_in_its_workspace_inside_the_container(tmp_path:
     task = Task(run_id=ws.run_id, role=Role.DEV, prompt="p", issue=42)
     outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
     assert outcome.state is RunState.SUCCEEDED, log.lines
-    changes = await manager.changes(ws)
+    changes = await manager.collect(ws, base="main")
     assert [c.subject for c in changes.commits] == ["Add a file"] and changes.paths == ("added.txt",)
 
 

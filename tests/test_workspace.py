@@ -71,25 +71,39 @@ async def test_a_run_gets_its_own_clone_on_a_new_branch_and_its_changes_are_meas
 
     commit(ws.repo, "app.py", "print('hello')\nprint('dark')\n", "Add dark")
     commit(ws.repo, "themes/dark.toml", "a = 1\nb = 2\n", "Theme file")
-    (ws.repo / "README.md").write_text("# demo\none\n")  # left uncommitted
-    (ws.repo / "notes.txt").write_text("scratch\n")
+    (ws.repo / "README.md").write_text("# demo\none\n")  # left uncommitted: not part of the branch
 
-    changes = await manager.changes(ws)
+    changes = await manager.collect(ws, base="main")
     assert [c.subject for c in changes.commits] == ["Add dark", "Theme file"]
     assert (changes.additions, changes.deletions, changes.files_changed) == (3, 0, 2)
     assert changes.paths == ("app.py", "themes/dark.toml")
-    assert changes.uncommitted == ("README.md", "notes.txt")
-    assert sh("git", "log", "--oneline", cwd=source).count("\n") == 0  # the source is untouched
-
-    assert await manager.commit_pending(ws, "Leftovers") is True
-    assert await manager.commit_pending(ws, "Nothing") is False
-    changes = await manager.changes(ws)
-    assert (changes.additions, changes.deletions, changes.files_changed) == (4, 1, 4)
-    assert changes.uncommitted == ()
+    assert changes.head_sha == sh("git", "rev-parse", "HEAD", cwd=ws.repo)
+    # the trusted mirror now holds the branch, ready to push; the operator's repository is untouched
+    assert sh("git", "rev-parse", "refs/heads/fleet/12-add-a-dark-theme", cwd=manager.mirror) == changes.head_sha
+    assert sh("git", "log", "--oneline", cwd=source).count("\n") == 0
+    assert "fleet/12" not in sh("git", "branch", cwd=source)
 
 
 @pytest.mark.anyio
-async def test_a_fix_round_continues_the_existing_branch(tmp_path: Path, source: Path) -> None:
+async def test_a_fix_round_continues_the_branch_the_fleet_collected(tmp_path: Path, source: Path) -> None:
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    first = await manager.create("run-2a", source, issue=4, title="Fix it")
+    commit(first.repo, "fix.py", "x = 1\n", "First round")
+    await manager.collect(first, base="main")
+    commit(source, "other.py", "y = 1\n", "Meanwhile on main")  # the operator's work goes on
+
+    ws = await manager.create("run-2b", source, branch=first.branch, existing=True)
+    assert (ws.repo / "fix.py").exists()
+    assert ws.start_sha == sh("git", "rev-parse", f"refs/heads/{first.branch}", cwd=manager.mirror)
+    commit(ws.repo, "fix.py", "x = 2\n", "Second round")
+    this_round = await manager.collect(ws, base="main")
+    assert [c.subject for c in this_round.commits] == ["Second round"]
+    assert this_round.paths == ("fix.py",) and this_round.additions == 1  # the whole PR against main
+
+
+@pytest.mark.anyio
+async def test_a_fix_round_takes_a_fleet_branch_from_the_source_when_the_mirror_is_new(
+        tmp_path: Path, source: Path) -> None:
     sh("git", "checkout", "-qb", "fleet/4-fix-it", cwd=source)
     commit(source, "fix.py", "x = 1\n", "First round")
     sh("git", "checkout", "-q", "main", cwd=source)
@@ -97,13 +111,53 @@ async def test_a_fix_round_continues_the_existing_branch(tmp_path: Path, source:
     ws = await manager.create("run-2", source, branch="fleet/4-fix-it", existing=True)
     assert (ws.repo / "fix.py").exists()
     assert ws.start_sha == sh("git", "rev-parse", "fleet/4-fix-it", cwd=source)
-    assert (await manager.changes(ws)).commits == ()
-    commit(ws.repo, "fix.py", "x = 2\n", "Second round")
-    this_round = await manager.changes(ws)
-    whole_pr = await manager.changes(ws, against="origin/main")
-    assert [c.subject for c in this_round.commits] == ["Second round"]
-    assert [c.subject for c in whole_pr.commits] == ["First round", "Second round"]
-    assert whole_pr.paths == ("fix.py",) and whole_pr.additions == 1
+
+
+@pytest.mark.anyio
+async def test_nothing_the_agent_plants_in_its_repository_runs_on_the_host(tmp_path: Path, source: Path) -> None:
+    """The agent controls its clone's .git: config that runs commands (core.fsmonitor, a diff driver) and
+    hooks must never run outside the sandbox when the fleet collects and pushes its work."""
+    from fleet_tui.forge.local import LocalForge
+
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    ws = await manager.create("run-evil", source, issue=7, title="Innocent")
+    commit(ws.repo, "feature.py", "ok = True\n", "Feature")
+    pwned = tmp_path / "pwned"
+    payload = f"sh -c 'echo escaped >> {pwned}'"
+    for key, value in (("core.fsmonitor", payload), ("core.hooksPath", str(ws.repo / "hooks")),
+                       ("diff.external", payload), ("core.pager", payload), ("uploadpack.packObjectsHook", payload)):
+        sh("git", "config", key, value, cwd=ws.repo)
+    (ws.repo / "hooks").mkdir()
+    for hook in ("pre-push", "post-checkout", "reference-transaction", "pre-auto-gc"):
+        (ws.repo / "hooks" / hook).write_text(f"#!/bin/sh\necho {hook} >> {pwned}\n")
+        (ws.repo / "hooks" / hook).chmod(0o755)
+        (ws.repo / ".git" / "hooks" / hook).write_text(f"#!/bin/sh\necho {hook} >> {pwned}\n")
+        (ws.repo / ".git" / "hooks" / hook).chmod(0o755)
+    (ws.repo / ".git" / "objects" / "info" / "alternates").write_text(str(source / ".git" / "objects") + "\n")
+
+    changes = await manager.collect(ws, base="main")
+    async with LocalForge(source, operator="alice") as forge:
+        await forge.push_branch(manager.mirror, ws.branch)
+    assert [c.subject for c in changes.commits] == ["Feature"]
+    assert not pwned.exists(), pwned.read_text()
+    assert not (ws.repo / ".git" / "objects" / "info" / "alternates").exists()
+
+
+@pytest.mark.anyio
+async def test_commit_after_commits_what_the_agent_left_inside_the_same_process(
+        tmp_path: Path, source: Path) -> None:
+    from fleet_tui.engines.base import Invocation
+    from fleet_tui.workspace import commit_after
+
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    ws = await manager.create("run-5", source, issue=5, title="Edit without committing")
+    edit = Invocation(argv=("sh", "-c", "echo more >> README.md; echo new > new.txt; exit 3"))
+    wrapped = commit_after(edit, "Work on #5", ("fleet agent", "agent@localhost"))
+    result = subprocess.run(list(wrapped.argv), cwd=ws.repo, env={**os.environ, **wrapped.env}, check=False)
+    assert result.returncode == 3  # the agent's own exit code is kept
+    changes = await manager.collect(ws, base="main")
+    assert [c.subject for c in changes.commits] == ["Work on #5"]
+    assert changes.paths == ("README.md", "new.txt")
 
 
 @pytest.mark.anyio
@@ -126,7 +180,7 @@ async def test_a_workspace_given_to_the_container_uid_stays_usable_from_the_host
     with pytest.raises(GitError, match="dubious ownership"):
         await git("status", cwd=ws.repo)  # what plain git says: the reason for SAFE_DIRECTORY_ENV
     assert await git("status", "--short", cwd=ws.repo, env=SAFE_DIRECTORY_ENV) == ""
-    assert (await manager.changes(ws)).commits == ()
+    assert (await manager.collect(ws, base="main")).commits == ()  # collecting works across the uid gap
 
 
 @pytest.mark.anyio
