@@ -229,6 +229,10 @@ class PolicyConfig(_Section):
     max_open_proposals: int = Field(5, ge=1)
     """Most PM proposals waiting for the operator at once."""
 
+    pm_interval_s: float = Field(0.0, ge=0)
+    """Seconds between two scheduled PM runs; 0 runs the PM only when asked (the run-PM key). A due run waits
+    while `max_open_proposals` proposals are already waiting."""
+
     approvers_with_write: bool = False
     """Also count approvals by anyone with write/maintain/admin permission (checked live)."""
 

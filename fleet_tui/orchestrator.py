@@ -429,7 +429,7 @@ class Orchestrator:
 
     def _pm_due(self, now: datetime) -> bool:
         """Whether the PM's schedule (`policy.pm_interval_s`, 0 = off) asks for a run now."""
-        interval = float(getattr(self.config.policy, "pm_interval_s", 0) or 0)
+        interval = self.config.policy.pm_interval_s
         if interval <= 0:
             return False
         last = self.journal.get_kv("pm_last_at")
