@@ -23,6 +23,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.containers import Grid
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input
 from textual.worker import Worker, WorkerState
@@ -173,6 +174,16 @@ class MainScreen(Screen[None]):
 
     def table(self, pane: str) -> PaneTable:
         return self.query_one(f"#{pane}", PaneTable)
+
+    def table_if_present(self, pane: str) -> PaneTable | None:
+        """The pane's table, or None while the screen is not (or no longer) composed: timers that fire
+        during start-up or shut-down use this."""
+        if not self.is_mounted:
+            return None
+        try:
+            return self.table(pane)
+        except NoMatches:
+            return None
 
     @property
     def log_pane(self) -> LogPane:
@@ -608,7 +619,7 @@ class FleetApp(App[None]):
         self._last_flush = monotonic()
         pending, self._pending = self._pending, {}
         shown: list[str] = []
-        agents = self.main.table("agents") if self.main.is_mounted else None
+        agents = self.main.table_if_present("agents")
         update_last = self._last_flush - self._last_line_update >= LAST_LINE_S
         if update_last:
             self._last_line_update = self._last_flush
@@ -624,7 +635,7 @@ class FleetApp(App[None]):
                 self._set_last_line(agents, run_id, lines[-1])
             if run_id == self.shown_run:
                 shown = [line_for_terminal(line) for line in lines]
-        if shown and self.main.is_mounted:
+        if shown and agents is not None:
             self.main.log_pane.append(shown)
 
     def _set_last_line(self, agents: PaneTable | None, run_id: str, raw: str) -> None:
@@ -639,7 +650,7 @@ class FleetApp(App[None]):
         """The trailing update of the last-line column after a throttled burst."""
         self._last_line_timer = False
         self._last_line_update = monotonic()
-        agents = self.main.table("agents") if self.main.is_mounted else None
+        agents = self.main.table_if_present("agents")
         for run_id, history in self._history.items():
             if history:
                 self._set_last_line(agents, run_id, history[-1])
