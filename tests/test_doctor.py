@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 LOCAL_SCRIPTED = """\
 [runner]
 kind = "local"
@@ -107,3 +109,54 @@ def test_github_bad_token(tmp_path: Path) -> None:
         assert result.returncode == 1
         assert "forge reachable" in result.stdout and "Traceback" not in result.stdout + result.stderr
         assert "not-a-valid-token-42" not in result.stdout + result.stderr
+
+
+def _docker_reachable() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=5).ping()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+DOCKER_RUNNER = """\
+[runner]
+kind = "docker"
+image = "{image}"
+[roles.pm]
+engine = "scripted"
+[roles.dev]
+engine = "{dev}"
+[roles.qa]
+engine = "scripted"
+"""
+
+
+@pytest.mark.docker
+def test_docker_image_and_engine_binaries(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text(DOCKER_RUNNER.format(image="fleet-test:latest", dev="codex"))
+    result = check(repo, "--fix")
+    assert "Docker engine" in result.stdout and "agent image" in result.stdout
+    assert "python3" in result.stdout  # the scripted engine's binary, found inside the image
+    assert "codex is not in fleet-test:latest" in result.stdout
+    assert "rebuild the image with codex installed" in result.stdout
+    assert result.returncode == 1
+    (repo / "fleet.toml").write_text(DOCKER_RUNNER.format(image="no-such-image:1", dev="scripted"))
+    missing = check(repo, "--fix")
+    assert missing.returncode == 1
+    assert "no-such-image:1 is not on the engine" in missing.stdout
+    assert "docker build -t no-such-image:1 docker/" in missing.stdout
+
+
+def test_docker_unreachable_has_a_fix(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text(DOCKER_RUNNER.format(image="fleet-test:latest", dev="scripted"))
+    result = check(repo, "--fix", env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert "cannot reach the Docker engine at tcp://127.0.0.1:9" in result.stdout
+    assert 'runner.kind = "local"' in result.stdout
