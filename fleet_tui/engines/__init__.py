@@ -8,9 +8,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from fleet_tui.engines.base import LogLine
+
 if TYPE_CHECKING:
     from fleet_tui.config import EngineConfig, FleetConfig
-    from fleet_tui.engines.base import Engine
+    from fleet_tui.engines.base import Engine, Output
 
 # Forge token variables that never enter an agent's environment, whatever the engine config lists.
 FORGE_TOKEN_NAMES: frozenset[str] = frozenset(
@@ -66,6 +68,28 @@ class ConfiguredEngine:
         self._environ = environ
         self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
         check_env_names(self.name, config.env, self._forbidden)
+
+
+class JsonLinesParser:
+    """What the JSON-lines engines (codex, claude) share: one event per line, anything that is not a JSON
+    object with a string `type` (or that the engine cannot read) is kept as a plain line, never raised."""
+
+    def feed(self, line: str) -> list[Output]:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            return []
+        event = json_object(line)
+        if event is None or not isinstance(event.get("type"), str):
+            return [LogLine(line)]
+        try:
+            out = self._event(event)
+        except (AttributeError, TypeError, ValueError, KeyError):
+            out = None
+        return [LogLine(line)] if out is None else out
+
+    def _event(self, event: dict[str, Any]) -> list[Output] | None:
+        """The meaning of one event; None keeps the raw line."""
+        raise NotImplementedError
 
 
 def engine_env(

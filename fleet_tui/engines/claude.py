@@ -15,11 +15,11 @@ from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
     PROMPT_FILE,
     ConfiguredEngine,
+    JsonLinesParser,
     as_float,
     as_int,
     current_environ,
     engine_env,
-    json_object,
     prompt_argv,
 )
 from fleet_tui.engines.base import (
@@ -76,7 +76,7 @@ def _claude_usage(config: EngineConfig, raw: dict[str, Any], reported_cost: floa
     return priced_usage(config, total_in, as_int(raw.get("output_tokens")), cache_read, reported_cost)
 
 
-class ClaudeParser:
+class ClaudeParser(JsonLinesParser):
     """Turns stream-json lines into log lines and usage; never raises on odd input."""
 
     def __init__(self, config: EngineConfig) -> None:
@@ -87,19 +87,6 @@ class ClaudeParser:
         self.last_text = ""
         self.is_error: bool | None = None
         self.subtype = ""
-
-    def feed(self, line: str) -> list[Output]:
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            return []
-        event = json_object(line)
-        if event is None or not isinstance(event.get("type"), str):
-            return [LogLine(line)]
-        try:
-            out = self._event(event)
-        except (AttributeError, TypeError, ValueError, KeyError):
-            out = None
-        return [LogLine(line)] if out is None else out
 
     def _event(self, event: dict[str, Any]) -> list[Output] | None:
         kind = event["type"]

@@ -16,10 +16,10 @@ from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
     PROMPT_FILE,
     ConfiguredEngine,
+    JsonLinesParser,
     as_int,
     current_environ,
     engine_env,
-    json_object,
     prompt_argv,
 )
 from fleet_tui.engines.base import (
@@ -72,7 +72,7 @@ class CodexEngine(ConfiguredEngine):
         return CodexParser(self.config)
 
 
-class CodexParser:
+class CodexParser(JsonLinesParser):
     """Turns `codex exec --json` lines into log lines and usage; never raises on odd input."""
 
     def __init__(self, config: EngineConfig) -> None:
@@ -82,19 +82,6 @@ class CodexParser:
         self.errors: list[str] = []
         self.turn_failed = False
         self.thread_id = ""
-
-    def feed(self, line: str) -> list[Output]:
-        line = line.rstrip("\r\n")
-        if not line.strip():
-            return []
-        event = json_object(line)
-        if event is None or not isinstance(event.get("type"), str):
-            return [LogLine(line)]
-        try:
-            out = self._event(event)
-        except (AttributeError, TypeError, ValueError, KeyError):
-            out = None
-        return [LogLine(line)] if out is None else out
 
     def _event(self, event: dict[str, Any]) -> list[Output] | None:
         kind = event["type"]
