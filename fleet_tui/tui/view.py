@@ -177,8 +177,8 @@ def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, 
         elapsed = short_duration(end - run.started_at) if run.started_at else ""
         style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
         state = run.state.value.replace("_", " ")
-        if run.qa_round and run.role.value == "qa":
-            state = f"{state} r{run.qa_round}"
+        if run.qa_round and run.role.value == "qa" and run.state.live:
+            state = f"{state} r{run.qa_round}"  # finished rounds are in the QA pane; this keeps the cell short
         rows.append((run.run_id, (
             cell(run.role.value.upper(), styles.bold),
             cell(run_target(run), styles.accent),
