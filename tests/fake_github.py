@@ -4,16 +4,25 @@ It speaks real HTTP (stdlib `ThreadingHTTPServer` in a thread) with GitHub's JSO
 headers: `ETag` / `If-None-Match` -> 304 (free against the primary limit), `Link` pagination,
 `x-ratelimit-*`, 403/429 with `retry-after` for secondary limits, 422 on a duplicate PR, 404 on removing a
 missing label, 401 on a bad token. Every request is recorded (`server.requests`) and faults can be scheduled
-(`server.fault(...)`). Code lives in a bare git repository the forge can push to (`server.push_url`).
+(`server.fault(...)`). Code lives in a bare git repository the forge can push to (`server.push_url`), or over
+git's smart HTTP with a token in a Basic `Authorization` header (`server.git_http_url`).
+
+GitHub Apps (`server.register_app(public_key_pem)`): `GET /app` and the installation routes take an RS256 JWT
+(signature checked against the App's public key, `iss`, `iat` and `exp` checked like GitHub does);
+`POST /app/installations/{id}/access_tokens` mints an installation token that acts as `<slug>[bot]`, limited
+to the permissions and repositories it was minted for.
 
 `open_github_forge(tmp_path, **options)` yields a started `GitHubForge` wired to a fresh fake.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import secrets
+import string
 import subprocess
 import threading
 import time
@@ -37,6 +46,11 @@ FLEET_LOGIN = "fleet-bot"
 OPERATOR_LOGIN = "octo-operator"
 APP_LOGIN = "fleet-app[bot]"
 OUTSIDER_LOGIN = "mallory"
+APP_ID = 4242
+APP_SLUG = "fleet-app"
+INSTALLATION_ID = 777
+APP_PERMISSIONS = {"issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read",
+                   "checks": "read", "statuses": "read"}
 WEB = "https://github.example"
 API = "https://api.github.example"
 
@@ -87,14 +101,14 @@ def private_user_json(user: User) -> dict[str, Any]:
     }
 
 
-def app_json(slug: str, owner: User) -> dict[str, Any]:
+def app_json(slug: str, owner: User, app_id: int = APP_ID, permissions: dict[str, str] | None = None
+             ) -> dict[str, Any]:
     return {
-        "id": 4242, "slug": slug, "node_id": "A_4242", "client_id": "Iv1.fake", "owner": user_json(owner),
+        "id": app_id, "slug": slug, "node_id": f"A_{app_id}", "client_id": "Iv1.fake", "owner": user_json(owner),
         "name": slug, "description": "", "external_url": f"https://{slug}.example",
         "html_url": f"{WEB}/apps/{slug}", "created_at": "2023-01-01T00:00:00Z",
         "updated_at": "2023-01-01T00:00:00Z",
-        "permissions": {"issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read"},
-        "events": ["issues", "pull_request"],
+        "permissions": dict(permissions or APP_PERMISSIONS), "events": ["issues", "pull_request"],
     }
 
 
@@ -244,8 +258,35 @@ class CheckRunRec:
 
 
 @dataclass
+class FakeApp:
+    """A GitHub App with one installation (on the owner's account)."""
+
+    id: int
+    slug: str
+    public_key: Any  # cryptography RSAPublicKey
+    installation_id: int
+    permissions: dict[str, str]
+    repositories: list[str]  # names of the repositories the installation was given
+    repository_selection: str = "selected"
+
+    @property
+    def bot_login(self) -> str:
+        return f"{self.slug}[bot]"
+
+
+@dataclass
+class InstallationToken:
+    app_id: int
+    login: str
+    expires: float
+    permissions: dict[str, str]
+    repositories: list[str]
+
+
+@dataclass
 class Recorded:
-    """One request as the server saw it (the Authorization header left out)."""
+    """One request as the server saw it (the Authorization header left out; `auth` says what it held:
+    "none", "token", "installation" or "jwt"; `login` is who it acted as, `app:<slug>` for a JWT)."""
 
     method: str
     path: str
@@ -254,6 +295,7 @@ class Recorded:
     body: Any
     status: int = 0
     login: str | None = None
+    auth: str = "none"
     at: float = field(default_factory=time.monotonic)
 
 
@@ -312,6 +354,9 @@ class FakeGitHub:
         self.pulls: dict[int, PullRec] = {}
         self.statuses: dict[str, list[StatusRec]] = {}
         self.check_runs: dict[str, list[CheckRunRec]] = {}
+        self.apps: dict[int, FakeApp] = {}
+        self.installation_tokens: dict[str, InstallationToken] = {}
+        self.clock_offset = 0.0  # seconds the server's wall clock runs ahead of this machine's
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.git_dir: Path | None = None
@@ -353,6 +398,11 @@ class FakeGitHub:
     def push_url(self) -> str:
         assert self.git_dir is not None
         return str(self.git_dir)
+
+    @property
+    def git_http_url(self) -> str:
+        """The repository over git's smart HTTP, as `https://github.com/owner/name.git` serves it."""
+        return f"{self.url}{REPO}.git"
 
     # -- helpers for tests ---------------------------------------------------------------------
     def next_id(self) -> int:
@@ -473,6 +523,19 @@ class FakeGitHub:
         with self.lock:
             self.faults.append(item)
         return item
+
+    def register_app(self, public_key_pem: bytes, *, app_id: int = APP_ID, slug: str = APP_SLUG,
+                     installation_id: int = INSTALLATION_ID, permissions: dict[str, str] | None = None,
+                     repositories: tuple[str, ...] = (NAME,), repository_selection: str = "selected") -> FakeApp:
+        """A GitHub App whose JWTs verify against `public_key_pem`, installed on the owner's account."""
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        app = FakeApp(app_id, slug, load_pem_public_key(public_key_pem), installation_id,
+                      dict(permissions or APP_PERMISSIONS), list(repositories), repository_selection)
+        with self.lock:
+            self.apps[app_id] = app
+            self.add_user(app.bot_login, type="Bot", scopes=None, app=slug, permission="write")
+        return app
 
     def exhaust_primary(self, reset_in: int = 3600) -> None:
         with self.lock:
@@ -984,6 +1047,114 @@ class FakeGitHub:
                                                           "push": permission in ("admin", "maintain", "write"),
                                                           "triage": permission != "read", "pull": True}}}, {}
 
+    # -- GitHub Apps -------------------------------------------------------------------------------
+    def verify_jwt(self, token: str) -> FakeApp:
+        """The App a JWT speaks for, checked like GitHub: RS256 signature by that App's key, `iss` its id,
+        `iat` not in the future (60 s leeway), `exp` in the future and at most 10 minutes after `iat`."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        undecodable = ApiError(401, "A JSON web token could not be decoded")
+        try:
+            head_b64, payload_b64, sig_b64 = token.split(".")
+            header = json.loads(_b64url(head_b64))
+            payload = json.loads(_b64url(payload_b64))
+            signature = _b64url(sig_b64)
+        except ValueError:
+            raise undecodable from None
+        if not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(payload, dict):
+            raise undecodable
+        app = self.apps.get(int(payload["iss"])) if str(payload.get("iss", "")).isdigit() else None
+        if app is None:
+            raise undecodable
+        try:
+            app.public_key.verify(signature, f"{head_b64}.{payload_b64}".encode(), padding.PKCS1v15(),
+                                  hashes.SHA256())
+        except InvalidSignature:
+            raise undecodable from None
+        now = time.time() + self.clock_offset
+        iat, exp = payload.get("iat"), payload.get("exp")
+        if not isinstance(iat, int) or iat > now + 60:
+            raise ApiError(401, "'Issued at' claim ('iat') must be an Integer representing the time that the "
+                                "assertion was issued.")
+        if not isinstance(exp, int) or exp <= now:
+            raise ApiError(401, "'Expiration time' claim ('exp') must be a numeric value representing the future "
+                                "time at which the assertion expires.")
+        if exp - iat > 600 or exp > now + 660:
+            raise ApiError(401, "'Expiration time' claim ('exp') is too far in the future.")
+        return app
+
+    def installation_json(self, app: FakeApp) -> dict[str, Any]:
+        base = f"{API}/app/installations/{app.installation_id}"
+        return {
+            "id": app.installation_id, "account": user_json(self.owner),
+            "repository_selection": app.repository_selection, "access_tokens_url": base + "/access_tokens",
+            "repositories_url": f"{API}/installation/repositories",
+            "html_url": f"{WEB}/organizations/{OWNER}/settings/installations/{app.installation_id}",
+            "app_id": app.id, "client_id": "Iv1.fake", "target_id": self.owner.id, "target_type": self.owner.type,
+            "permissions": dict(app.permissions), "events": ["issues", "pull_request"],
+            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z", "single_file_name": None,
+            "has_multiple_single_files": False, "single_file_paths": [], "app_slug": app.slug,
+            "suspended_by": None, "suspended_at": None, "contact_email": None,
+        }
+
+    def handle_app(self, method: str, path: str, body: Any, app: FakeApp) -> tuple[int, Any, dict[str, str]]:
+        """The routes a JWT may call."""
+        if path == "/app" and method == "GET":
+            return 200, {**app_json(app.slug, self.owner, app.id, app.permissions), "installations_count": 1}, {}
+        if path == f"/repos/{REPO}/installation" and method == "GET":
+            if app.repository_selection != "all" and NAME not in app.repositories:
+                raise ApiError(404, "Not Found")
+            return 200, self.installation_json(app), {}
+        match = re.fullmatch(r"/app/installations/(\d+)(/access_tokens)?", path)
+        if match is None or int(match.group(1)) != app.installation_id:
+            raise ApiError(404, "Not Found")
+        if not match.group(2) and method == "GET":
+            return 200, self.installation_json(app), {}
+        if match.group(2) and method == "POST":
+            return 201, self._mint_installation_token(app, body if isinstance(body, dict) else {}), {}
+        raise ApiError(404, "Not Found")
+
+    def _mint_installation_token(self, app: FakeApp, body: dict[str, Any]) -> dict[str, Any]:
+        repositories = [str(r) for r in body.get("repositories") or []]
+        if body.get("repository_ids") or (app.repository_selection != "all"
+                                          and any(r not in app.repositories for r in repositories)):
+            raise ApiError(422, "There is at least one repository that does not exist or is not accessible to "
+                                "the parent installation.")
+        wanted = body.get("permissions") or dict(app.permissions)
+        rank = {"read": 1, "write": 2, "admin": 3}
+        for name, level in wanted.items():
+            if rank.get(str(level), 9) > rank.get(app.permissions.get(name, ""), 0):
+                raise ApiError(422, "The permissions requested are not granted to this installation.")
+        token = "ghs_" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(36))
+        expires = time.time() + self.clock_offset + 3600
+        self.installation_tokens[token] = InstallationToken(app.id, app.bot_login, expires, dict(wanted),
+                                                            repositories or list(app.repositories))
+        self.tokens[token] = app.bot_login
+        return {"token": token, "expires_at": iso(expires), "permissions": dict(wanted),
+                "repository_selection": "selected" if repositories else app.repository_selection}
+
+    def check_installation_token(self, token: str, method: str, path: str, service: str = "") -> None:
+        """What GitHub refuses an installation token: past its expiry, another repository, a permission it
+        was not minted with (a write needs "write"), or a route for users only."""
+        grant = self.installation_tokens.get(token)
+        if grant is None:
+            return
+        if time.time() + self.clock_offset >= grant.expires:
+            raise ApiError(401, "Bad credentials")
+        forbidden = ApiError(403, "Resource not accessible by integration")
+        repo = re.match(rf"/(?:repos/)?{OWNER}/([^/]+)", path)
+        if repo is not None and repo.group(1).removesuffix(".git") not in grant.repositories:
+            raise forbidden
+        needed = _installation_permission(method, path, service)
+        if needed is None:
+            raise forbidden
+        names, write = needed
+        rank = {"read": 1, "write": 2, "admin": 3}
+        if names and max(rank.get(grant.permissions.get(n, ""), 0) for n in names) < (2 if write else 1):
+            raise forbidden
+
     def _rate_json(self) -> dict[str, int]:
         return {"limit": self.rate_limit, "remaining": max(0, self.rate_limit - self.rate_used),
                 "reset": self.rate_reset, "used": self.rate_used}
@@ -1003,6 +1174,31 @@ class FakeGitHub:
                         item.fired += 1
                         return item
             return None
+
+
+_PERMISSION_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (r"/repos/[^/]+/[^/]+/(issues|labels)(/.*)?", ("issues", "pull_requests")),
+    (r"/repos/[^/]+/[^/]+/pulls(/.*)?", ("pull_requests",)),
+    (r"/repos/[^/]+/[^/]+/commits/[^/]+/status", ("statuses",)),
+    (r"/repos/[^/]+/[^/]+/commits/[^/]+/check-runs", ("checks",)),
+    (r"/repos/[^/]+/[^/]+(/collaborators/.*)?", ("metadata",)),
+    (r"/[^/]+/[^/]+\.git/(info/refs|git-upload-pack|git-receive-pack)", ("contents",)),
+    (r"/rate_limit", ()),
+)
+
+
+def _installation_permission(method: str, path: str, service: str) -> tuple[tuple[str, ...], bool] | None:
+    """The App permissions (any one of them) a route needs and whether it writes; None: no token may."""
+    for pattern, names in _PERMISSION_ROUTES:
+        if re.fullmatch(pattern, path):
+            write = (service == "git-receive-pack" or path.endswith("/git-receive-pack")
+                     or (method != "GET" and not path.endswith("/git-upload-pack")))
+            return names, write
+    return None
+
+
+def _b64url(text: str) -> bytes:
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def _q(query: dict[str, list[str]], key: str, default: str) -> str:
@@ -1035,6 +1231,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._serve("DELETE")
 
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":  # how git sends a large pack
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _error(self, record: Recorded, exc: ApiError, headers: dict[str, str] | None = None) -> None:
+        record.status = exc.status
+        self._send(exc.status, {"message": exc.message, "documentation_url": "https://docs.github.com/rest",
+                                "status": str(exc.status)}, headers or {})
+
     def _serve(self, method: str) -> None:
         fake = self.fake
         parts = urlsplit(self.path)
@@ -1042,25 +1257,53 @@ class _Handler(BaseHTTPRequestHandler):
         if path.startswith("/api/v3/"):  # GitHub Enterprise Server prefix
             path = path[len("/api/v3"):]
         query = parse_qs(parts.query)
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._read_body()
+        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "cookie")}
+        if re.fullmatch(rf"/{OWNER}/[^/]+\.git/.*", path):
+            record = Recorded(method, path, query, headers, None)
+            with fake.lock:
+                fake.requests.append(record)
+            self._serve_git(record, raw, parts.query)
+            return
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        headers = {k.lower(): v for k, v in self.headers.items() if k.lower() not in ("authorization", "cookie")}
         record = Recorded(method, path, query, headers, body)
         with fake.lock:
             fake.requests.append(record)
-        auth = self.headers.get("authorization", "")
-        token = auth.split(" ", 1)[1].strip() if " " in auth else ""
-        login = fake.tokens.get(token)
-        if login is None:
-            record.status = 401
-            self._send(401, {"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest",
-                             "status": "401"}, {})
-            return
-        record.login = login
+        scheme, _, credential = self.headers.get("authorization", "").partition(" ")
+        credential = credential.strip()
+        app: FakeApp | None = None
+        app_route = path == "/app" or path.startswith("/app/") or path == f"/repos/{REPO}/installation"
+        if scheme.lower() == "bearer" and credential.count(".") == 2:
+            record.auth = "jwt"
+            try:
+                with fake.lock:
+                    app = fake.verify_jwt(credential)
+            except ApiError as exc:
+                self._error(record, exc)
+                return
+            record.login = f"app:{app.slug}"
+            if not app_route:
+                self._error(record, ApiError(403, "Resource not accessible by integration"))
+                return
+        else:
+            login = fake.tokens.get(credential)
+            if login is None:
+                self._error(record, ApiError(401, "Bad credentials"))
+                return
+            record.login = login
+            record.auth = "installation" if credential in fake.installation_tokens else "token"
+            try:
+                if app_route:
+                    raise ApiError(401, "A JSON web token could not be decoded")
+                with fake.lock:
+                    fake.check_installation_token(credential, method, path)
+            except ApiError as exc:
+                self._error(record, exc)
+                return
+        login = record.login
         fault = fake.take_fault(method, path)
         if fault is not None and fault.kind == "slow":
             time.sleep(fault.delay)
@@ -1075,7 +1318,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "primary":
             fake.exhaust_primary(fault.retry_after or 3600)
         with fake.lock:
-            if path != "/rate_limit" and fake.rate_used >= fake.rate_limit and time.time() < fake.rate_reset:
+            if (app is None and path != "/rate_limit" and fake.rate_used >= fake.rate_limit
+                    and time.time() < fake.rate_reset):
                 record.status = 403
                 self._send(403, {"message": f"API rate limit exceeded for user ID {fake.user(login).id}.",
                                  "documentation_url": "https://docs.github.com/rest/overview/rate-limits",
@@ -1088,7 +1332,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with fake.lock:
             try:
-                status, data, extra = fake.handle(method, path, query, body if body is not None else {}, login)
+                if app is not None:
+                    status, data, extra = fake.handle_app(method, path, body, app)
+                else:
+                    status, data, extra = fake.handle(method, path, query, body if body is not None else {}, login)
             except ApiError as exc:
                 status, extra = exc.status, exc.headers
                 data = {"message": exc.message, "documentation_url": "https://docs.github.com/rest",
@@ -1104,7 +1351,7 @@ class _Handler(BaseHTTPRequestHandler):
             etag = 'W/"' + hashlib.sha256(payload).hexdigest()[:40] + '"'
             not_modified = (method == "GET" and status == 200
                             and etag in [t.strip() for t in self.headers.get("if-none-match", "").split(",")])
-            if path != "/rate_limit" and not not_modified:
+            if app is None and path != "/rate_limit" and not not_modified:
                 fake.rate_used += 1  # a 304 costs nothing against the primary limit
             out = {**fake.rate_headers(), **page_headers, **extra}
             if path == "/user":
@@ -1121,6 +1368,63 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(304, b"", out)
         else:
             self._send_raw(status, payload, out)
+
+    def _serve_git(self, record: Recorded, body: bytes, query: str) -> None:
+        """git's smart HTTP through `git http-backend`, for a token in a Basic header (as GitHub takes it)."""
+        fake = self.fake
+        scheme, _, credential = self.headers.get("authorization", "").partition(" ")
+        token = ""
+        if scheme.lower() == "basic":
+            try:
+                token = base64.b64decode(credential.strip(), validate=True).decode().partition(":")[2]
+            except ValueError:
+                token = ""
+        login = fake.tokens.get(token)
+        if login is None or fake.git_dir is None:
+            record.status = 401
+            self._send_git(401, b"", {"www-authenticate": 'Basic realm="GitHub"'})
+            return
+        record.login = login
+        record.auth = "installation" if token in fake.installation_tokens else "token"
+        service = _q(parse_qs(query), "service", "")
+        try:
+            with fake.lock:
+                fake.check_installation_token(token, record.method, record.path, service)
+        except ApiError as exc:
+            record.status = exc.status
+            self._send_git(exc.status, exc.message.encode(), {"content-type": "text/plain"})
+            return
+        env = {"GIT_PROJECT_ROOT": str(fake.git_dir.parent), "GIT_HTTP_EXPORT_ALL": "1",
+               "PATH_INFO": "/" + record.path.split("/", 2)[2], "QUERY_STRING": query,
+               "REQUEST_METHOD": record.method, "CONTENT_TYPE": self.headers.get("content-type", ""),
+               "REMOTE_USER": login, "REMOTE_ADDR": "127.0.0.1", "HOME": str(fake.root),
+               "GIT_CONFIG_NOSYSTEM": "1", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+        for name in ("content-encoding", "git-protocol"):
+            if self.headers.get(name):
+                env["HTTP_" + name.upper().replace("-", "_")] = self.headers[name]
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False)
+        head, _, payload = out.stdout.partition(b"\r\n\r\n")
+        status, extra = 200, {}
+        for line in head.decode(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.lower() == "status":
+                status = int(value.split()[0])
+            elif key:
+                extra[key.lower()] = value.strip()
+        record.status = status
+        self._send_git(status, payload, extra)
+
+    def _send_git(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        try:
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.send_header("content-length", str(len(payload)))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _send(self, status: int, data: Any, headers: dict[str, str]) -> None:
         self._send_raw(status, json.dumps(data).encode(), headers)

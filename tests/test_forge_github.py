@@ -3,8 +3,12 @@ duplicates, approver verification, and the absence of any request that lands or 
 
 from __future__ import annotations
 
+import base64
+import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,11 @@ import pytest
 from fleet_tui.forge.base import ForgeError, RateLimitedError, judge_approval, marker, standing_label_event
 from fleet_tui.model import CIState, RateLimit
 from fake_github import (
+    APP_ID,
     APP_LOGIN,
+    APP_SLUG,
     FLEET_LOGIN,
+    INSTALLATION_ID,
     NAME,
     OPERATOR_LOGIN,
     OPERATOR_TOKEN,
@@ -449,3 +456,245 @@ def test_from_config_builds_a_github_forge() -> None:
     assert forge.repo == "octo/demo" and forge.timeout == 7 and forge.fleet_is_separate
     assert forge.base_url == "https://ghe.example/api/v3/"
     assert forge.git_url == "https://ghe.example/octo/demo.git"
+
+
+# --- GitHub App installation auth -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> list[tuple[bytes, bytes]]:
+    """Two RSA key pairs as (private PEM, public PEM): the App's key and one GitHub does not know."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pairs = []
+    for _ in range(2):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+        pairs.append((private, public))
+    return pairs
+
+
+def write_key(tmp_path: Path, data: bytes, mode: int = 0o600, name: str = "app.pem") -> Path:
+    path = tmp_path / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode)  # the umask may have taken bits off
+    return path
+
+
+def app_config(api_url: str, key_path: Path, installation_id: int | None = INSTALLATION_ID) -> Any:
+    from fleet_tui.config import FleetConfig, ForgeConfig
+
+    return FleetConfig(forge=ForgeConfig(kind="github", repo=f"{OWNER}/{NAME}", api_url=api_url, app_id=APP_ID,
+                                         app_installation_id=installation_id, app_private_key_path=str(key_path)))
+
+
+@asynccontextmanager
+async def open_app_forge(tmp_path: Path, private: bytes, public: bytes, *, installation_id: int | None =
+                         INSTALLATION_ID, **app_options: Any) -> AsyncIterator[tuple[Any, FakeGitHub]]:
+    """A `GitHubForge` built by `from_config` for an App installation (the operator keeps a token for the
+    approve key), pushing over HTTP to a fake whose App verifies JWTs against `public`."""
+    from fleet_tui.forge.github import GitHubForge
+
+    server = FakeGitHub(tmp_path).start()
+    try:
+        server.register_app(public, **app_options)
+        config = app_config(server.url, write_key(tmp_path, private), installation_id)
+        forge = GitHubForge.from_config(config, "", operator_token=OPERATOR_TOKEN, git_url=server.git_http_url,
+                                        write_spacing=0.0, retry_backoff=0.01, timeout=5.0)
+        async with forge:
+            yield forge, server
+    finally:
+        server.stop()
+
+
+def assert_clean(message: str, private: bytes) -> None:
+    """A message fit for the operator: no traceback, no key material."""
+    assert "Traceback" not in message and "PRIVATE KEY" not in message
+    body = [line for line in private.decode().splitlines() if "-----" not in line]
+    assert not any(chunk in message for line in body for chunk in (line[:16], line[-16:]))
+
+
+async def test_app_installation_writes_as_its_bot(tmp_path: Path, rsa_keys: list[tuple[bytes, bytes]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import fleet_tui.git
+
+    private, public = rsa_keys[0]
+    git_calls: list[tuple[tuple[str, ...], dict[str, str]]] = []
+    real_git = fleet_tui.git.git
+
+    async def recording_git(*args: str, cwd: Path | str, env: dict[str, str] | None = None, **kw: Any) -> str:
+        git_calls.append((args, dict(env or {})))
+        return await real_git(*args, cwd=cwd, env=env, **kw)
+
+    monkeypatch.setattr(fleet_tui.git, "git", recording_git)
+    async with open_app_forge(tmp_path, private, public) as (forge, server):
+        me = await forge.fleet_identity()
+        assert (me.login, me.type) == (APP_LOGIN, "Bot") and forge.fleet_is_separate
+        issue = await forge.create_issue("Add a flag", "why and how", ["proposed"])
+        await forge.post_comment(issue.number, "claimed", marker("run", "r1"))
+        await forge.add_labels(issue.number, ["approved"])  # the fleet labels its own issue
+
+        work = tmp_path / "ws"
+        subprocess.run(["git", "clone", "-q", server.push_url, str(work)], check=True)
+        subprocess.run(["git", "checkout", "-q", "-b", "fleet/1-flag"], cwd=work, check=True)
+        (work / "flag.py").write_text("FLAG = True\n")
+        subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", "flag"], cwd=work, check=True)
+        sha = await forge.push_branch(work, "fleet/1-flag")
+        pr = await forge.open_pull(title="Add a flag", body="closes #1", head="fleet/1-flag", base="main")
+        assert server.branch_sha("fleet/1-flag") == sha == pr.head_sha and pr.author.login == APP_LOGIN
+
+        # every write to the repository went as the bot, with an installation token; the JWT only minted
+        writes = [r for r in server.calls() if r.method in ("POST", "PATCH", "PUT", "DELETE")
+                  and not r.path.startswith("/app/")]
+        assert writes and {(r.login, r.auth) for r in writes} == {(APP_LOGIN, "installation")}
+        assert any(r.path.endswith("/git-receive-pack") and r.status == 200 for r in writes)
+        assert {r.path for r in server.calls() if r.auth == "jwt"} <= {
+            "/app", f"/app/installations/{INSTALLATION_ID}/access_tokens"}
+        mints = server.calls("POST", r"/access_tokens$")
+        assert [m.status for m in mints] == [201, 201]  # one for the API, one for git push
+        assert all(m.body.get("repositories") == [NAME] for m in mints)
+        assert server.issues[issue.number].user == APP_LOGIN
+        assert [(c.user, c.via_app) for c in server.issues[issue.number].comments] == [(APP_LOGIN, APP_SLUG)]
+        assert server.issues[pr.number].user == APP_LOGIN
+
+        # the push token: in an http.extraheader from the environment, for code only, never in an argument
+        pushes = [(args, env) for args, env in git_calls if args[0] == "push"]
+        assert len(pushes) == 1
+        args, env = pushes[0]
+        minted = set(server.installation_tokens)
+        assert not any(token in arg for token in minted for arg in args)
+        assert server.git_http_url in args and "@" not in server.git_http_url
+        header = env["GIT_CONFIG_VALUE_0"].removeprefix("Authorization: Basic ")
+        push_token = base64.b64decode(header).decode().partition(":")[2]
+        grant = server.installation_tokens[push_token]
+        assert grant.permissions == {"contents": "write", "metadata": "read"} and grant.repositories == [NAME]
+        assert not any(token in (work / ".git" / "config").read_text() for token in minted)
+
+        # an approval label the bot applied never counts; the operator's does
+        verdict = await _approval(forge, issue.number)
+        assert not verdict.verified and verdict.event.actor.login == APP_LOGIN
+        assert verdict.event.actor.type == "Bot" and verdict.event.actor.via_app == APP_SLUG
+        await forge.remove_label(issue.number, "approved")
+        await forge.add_labels(issue.number, ["approved"], as_operator=True)
+        assert (await _approval(forge, issue.number)).verified
+
+        report = await forge.token_report()
+        assert (report["kind"], report["login"], report["type"]) == ("app", APP_LOGIN, "Bot")
+        assert report["warnings"] == [] and report["installation_id"] == INSTALLATION_ID
+        assert report["repository_selection"] == "selected"
+        assert report["operator"]["login"] == OPERATOR_LOGIN
+
+
+async def test_app_installation_is_looked_up_when_not_configured(tmp_path: Path,
+                                                                rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    private, public = rsa_keys[0]
+    async with open_app_forge(tmp_path, private, public, installation_id=None) as (forge, server):
+        await forge.create_issue("t", "b")
+        assert server.calls("GET", r"/installation$")[0].auth == "jwt"
+        assert server.calls("POST", r"/access_tokens$")[0].path == f"/app/installations/{INSTALLATION_ID}/access_tokens"
+        assert server.issues[1].user == APP_LOGIN
+
+
+async def test_app_not_installed_on_the_repository_is_a_clear_error(tmp_path: Path,
+                                                                   rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    private, public = rsa_keys[0]
+    with pytest.raises(ForgeError, match=f"not installed on {OWNER}/{NAME}"):
+        async with open_app_forge(tmp_path, private, public, installation_id=None, repositories=("other",)):
+            pass
+
+
+async def test_a_key_github_does_not_know_is_a_clear_error(tmp_path: Path,
+                                                          rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    (private, _), (_, registered) = rsa_keys  # the App's key on GitHub was rotated
+    async with open_app_forge(tmp_path, private, registered) as (forge, server):
+        for action in (forge.fleet_identity, forge.list_issues, lambda: forge.create_issue("t", "b")):
+            with pytest.raises(ForgeError) as caught:
+                await action()
+            message = str(caught.value)
+            assert f"GitHub App {APP_ID} was refused" in message and "forge.app_private_key_path" in message
+            assert "could not be decoded" in message
+            assert_clean(message, private)
+            assert caught.value.__cause__ is None and caught.value.__suppress_context__
+        # each refused once, not retried as if the network had failed
+        assert [r.status for r in server.calls("POST", r"/access_tokens$")] == [401, 401]
+        assert not server.issues
+        # the operator puts the current key in place: a new forge signs with it, not with a JWT left over
+        from fleet_tui.forge.github import GitHubForge
+
+        config = app_config(server.url, write_key(tmp_path, rsa_keys[1][0], name="current.pem"))
+        async with GitHubForge.from_config(config, "", timeout=5.0) as fresh:
+            assert (await fresh.fleet_identity()).login == APP_LOGIN
+
+
+async def test_an_expired_jwt_names_the_clock(tmp_path: Path, rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    private, public = rsa_keys[0]
+    async with open_app_forge(tmp_path, private, public) as (forge, server):
+        server.clock_offset = 3600.0  # this machine's clock is an hour behind
+        with pytest.raises(ForgeError, match="clock") as caught:
+            await forge.list_issues()
+        assert "'Expiration time' claim" in str(caught.value)
+        assert_clean(str(caught.value), private)
+
+
+def test_a_private_key_file_others_can_read_is_refused(tmp_path: Path,
+                                                        rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    from fleet_tui.forge.github import GitHubForge
+
+    private = rsa_keys[0][0]
+    for mode, name in ((0o644, "a.pem"), (0o640, "b.pem"), (0o604, "c.pem")):
+        path = write_key(tmp_path, private, mode, name)
+        with pytest.raises(ForgeError, match="open to group or others") as caught:
+            GitHubForge.from_config(app_config("http://127.0.0.1:9/", path), "")
+        assert f"chmod 600 {path}" in str(caught.value)
+        assert_clean(str(caught.value), private)
+    with pytest.raises(ForgeError, match="cannot read"):
+        GitHubForge.from_config(app_config("http://127.0.0.1:9/", tmp_path / "missing.pem"), "")
+
+
+def test_a_file_that_is_no_rsa_key_is_refused(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from fleet_tui.forge.github import AppCredentials, GitHubForge
+
+    garbage = b"-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAsecretsecretsecret\n-----END RSA PRIVATE KEY-----\n"
+    with pytest.raises(ForgeError, match="not a PEM private key") as caught:
+        GitHubForge.from_config(app_config("http://127.0.0.1:9/", write_key(tmp_path, garbage)), "")
+    assert "secretsecret" not in str(caught.value)
+    ec_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ForgeError, match="not an RSA key"):
+        GitHubForge.from_config(app_config("http://127.0.0.1:9/", write_key(tmp_path, ec_key, name="ec.pem")), "")
+    credentials = AppCredentials(APP_ID, INSTALLATION_ID, garbage.decode())
+    assert "secret" not in repr(credentials)
+    with pytest.raises(ForgeError, match="not a PEM private key"):
+        GitHubForge(f"{OWNER}/{NAME}", app=credentials)
+
+
+def test_an_app_id_without_a_key_path_is_refused(tmp_path: Path) -> None:
+    from fleet_tui.config import FleetConfig, ForgeConfig
+    from fleet_tui.forge.github import GitHubForge
+
+    config = FleetConfig(forge=ForgeConfig(kind="github", repo=f"{OWNER}/{NAME}", app_id=APP_ID))
+    with pytest.raises(ForgeError, match="app_private_key_path is empty"):
+        GitHubForge.from_config(config, "a-token-that-must-not-be-used")
+
+
+async def test_app_report_warns_about_permissions_beyond_need(tmp_path: Path,
+                                                             rsa_keys: list[tuple[bytes, bytes]]) -> None:
+    private, public = rsa_keys[0]
+    broad = {"issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read",
+             "workflows": "write", "administration": "write"}
+    async with open_app_forge(tmp_path, private, public, permissions=broad,
+                              repository_selection="all") as (forge, _server):
+        report = await forge.token_report()
+        warned = " ".join(report["warnings"])
+        assert report["kind"] == "app" and len(report["warnings"]) == 3
+        assert "'workflows'" in warned and "'administration'" in warned and "all of octo's" in warned

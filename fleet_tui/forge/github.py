@@ -2,8 +2,9 @@
 
 Owns the request queue (serial, writes spaced, rate limits obeyed by pausing rather than sleeping),
 conditional requests (githubkit's hishel cache revalidates with ETags, so an unchanged poll is a free 304),
-the two identities (fleet and operator), pushing branches with the fleet's credentials, and the token report
-for `fleet-tui check`. The fleet can comment on a pull request; nothing here can accept or land one.
+the two identities (fleet and operator), GitHub App installation auth (a JWT signed with the App's key buys
+short-lived installation tokens; githubkit renews them), pushing branches with the fleet's credentials, and the
+token report for `fleet-tui check`. The fleet can comment on a pull request; nothing here can accept or land one.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import math
+import os
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -53,14 +56,60 @@ _WRITE_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 _CI_OK = frozenset({"success", "neutral", "skipped"})
 _SECONDARY_RE = re.compile(r"secondary rate|abuse", re.IGNORECASE)
 
+# App permissions the fleet uses, and read-only ones that do no harm; anything else is more than it needs.
+APP_NEEDED_PERMISSIONS = {"issues": "write", "pull_requests": "write", "contents": "write", "metadata": "read"}
+APP_HARMLESS_PERMISSIONS = frozenset({"checks", "statuses", "actions"})
+# What a push token is minted with: code only, this repository only.
+_PUSH_PERMISSIONS = {"contents": "write", "metadata": "read"}
+_AUTH_APP_HINT = "GitHub App auth needs PyJWT and cryptography: pip install 'githubkit[auth-app]'"
+
 
 @dataclass(frozen=True)
 class AppCredentials:
-    """A GitHub App installation the fleet writes as."""
+    """A GitHub App installation the fleet writes as. `installation_id` None: looked up for the repository."""
 
     app_id: int
-    installation_id: int
-    private_key: str
+    installation_id: int | None
+    private_key: str = field(repr=False)
+
+
+def check_app_key(private_key: str, where: str = "the GitHub App private key") -> None:
+    """Raise `ForgeError` unless `private_key` is an unencrypted RSA private key in PEM (what GitHub issues).
+    The message never quotes the key."""
+    try:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    except ImportError:
+        raise ForgeError(_AUTH_APP_HINT) from None
+    try:
+        key = load_pem_private_key(private_key.encode(), password=None)
+    except TypeError:
+        raise ForgeError(f"{where} is encrypted with a passphrase; use the unencrypted .pem GitHub "
+                         "downloads") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ForgeError(f"{where} is not a PEM private key; download a new one from the App's settings "
+                         "(Private keys > Generate a private key)") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ForgeError(f"{where} is not an RSA key; GitHub Apps sign with RSA (RS256)")
+
+
+def load_app_key(path: str | Path) -> str:
+    """The App's private key from `path`, refused when group or others can read it (like ssh does)."""
+    key_path = Path(path).expanduser()
+    where = f"forge.app_private_key_path ({key_path})"
+    try:
+        info = key_path.stat()
+        if os.name == "posix" and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ForgeError(f"{where} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); the "
+                             f"App's key is a password, readable by you alone: run `chmod 600 {key_path}`")
+        text = key_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ForgeError(f"{where}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ForgeError(f"{where} is not a PEM private key (not text)") from None
+    check_app_key(text, where)
+    return text
 
 
 class _Transient(ForgeError):
@@ -120,6 +169,7 @@ class _Identity:
         self.token = token
         self.app = app
         self.actor: Actor | None = None
+        self.push_token: tuple[str, float] | None = None  # an App's push token and when to stop using it
 
 
 class GitHubForge:
@@ -156,6 +206,8 @@ class GitHubForge:
             raise ValueError(f"repo must be 'owner/name', got {repo!r}")
         if token is None and app is None:
             raise ValueError("a token or GitHub App credentials are needed")
+        if app is not None:
+            check_app_key(app.private_key)
         self.repo = repo
         self.owner, self.name = repo.split("/", 1)
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
@@ -175,6 +227,7 @@ class GitHubForge:
         self._operator_token = operator_token
         self._fleet: _Identity | None = None
         self._operator: _Identity | None = None
+        self._app_github: GitHub[Any] | None = None
         self._queue = anyio.Lock()
         self._last_write = -math.inf
         self._paused_until: float | None = None
@@ -188,18 +241,17 @@ class GitHubForge:
     @classmethod
     def from_config(cls, config: FleetConfig, token: str, operator_token: str | None = None,
                     **options: Any) -> GitHubForge:
-        """The forge fleet.toml describes; `token` is the fleet's (unused when an App is configured)."""
+        """The forge fleet.toml describes; `token` is the fleet's (unused when an App is configured:
+        `forge.app_id` set means the fleet writes as that App's installation, never silently as the token)."""
         forge = config.forge
         app = None
-        if forge.app_id is not None and forge.app_installation_id is not None:
-            key_path = Path(forge.app_private_key_path).expanduser()
-            try:
-                key = key_path.read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ForgeError(f"forge.app_private_key_path: cannot read {key_path}: {exc.strerror}") from None
-            app = AppCredentials(forge.app_id, forge.app_installation_id, key)
-        return cls(forge.repo, token=None if app else token, app=app, operator_token=operator_token,
-                   base_url=forge.api_url, timeout=forge.timeout_s, **options)
+        if forge.app_id is not None:
+            if not forge.app_private_key_path:
+                raise ForgeError("forge.app_id is set but forge.app_private_key_path is empty: point it at the "
+                                 "App's private key (.pem, chmod 600)")
+            app = AppCredentials(forge.app_id, forge.app_installation_id, load_app_key(forge.app_private_key_path))
+        settings: dict[str, Any] = {"base_url": forge.api_url, "timeout": forge.timeout_s, **options}
+        return cls(forge.repo, token=None if app else token, app=app, operator_token=operator_token, **settings)
 
     def _default_git_url(self) -> str:
         host = self.base_url.split("//", 1)[-1].split("/", 1)[0]
@@ -211,8 +263,15 @@ class GitHubForge:
         from githubkit.cache import MemCacheStrategy
 
         meter = _Meter()
-        auth: Any = (AppInstallationAuthStrategy(app.app_id, app.private_key, app.installation_id)
-                     if app is not None else TokenAuthStrategy(token or ""))
+        auth: Any
+        if app is not None:
+            assert app.installation_id is not None
+            # githubkit mints the installation token (JWT-signed POST) on first use and renews it before expiry;
+            # the token is limited to this one repository.
+            auth = AppInstallationAuthStrategy(app.app_id, app.private_key, app.installation_id,
+                                               repositories=[self.name])
+        else:
+            auth = TokenAuthStrategy(token or "")
         github = GitHub(
             auth, base_url=self.base_url, timeout=self.timeout, auto_retry=False, http_cache=self.conditional,
             cache_strategy=MemCacheStrategy(),  # one cache per identity: cached replies never cross tokens
@@ -220,26 +279,58 @@ class GitHubForge:
         )
         return _Identity(github, meter, token, app)
 
-    def _app_client(self, app: AppCredentials) -> GitHub[Any]:
-        """A client that speaks as the App itself (a JWT), for /app and installation tokens."""
+    def _new_app_client(self, app: AppCredentials) -> GitHub[Any]:
+        """A client that speaks as the App itself (a JWT), for /app, the installation and push tokens. Its own
+        cache: githubkit's default one is process-wide and keyed by App id, so a JWT signed with another key
+        of the same App would be reused."""
         from githubkit import AppAuthStrategy, GitHub
+        from githubkit.cache import MemCacheStrategy
 
         return GitHub(AppAuthStrategy(app.app_id, app.private_key), base_url=self.base_url, timeout=self.timeout,
-                      auto_retry=False, http_cache=False, user_agent="fleet-tui")
+                      auto_retry=False, http_cache=False, cache_strategy=MemCacheStrategy(),
+                      user_agent="fleet-tui")
+
+    @property
+    def _app_rest(self) -> Any:
+        if self._app_github is None:
+            raise ForgeError("the GitHub forge is not open (use `async with forge:`)")
+        return self._app_github.rest
 
     async def __aenter__(self) -> GitHubForge:
-        self._fleet = self._client(self._token, self._app)
-        await self._fleet.github.__aenter__()
-        if self._operator_token:
-            self._operator = self._client(self._operator_token, None)
-            await self._operator.github.__aenter__()
+        try:
+            app = self._app
+            if app is not None:
+                app_github = self._new_app_client(app)
+                await app_github.__aenter__()
+                self._app_github = app_github
+                if app.installation_id is None:
+                    app = dataclasses.replace(app, installation_id=await self._find_installation(app))
+                    self._app = app
+            fleet = self._client(self._token, app)
+            await fleet.github.__aenter__()
+            self._fleet = fleet
+            if self._operator_token:
+                operator = self._client(self._operator_token, None)
+                await operator.github.__aenter__()
+                self._operator = operator
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for ident in (self._operator, self._fleet):
-            if ident is not None:
-                await ident.github.__aexit__(None, None, None)
+        for github in (self._operator and self._operator.github, self._fleet and self._fleet.github,
+                       self._app_github):
+            if github is not None:
+                await github.__aexit__(None, None, None)
         self._fleet = self._operator = None
+        self._app_github = None
+
+    async def _find_installation(self, app: AppCredentials) -> int:
+        """The id of the App's installation that covers this repository."""
+        response = await self._call(self._app_rest.apps.async_get_repo_installation, self.owner, self.name,
+                                    what=f"GET installation on {self.repo}")
+        return int(response.parsed_data.id)
 
     @property
     def fleet_is_separate(self) -> bool:
@@ -368,7 +459,10 @@ class GitHubForge:
                 if write:
                     await self._space_write()
                 try:
-                    result = await fn(*args, **kwargs)
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except RequestError as exc:
+                        raise self._unwrap(exc, what) from None
                 except RequestFailed as exc:
                     raw = exc.response.raw_response
                     status = raw.status_code
@@ -400,18 +494,43 @@ class GitHubForge:
                 raise ForgeError(f"GitHub {what} failed {attempt} times ({failure}); the next poll tries again")
             await anyio.sleep(self.retry_backoff * 2 ** (attempt - 1))
 
+    def _unwrap(self, exc: Any, what: str) -> Exception:
+        """githubkit wraps what goes wrong inside the auth flow (an App minting its installation token) in a
+        plain `RequestError`: give back the failed token request, or a `ForgeError` for a key that cannot
+        sign, so neither passes for a network error and gets retried."""
+        import httpx
+        from githubkit.exception import RequestFailed, RequestTimeout
+
+        inner = getattr(exc, "exc", None)
+        if isinstance(exc, (RequestFailed, RequestTimeout)) or inner is None:
+            return exc
+        if isinstance(inner, RequestFailed):
+            return inner
+        if self._app is None or isinstance(inner, httpx.TransportError):
+            return exc
+        if isinstance(inner, RuntimeError) and "auth-app" in str(inner):
+            return ForgeError(_AUTH_APP_HINT)
+        # the exception's text can quote key material: name its type only
+        return ForgeError(f"GitHub {what}: GitHub App {self._app.app_id} could not sign its JWT with the key in "
+                          f"forge.app_private_key_path ({type(inner).__name__}); download a new key from the "
+                          "App's settings")
+
     def _note_primary(self) -> None:
-        meter = self._ident().meter
+        if self._fleet is None:
+            return
+        meter = self._fleet.meter
         if meter.remaining == 0 and meter.reset:
             self._pause(max(0.0, meter.reset - self._clock()) + 1.0, "primary rate limit")
 
-    @staticmethod
-    def _client_error(exc: Any, what: str) -> ForgeError:
+    def _client_error(self, exc: Any, what: str) -> ForgeError:
         raw = exc.response.raw_response
         try:
             message = str(raw.json().get("message", ""))
         except Exception:
             message = raw.text[:200]
+        app_error = self._app_error(raw, message, what)
+        if app_error is not None:
+            return app_error
         if raw.status_code == 404:
             return NotFound(f"GitHub {what}: not found")
         if raw.status_code == 401:
@@ -423,6 +542,44 @@ class GitHubForge:
         except Exception:
             error.details = {}  # type: ignore[attr-defined]
         return error
+
+    def _app_error(self, raw: httpx.Response, message: str, what: str) -> ForgeError | None:
+        """What an App's failure means, in fleet.toml's terms; None when it is no App auth failure. Never a
+        `NotFound`: callers take that for a missing issue or label."""
+        app = self._app
+        if app is None:
+            return None
+        path = raw.request.url.path
+        status = raw.status_code
+        name = f"GitHub {what}: GitHub App {app.app_id}"
+        auth = raw.request.headers.get("authorization", "")
+        if self._operator_token and auth.endswith(self._operator_token):
+            return None  # the operator's own token: no App involved
+        if auth.lower().startswith("bearer "):  # the App's own JWT
+            if status == 401:
+                return ForgeError(f"{name} was refused ({message}): check forge.app_id, that "
+                                  "forge.app_private_key_path holds a current key of that App (a deleted or "
+                                  "rotated key is refused), and that this machine's clock is right")
+            if status == 404 and path.endswith("/installation"):
+                return ForgeError(f"{name} is not installed on {self.repo}: install it there (Issues, Pull "
+                                  "requests and Contents read/write) or check forge.app_id")
+            if status == 404 and "/app/installations/" in path:
+                return ForgeError(f"{name} has no installation {app.installation_id}: check "
+                                  "forge.app_installation_id, or leave it out to look it up")
+            if status == 422 and path.endswith("/access_tokens"):
+                return ForgeError(f"{name} cannot get a token for {self.repo} ({message}): the installation "
+                                  f"must include {self.repo} and grant Contents, Issues and Pull requests "
+                                  "read/write")
+            if status in (401, 403, 404, 422):
+                return ForgeError(f"{name}: {status} {message}")
+            return None
+        if status == 401:
+            return ForgeError(f"{name}: its installation token was refused (401 {message}); the installation "
+                              "may have been suspended or removed")
+        if status == 403 and "not accessible by integration" in message.lower():
+            return ForgeError(f"{name} lacks a permission for this ({message}): grant Issues, Pull requests "
+                              "and Contents read/write, Metadata, Checks and Commit statuses read")
+        return None
 
     async def _pages(self, fn: Callable[..., Awaitable[Any]], *args: Any, what: str, **kwargs: Any) -> list[Any]:
         """Every page of a list endpoint as raw JSON items (each page revalidated on its own)."""
@@ -453,9 +610,11 @@ class GitHubForge:
         if ident.actor is not None:
             return ident.actor
         if ident.app is not None:
-            response = await self._call(self._app_client(ident.app).rest.apps.async_get_authenticated,
-                                        what="GET /app")
-            slug = response.parsed_data.slug or response.parsed_data.name
+            response = await self._call(self._app_rest.apps.async_get_authenticated, what="GET /app")
+            app = response.parsed_data
+            slug = (app.slug or app.name) if app is not None else None
+            if not slug:
+                raise ForgeError(f"GitHub GET /app: no App {ident.app.app_id} in the answer")
             ident.actor = Actor(f"{slug}[bot]", "Bot")
         else:
             response = await self._call(ident.github.rest.users.async_get_authenticated, what="GET /user")
@@ -477,9 +636,7 @@ class GitHubForge:
 
     async def _report(self, ident: _Identity) -> dict[str, Any]:
         if ident.app is not None:
-            actor = await self._whoami(ident)
-            return {"login": actor.login, "type": actor.type, "kind": "app", "scopes": [], "warnings": [],
-                    "rate": self._rate_dict()}
+            return await self._app_report(ident, ident.app)
         response = await self._call(ident.github.rest.users.async_get_authenticated, what="GET /user")
         user = response.parsed_data
         ident.actor = Actor(user.login, user.type)
@@ -504,6 +661,35 @@ class GitHubForge:
                 warnings.append("the token has neither 'repo' nor 'public_repo': the fleet cannot write issues")
         return {"login": user.login, "type": user.type, "kind": kind, "scopes": scopes, "warnings": warnings,
                 "rate": self._rate_dict()}
+
+    async def _app_report(self, ident: _Identity, app: AppCredentials) -> dict[str, Any]:
+        actor = await self._whoami(ident)
+        response = await self._call(self._app_rest.apps.async_get_repo_installation, self.owner, self.name,
+                                    what=f"GET installation on {self.repo}")
+        installation = response.json()
+        permissions = {str(k): str(v) for k, v in (installation.get("permissions") or {}).items()}
+        selection = str(installation.get("repository_selection") or "")
+        warnings: list[str] = []
+        if int(installation.get("id") or 0) != app.installation_id:
+            warnings.append(f"forge.app_installation_id is {app.installation_id}, but the App's installation on "
+                            f"{self.repo} is {installation.get('id')}")
+        for name, level in sorted(permissions.items()):
+            if APP_NEEDED_PERMISSIONS.get(name) == level or (name in APP_NEEDED_PERMISSIONS and level == "read"):
+                continue
+            if name in APP_HARMLESS_PERMISSIONS and level == "read":
+                continue
+            warnings.append(f"the App has {name!r}: {level!r}, more than the fleet needs; a leaked installation "
+                            "token could use it")
+        for name, level in APP_NEEDED_PERMISSIONS.items():
+            if {"read": 1, "write": 2, "admin": 3}.get(permissions.get(name, ""), 0) < (2 if level == "write"
+                                                                                       else 1):
+                warnings.append(f"the App lacks {name!r}: {level!r}, which the fleet needs")
+        if selection == "all":
+            warnings.append(f"the App is installed on all of {self.owner}'s repositories; select only "
+                            f"{self.repo}")
+        return {"login": actor.login, "type": actor.type, "kind": "app", "scopes": [], "warnings": warnings,
+                "app_id": app.app_id, "installation_id": app.installation_id, "permissions": permissions,
+                "repository_selection": selection, "rate": self._rate_dict()}
 
     def _rate_dict(self) -> dict[str, Any]:
         rate = self.rate_limit
@@ -669,13 +855,26 @@ class GitHubForge:
             raise ForgeError(f"pushing {branch} to {self.repo} failed: {stderr[-300:]}") from None
 
     async def _push_token(self) -> str:
+        """The fleet's token, or for an App an installation token that can push to this repository only (and
+        do nothing else), minted once and reused until ten minutes before it expires."""
         ident = self._ident()
         if ident.token:
             return ident.token
-        assert ident.app is not None
-        response = await self._call(self._app_client(ident.app).rest.apps.async_create_installation_access_token,
-                                    ident.app.installation_id, method="POST", what="installation token")
-        return str(response.parsed_data.token)
+        app = ident.app
+        assert app is not None and app.installation_id is not None
+        if ident.push_token is not None and ident.push_token[1] > time.time():
+            return ident.push_token[0]
+        response = await self._call(self._app_rest.apps.async_create_installation_access_token,
+                                    app.installation_id, method="POST", what="installation token for git push",
+                                    repositories=[self.name], permissions=dict(_PUSH_PERMISSIONS))
+        minted = response.parsed_data
+        token = str(minted.token)
+        from fleet_tui.logs import register_secret
+
+        register_secret(token)
+        expires = _time(minted.expires_at) or datetime.now(UTC)
+        ident.push_token = (token, (expires - timedelta(minutes=10)).timestamp())
+        return token
 
     async def find_pull(self, head: str) -> PullRequest | None:
         response = await self._call(self._rest.pulls.async_list, self.owner, self.name, what="GET pulls (head)",
