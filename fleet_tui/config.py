@@ -1,21 +1,27 @@
 """The fleet.toml schema (one model, a docstring per field), where config lives, and how it is loaded.
 
+Each section is a frozen dataclass checked by the small validation layer below: TOML types strictly (no
+"yes" for a bool, no 1.5 for a whole number; a whole number is fine for a float), unknown keys refused,
+bounds and choices enforced. The docstring under each field is its description, read from this module's
+source only when asked (`field_descriptions`), so importing the schema stays cheap.
+
 Errors never surface as tracebacks: `ConfigError` carries one line per problem naming the file, the key,
 the bad value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
 import re
-import shutil
 import stat
-import subprocess
-import tomllib
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Self, dataclass_transform, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+if TYPE_CHECKING:
+    from pathlib import Path  # imported where used: it is not needed to load the schema
 
 APP_NAME = "fleet-tui"
 CONFIG_FILENAME = "fleet.toml"
@@ -28,11 +34,295 @@ class ConfigError(Exception):
     """A config file that cannot be used; `str()` is the message to show (exit code 2)."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True, strict=True)
+# --- the validation layer -----------------------------------------------------------------------
+
+# A problem: the key path, how to word it, and the text. `_TYPED` texts follow the key ("must be ...");
+# `_UNKNOWN` is a key that is not in the schema; `_CHECKED` texts come from a section's own checks and are
+# shown as they are when they already name the key.
+_TYPED, _UNKNOWN, _CHECKED = "typed", "unknown", "checked"
+Problem = tuple[tuple[str, ...], str, str]
+Check = Callable[[Any, tuple[str, ...], list[Problem]], Any]
+_BAD = object()  # what a check returns for a value it refused (the problem is recorded)
+
+
+class InvalidConfig(ValueError):
+    """Values a section refuses; `problems` in field order, `str()` one line per problem."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [_describe(loc, kind, text) for loc, kind, text in self.problems]
+
+
+def _describe(loc: tuple[str, ...], kind: str, text: str) -> str:
+    key = ".".join(loc)
+    if kind == _UNKNOWN:
+        return f"unknown key {key!r} (check the spelling; fleet.toml.example lists every key)"
+    if kind == _TYPED:
+        return f"{key} {text}"
+    if key and not text.startswith(key.split(".")[0]):
+        return f"{key} {text}" if text.startswith("must") else f"{key}: {text}"
+    return text
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+
+
+def Field(default: Any, *, ge: float | None = None, gt: float | None = None) -> Any:
+    """A field with a lower bound: `ge` (>=) or `gt` (>)."""
+    return dataclasses.field(default=default, metadata={"ge": ge, "gt": gt})
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(Field, dataclasses.field))
+class _Section:
+    """Base of every section: subclasses become frozen, keyword-only dataclasses checked on creation.
+
+    A list or dict default is copied for each instance. `_clean` checks or normalises one field's value after
+    its type and bounds passed (raise ValueError("must ...") to refuse it); `_check` looks at the whole
+    section once every field is valid and returns a message, or None when it is fine.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in inspect.get_annotations(cls):
+            default = cls.__dict__.get(name)
+            if isinstance(default, (list, dict)):
+                setattr(cls, name, dataclasses.field(default_factory=lambda d=default: type(d)(d)))
+        # eq, hash and repr come from this base: generating them for each section would double import time.
+        dataclasses.dataclass(frozen=True, kw_only=True, eq=False, repr=False)(cls)
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        problems: list[Problem] = []
+        values = _check_fields(cls, {name: getattr(self, name) for name, *_ in _specs(cls)}, (), problems)
+        if problems:
+            raise InvalidConfig(problems)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+        message = self._check()
+        if message:
+            raise InvalidConfig([((), _CHECKED, message)])
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name, *_ in _specs(type(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Section) or type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name, *_ in _specs(type(self)))
+        return f"{type(self).__qualname__}({shown})"
+
+    @classmethod
+    def _clean(cls, name: str, value: Any) -> Any:
+        return value
+
+    def _check(self) -> str | None:
+        return None
+
+    @classmethod
+    def from_toml(cls, data: Any) -> Self:
+        """The section from parsed TOML; raises InvalidConfig naming every problem."""
+        problems: list[Problem] = []
+        section = _build(cls, data, (), problems)
+        if problems:
+            raise InvalidConfig(problems)
+        return section  # type: ignore[no-any-return]
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Self:
+        """A checked copy with some fields replaced."""
+        return dataclasses.replace(self, **(update or {}))
+
+
+# Per section: (name, check, ge, gt) of each field, built on the section's first use.
+_SPECS: dict[type, tuple[tuple[str, Check, Any, Any], ...]] = {}
+# The check of each annotation string (`from __future__ import annotations` keeps them strings).
+_CHECKS: dict[str, Check] = {}
+
+
+def _specs(cls: type[_Section]) -> tuple[tuple[str, Check, Any, Any], ...]:
+    specs = _SPECS.get(cls)
+    if specs is None:
+        specs = _SPECS[cls] = tuple((field.name, _annotation_check(field.type), field.metadata.get("ge"),
+                                     field.metadata.get("gt")) for field in dataclasses.fields(cls))
+    return specs
+
+
+def _annotation_check(annotation: str) -> Check:
+    check = _CHECKS.get(annotation)
+    if check is None:
+        # The annotations are this module's own source; evaluating each distinct one once is much cheaper
+        # at import than typing.get_type_hints, which compiles every field's annotation.
+        check = _CHECKS[annotation] = _check_for(eval(annotation, globals()))
+    return check
+
+
+def _check_fields(cls: type[_Section], data: dict[str, Any], loc: tuple[str, ...],
+                  problems: list[Problem]) -> dict[str, Any]:
+    """The valid values of `cls`'s fields present in `data`, recording a problem for each invalid one."""
+    values = {}
+    for name, check, ge, gt in _specs(cls):
+        if name not in data:
+            continue
+        raw = data[name]
+        where = (*loc, name)
+        value = check(raw, where, problems)
+        if value is _BAD:
+            continue
+        if ge is not None and not value >= ge:
+            problems.append((where, _TYPED, f"must be >= {_bound(ge)}, got {raw!r}"))
+            continue
+        if gt is not None and not value > gt:
+            problems.append((where, _TYPED, f"must be > {_bound(gt)}, got {raw!r}"))
+            continue
+        try:
+            values[name] = cls._clean(name, value)
+        except ValueError as exc:
+            problems.append((where, _CHECKED, str(exc)))
+    return values
+
+
+def _build(cls: type[_Section], data: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+    if not isinstance(data, dict):
+        problems.append((loc, _TYPED, f"must be a table, got {_shown(data)}"))
+        return _BAD
+    before = len(problems)
+    values = _check_fields(cls, data, loc, problems)
+    known = {name for name, *_ in _specs(cls)}
+    problems.extend(((*loc, str(key)), _UNKNOWN, "") for key in data if key not in known)
+    if len(problems) > before:
+        return _BAD  # like the section's own check, which needs every field valid
+    try:
+        return cls(**values)
+    except InvalidConfig as exc:
+        problems.extend(((*loc, *where), kind, text) for where, kind, text in exc.problems)
+        return _BAD
+
+
+def _bound(value: float) -> float:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _scalar(kind: type, wording: str) -> Check:
+    def check(value: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+        if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+            return value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        problems.append((loc, _TYPED, f"must be {wording}, got {_shown(value)}"))
+        return _BAD
+
+    return check
+
+
+_SCALARS: dict[Any, Check] = {str: _scalar(str, "a string"), int: _scalar(int, "a whole number"),
+                              float: _scalar(float, "a number"), bool: _scalar(bool, "true or false")}
+
+
+def _check_for(hint: Any) -> Check:
+    """The check of one field type: str, int, float, bool, X | None, Literal, list[str], dict[str, X], a section."""
+    if hint in _SCALARS:
+        return _SCALARS[hint]
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return _literal(args)
+    if type(None) in args:
+        inner = _check_for(next(arg for arg in args if arg is not type(None)))
+        return lambda value, loc, problems: None if value is None else inner(value, loc, problems)
+    if origin is list:
+        return _list(_check_for(args[0]))
+    if origin is dict:
+        return _dict(_check_for(args[1]))
+    if isinstance(hint, type) and issubclass(hint, _Section):
+        return _section(hint)
+    raise TypeError(f"no check for fields of type {hint!r}")
+
+
+def _literal(choices: tuple[Any, ...]) -> Check:
+    shown = [repr(choice) for choice in choices]
+    expected = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+    def check(value: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+        if any(type(value) is type(choice) and value == choice for choice in choices):
+            return value
+        problems.append((loc, _TYPED, f"must be one of {expected}, got {_shown(value)}"))
+        return _BAD
+
+    return check
+
+
+def _list(item: Check) -> Check:
+    def check(value: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+        if not isinstance(value, list):
+            problems.append((loc, _TYPED, f"must be a list, got {_shown(value)}"))
+            return _BAD
+        before = len(problems)
+        items = [item(entry, (*loc, str(index)), problems) for index, entry in enumerate(value)]
+        return items if len(problems) == before else _BAD
+
+    return check
+
+
+def _dict(item: Check) -> Check:
+    key_check = _SCALARS[str]
+
+    def check(value: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+        if not isinstance(value, dict):
+            problems.append((loc, _TYPED, f"must be a table, got {_shown(value)}"))
+            return _BAD
+        before = len(problems)
+        items = {key_check(key, (*loc, str(key), "[key]"), problems): item(entry, (*loc, str(key)), problems)
+                 for key, entry in value.items()}
+        return items if len(problems) == before else _BAD
+
+    return check
+
+
+def _section(cls: type[_Section]) -> Check:
+    def check(value: Any, loc: tuple[str, ...], problems: list[Problem]) -> Any:
+        return value if isinstance(value, cls) else _build(cls, value, loc, problems)
+
+    return check
+
+
+def field_descriptions(section: type[_Section]) -> dict[str, str]:
+    """Each field's description: the docstring under it in this module's source (read on first use)."""
+    return _docstrings().get(section.__name__, {})
+
+
+@functools.cache
+def _docstrings() -> dict[str, dict[str, str]]:
+    import ast
+
+    with open(__file__, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    found: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs = found.setdefault(node.name, {})
+        for field, doc in zip(node.body, node.body[1:]):
+            if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                    and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)):
+                docs[field.target.id] = inspect.cleandoc(doc.value.value)
+    return found
+
+
+# --- the schema ---------------------------------------------------------------------------------
 
 
 class ForgeConfig(_Section):
+    """[forge]: where issues and PRs live and how the fleet signs in."""
+
     kind: Literal["local", "github"] = "local"
     """Where issues and PRs live: `local` (embedded, no account needed) or `github`."""
 
@@ -67,19 +357,19 @@ class ForgeConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     """Timeout of one HTTP request to the forge, in seconds."""
 
-    @field_validator("repo")
     @classmethod
-    def _repo_shape(cls, value: str) -> str:
-        return value.strip()
+    def _clean(cls, name: str, value: Any) -> Any:
+        return value.strip() if name == "repo" else value
 
-    @model_validator(mode="after")
-    def _github_needs_repo(self) -> ForgeConfig:
+    def _check(self) -> str | None:
         if self.kind == "github" and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo):
-            raise ValueError(f"forge.repo must be 'owner/name' when forge.kind is 'github', got {self.repo!r}")
-        return self
+            return f"forge.repo must be 'owner/name' when forge.kind is 'github', got {self.repo!r}"
+        return None
 
 
 class LabelsConfig(_Section):
+    """[labels]: the label names the fleet reads and writes."""
+
     proposed: str = "proposed"
     """Label the PM puts on the issues it proposes."""
 
@@ -95,15 +385,16 @@ class LabelsConfig(_Section):
     rejected: str = "rejected"
     """Label a rejected proposal gets when `reject_action` is `label`."""
 
-    @field_validator("*")
     @classmethod
-    def _non_empty(cls, value: str) -> str:
+    def _clean(cls, name: str, value: Any) -> Any:
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
 
 
 class RoleConfig(_Section):
+    """[roles.pm], [roles.dev], [roles.qa]: one role's engine, limits and budgets."""
+
     engine: str = "scripted"
     """Name of the engine (a key of `[engines]`, or a built-in: codex, claude, aider, scripted). The PM may
     also use `builtin`: proposals from TODO/FIXME comments and unchecked ROADMAP.md items, no model."""
@@ -131,6 +422,8 @@ class RoleConfig(_Section):
 
 
 class RolesConfig(_Section):
+    """[roles]: the three roles."""
+
     pm: RoleConfig = RoleConfig()
     """The PM: proposes issues."""
 
@@ -142,6 +435,8 @@ class RolesConfig(_Section):
 
 
 class EngineConfig(_Section):
+    """[engines.NAME]: how one agent CLI is run."""
+
     kind: Literal["codex", "claude", "aider", "command", "scripted"] = "command"
     """Adapter that builds the command line and parses the output."""
 
@@ -172,6 +467,8 @@ class EngineConfig(_Section):
 
 
 class RunnerConfig(_Section):
+    """[runner]: where agent processes run, and their limits."""
+
     kind: Literal["docker", "local"] = "local"
     """Where agents run: `docker` (a container per run) or `local` (a subprocess; trusted setups only)."""
 
@@ -196,15 +493,18 @@ class RunnerConfig(_Section):
     workspace_retention_h: float = Field(24.0, ge=0)
     """Hours finished workspaces are kept before cleanup."""
 
-    @field_validator("memory")
     @classmethod
-    def _memory_shape(cls, value: str) -> str:
+    def _clean(cls, name: str, value: Any) -> Any:
+        if name != "memory":
+            return value
         if not re.fullmatch(r"\d+[bkmg]?", value.strip().lower()):
             raise ValueError(f"must look like 512m or 4g, got {value!r}")
         return value.strip().lower()
 
 
 class PolicyConfig(_Section):
+    """[policy]: what a PR may be before it reaches a human, and budgets."""
+
     max_pr_lines: int = Field(800, ge=1)
     """A diff with more changed lines than this goes to needs-human instead of a ready PR."""
 
@@ -250,6 +550,8 @@ class PolicyConfig(_Section):
 
 
 class UiConfig(_Section):
+    """[ui]: the console."""
+
     theme: str = "fleet-dark"
     """Theme name: fleet-dark, fleet-light, any Textual theme, or a file in the user's themes folder."""
 
@@ -296,17 +598,16 @@ class FleetConfig(_Section):
     state_dir: str = ""
     """Where the journal and logs live; empty means the user state dir."""
 
-    @model_validator(mode="after")
-    def _roles_name_engines(self) -> FleetConfig:
+    def _check(self) -> str | None:
         for role in ("pm", "dev", "qa"):
             name = getattr(self.roles, role).engine
             if role == "pm" and name == BUILTIN_PM:
                 continue
             if name not in self.engines and name not in BUILTIN_ENGINES:
                 known = sorted(set(self.engines) | set(BUILTIN_ENGINES))
-                raise ValueError(f"roles.{role}.engine names {name!r}, which is neither in [engines] nor built in "
-                                 f"(known: {', '.join(known)})")
-        return self
+                return (f"roles.{role}.engine names {name!r}, which is neither in [engines] nor built in "
+                        f"(known: {', '.join(known)})")
+        return None
 
     def engine(self, name: str) -> EngineConfig:
         if name in self.engines:
@@ -325,16 +626,22 @@ BUILTIN_ENGINES: dict[str, EngineConfig] = {
 }
 
 
+
+
 # --- where things live ------------------------------------------------------------------------
 
 
 def user_config_dir() -> Path:
+    from pathlib import Path
+
     import platformdirs
 
     return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
 
 
 def user_state_dir() -> Path:
+    from pathlib import Path
+
     import platformdirs
 
     return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
@@ -345,6 +652,8 @@ def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
 
     An explicit path (flag or variable) that does not exist is an error; the others are optional.
     """
+    from pathlib import Path
+
     for source, value in (("--config", explicit), ("FLEET_CONFIG", os.environ.get("FLEET_CONFIG"))):
         if value:
             path = Path(value).expanduser()
@@ -358,42 +667,6 @@ def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
 
 
 # --- loading ----------------------------------------------------------------------------------
-
-
-def _describe_error(err: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in err["loc"] if not str(part).startswith("function-"))
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    value = err.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    if kind == "extra_forbidden":
-        return f"unknown key {key!r} (check the spelling; fleet.toml.example lists every key)"
-    if kind == "missing":
-        return f"{key} is required"
-    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[kind]
-        bound = next(iter(ctx.values()))
-        if isinstance(bound, float) and bound.is_integer():
-            bound = int(bound)
-        return f"{key} must be {op} {bound}, got {value!r}"
-    if kind == "literal_error":
-        return f"{key} must be one of {ctx.get('expected')}, got {shown}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"{key} must be a whole number, got {shown}"
-    if kind in ("float_type", "float_parsing"):
-        return f"{key} must be a number, got {shown}"
-    if kind in ("string_type",):
-        return f"{key} must be a string, got {shown}"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"{key} must be true or false, got {shown}"
-    if kind in ("list_type",):
-        return f"{key} must be a list, got {shown}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"{key} must be a table, got {shown}"
-    message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
-    if key and not message.startswith(key.split(".")[0]):
-        return f"{key} {message}" if message.startswith("must") else f"{key}: {message}"
-    return message
 
 
 def check_file_secrets(path: Path, text: str) -> None:
@@ -414,15 +687,16 @@ def check_file_secrets(path: Path, text: str) -> None:
 
 
 def parse_config(text: str, source: str = CONFIG_FILENAME) -> FleetConfig:
+    import tomllib
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
-        return FleetConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{source}: {_describe_error(err)}" for err in exc.errors(include_url=False)]
-        raise ConfigError("\n".join(lines)) from None
+        return FleetConfig.from_toml(data)
+    except InvalidConfig as exc:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in exc.lines())) from None
 
 
 def load_config(path: Path | None) -> FleetConfig:
@@ -436,12 +710,30 @@ def load_config(path: Path | None) -> FleetConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     check_file_secrets(path, text)
-    return parse_config(text, path.name if path.parent == Path.cwd() else str(path))
+    return parse_config(text, path.name if path.parent == path.cwd() else str(path))
 
 
 def to_toml_data(config: FleetConfig, *, only_changed: bool = True) -> dict[str, Any]:
     """Config as plain data for tomli-w (`fleet-tui init`)."""
-    return config.model_dump(mode="json", exclude_defaults=only_changed, exclude_none=True)
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, _Section):
+            return section(value)
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        return list(map(plain, value)) if isinstance(value, list) else value
+
+    def section(instance: _Section) -> dict[str, Any]:
+        out = {}
+        for field in dataclasses.fields(instance):
+            value = getattr(instance, field.name)
+            default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            if value is None or (only_changed and value == default):
+                continue
+            out[field.name] = plain(value)
+        return out
+
+    return section(config)
 
 
 # --- tokens -------------------------------------------------------------------------------------
@@ -454,6 +746,9 @@ def resolve_token(forge: ForgeConfig, env: dict[str, str] | None = None) -> tupl
         value = env.get(name, "").strip()
         if value:
             return value, name
+    import shutil
+    import subprocess
+
     if forge.use_gh_cli and shutil.which("gh"):
         host = forge.api_url.split("//", 1)[-1].split("/", 1)[0]
         args = ["gh", "auth", "token"]
@@ -487,38 +782,40 @@ def render_example() -> str:
             return "[" + ", ".join(value(item) for item in v) + "]"
         return tomli_w.dumps({"x": v}).split("=", 1)[1].strip()
 
-    def section(model: type[BaseModel], instance: BaseModel, name: str, out: list[str]) -> None:
+    def section(instance: _Section, name: str, out: list[str]) -> None:
+        docs = field_descriptions(type(instance))
         scalars, tables = [], []
-        for field_name, info in model.model_fields.items():
-            current = getattr(instance, field_name)
-            (tables if isinstance(current, BaseModel) else scalars).append((field_name, info, current))
+        for field in dataclasses.fields(instance):
+            current = getattr(instance, field.name)
+            (tables if isinstance(current, _Section) else scalars).append((field.name, current))
         if name:
             out.append(f"[{name}]")
-        for field_name, info, current in scalars:
+        for field_name, current in scalars:
             if field_name == "engines":
                 continue  # documented with an example table at the end
-            out.extend(comment(info.description or ""))
+            out.extend(comment(docs.get(field_name, "")))
             if current is None:
                 out.append(f"# {field_name} = 0  (not set)")
             else:
                 out.append(f"{field_name} = {value(current)}")
             out.append("")
-        for field_name, info, current in tables:
-            out.extend(comment(info.description or ""))
-            section(type(current), current, f"{name}.{field_name}" if name else field_name, out)
+        for field_name, current in tables:
+            out.extend(comment(docs.get(field_name, "")))
+            section(current, f"{name}.{field_name}" if name else field_name, out)
 
     lines = comment("fleet-tui configuration. Every key is optional; the values shown are the defaults. "
                     "Lookup order: --config, $FLEET_CONFIG, ./fleet.toml, the user config dir. Never put a "
                     "token in this file: the GitHub token comes from GITHUB_TOKEN / GH_TOKEN or `gh auth token`.")
     lines.append("")
-    section(FleetConfig, FleetConfig(), "", lines)
+    section(FleetConfig(), "", lines)
     lines += comment("Named engines the roles refer to ([engines.NAME]). Built in: codex, claude, aider, "
                      "scripted. An example to uncomment:")
     lines.append("# [engines.codex-fast]")
     example = EngineConfig(kind="codex", command="codex", model="gpt-5.5", env=["OPENAI_API_KEY"],
                            price_input_per_mtok=1.25, price_output_per_mtok=10.0)
-    for field_name, info in EngineConfig.model_fields.items():
-        lines.extend(comment(info.description or ""))
-        lines.append(f"# {field_name} = {value(getattr(example, field_name))}")
+    engine_docs = field_descriptions(EngineConfig)
+    for field in dataclasses.fields(example):
+        lines.extend(comment(engine_docs.get(field.name, "")))
+        lines.append(f"# {field.name} = {value(getattr(example, field.name))}")
     lines.append("")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ no traceback. Lookup order and the documented example."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -10,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from fleet_tui.config import ConfigError, FleetConfig, find_config, load_config, parse_config, render_example
+from fleet_tui.config import (
+    ConfigError,
+    EngineConfig,
+    FleetConfig,
+    ForgeConfig,
+    RoleConfig,
+    RolesConfig,
+    field_descriptions,
+    find_config,
+    load_config,
+    parse_config,
+    render_example,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,19 +124,20 @@ def test_defaults_need_no_file() -> None:
 
 
 def test_every_field_has_a_docstring() -> None:
-    from pydantic import BaseModel
-
-    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+    def walk(section: object, prefix: str) -> list[str]:
+        docs = field_descriptions(type(section))
         missing = []
-        for name, info in model.model_fields.items():
-            if not (info.description or "").strip():
-                missing.append(prefix + name)
-            annotation = info.annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-                missing += walk(annotation, f"{prefix}{name}.")
+        for field in dataclasses.fields(section):  # type: ignore[arg-type]
+            if not docs.get(field.name, "").strip():
+                missing.append(prefix + field.name)
+            value = getattr(section, field.name)
+            if dataclasses.is_dataclass(value):
+                missing += walk(value, f"{prefix}{field.name}.")
         return missing
 
-    assert walk(FleetConfig, "") == []
+    assert walk(FleetConfig(), "") == []
+    assert walk(EngineConfig(), "engines.NAME.") == []
+    assert field_descriptions(FleetConfig)["poll_interval_s"].startswith("Seconds between two polls of the forge")
 
 
 def test_example_documents_every_key_and_is_current() -> None:
@@ -135,6 +149,42 @@ def test_example_documents_every_key_and_is_current() -> None:
         assert f"[{section}]" in committed
     for key in ("max_pr_lines", "protected_paths", "budget_usd", "max_concurrent", "api_url", "keys", "pids"):
         assert f"\n{key} = " in committed
+
+
+def test_several_errors_one_line_each_in_file_order() -> None:
+    text = ('poll_interval_s = "soon"\nzzz = 1\n[forge]\nkind = "x"\ntokn = 1\n[roles.dev]\nmax_concurrent = 0\n'
+            '[policy]\nprotected_paths = ["a", 2]\n[ui]\nkeys = { approve = 1 }\n')
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fleet.toml")
+    assert str(info.value).splitlines() == [
+        "fleet.toml: forge.kind must be one of 'local' or 'github', got 'x'",
+        "fleet.toml: unknown key 'forge.tokn' (check the spelling; fleet.toml.example lists every key)",
+        "fleet.toml: roles.dev.max_concurrent must be >= 1, got 0",
+        "fleet.toml: policy.protected_paths.1 must be a string, got 2",
+        "fleet.toml: poll_interval_s must be a number, got 'soon'",
+        "fleet.toml: ui.keys.approve must be a string, got 1",
+        "fleet.toml: unknown key 'zzz' (check the spelling; fleet.toml.example lists every key)",
+    ]
+
+
+def test_values_are_normalised_and_sections_immutable() -> None:
+    config = parse_config('poll_interval_s = 5\n[forge]\nkind = "github"\nrepo = " octo/demo "\n'
+                          '[runner]\nmemory = " 4G "\n[labels]\napproved = " ok "\n')
+    assert config.poll_interval_s == 5.0 and isinstance(config.poll_interval_s, float)
+    assert (config.forge.repo, config.runner.memory, config.labels.approved) == ("octo/demo", "4g", "ok")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.forge.repo = "other/repo"  # type: ignore[misc]
+    copy = config.model_copy(update={"poll_interval_s": 60})
+    assert copy.poll_interval_s == 60.0 and copy.forge == config.forge and copy != config
+
+
+def test_sections_built_in_code_are_checked_too() -> None:
+    with pytest.raises(ValueError, match=r"^timeout_s must be >= 10, got 5$"):
+        RoleConfig(timeout_s=5)
+    with pytest.raises(ValueError, match=r"forge.repo must be 'owner/name' when forge.kind is 'github'"):
+        ForgeConfig(kind="github", repo="just-a-name")
+    with pytest.raises(ValueError, match=r"roles.dev.engine names 'gpt'"):
+        FleetConfig().model_copy(update={"roles": RolesConfig(dev=RoleConfig(engine="gpt"))})
 
 
 def test_builtin_pm_is_accepted_for_the_pm_only() -> None:

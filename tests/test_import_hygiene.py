@@ -57,3 +57,17 @@ def test_githubkit_imports_with_pinned_hishel() -> None:
     assert result.returncode == 0, result.stderr
     version = result.stdout.strip()
     assert not version or int(version.split(".")[0]) < 2
+
+
+def test_config_imports_without_pydantic() -> None:
+    """The schema loads on every start: it must not pay for pydantic (githubkit's dependency, imported lazily)."""
+    code = (
+        "import sys\n"
+        "from fleet_tui.config import FleetConfig, parse_config\n"
+        "config = parse_config('[roles.dev]\\nmax_concurrent = 3\\n')\n"
+        "assert config.roles.dev.max_concurrent == 3 and FleetConfig() != config\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core'))))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"fleet_tui.config pulled in: {result.stdout}"
