@@ -473,6 +473,11 @@ class FleetApp(App[None]):
         self.push_screen(self.main)
         self.refresh_panes()
         self.set_interval(1.0, self._tick, name="header clock")
+        # The fleet starts once the first frame is on screen: its set-up (imports, the forge, the demo's
+        # repository) never delays what the operator sees first.
+        self.call_after_refresh(self._start_fleet)
+
+    def _start_fleet(self) -> None:
         self._host_loop()
         self._consume_events()
 
