@@ -39,7 +39,6 @@ class AiderEngine(ConfiguredEngine):
 
     default_name = "aider"
 
-
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")
         argv = [

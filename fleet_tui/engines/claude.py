@@ -41,7 +41,6 @@ class ClaudeEngine(ConfiguredEngine):
 
     default_name = "claude"
 
-
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")
         argv = [

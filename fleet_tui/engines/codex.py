@@ -43,7 +43,6 @@ class CodexEngine(ConfiguredEngine):
 
     default_name = "codex"
 
-
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         scratch = scratch.rstrip("/")
         argv = [
