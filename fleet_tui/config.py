@@ -395,7 +395,7 @@ class LabelsConfig(_Section):
 class RoleConfig(_Section):
     """[roles.pm], [roles.dev], [roles.qa]: one role's engine, limits and budgets."""
 
-    engine: str = "scripted"
+    engine: str = "codex"
     """Name of the engine (a key of `[engines]`, or a built-in: codex, claude, aider, scripted). The PM may
     also use `builtin`: proposals from TODO/FIXME comments and unchecked ROADMAP.md items, no model."""
 
@@ -469,7 +469,7 @@ class EngineConfig(_Section):
 class RunnerConfig(_Section):
     """[runner]: where agent processes run, and their limits."""
 
-    kind: Literal["docker", "local"] = "local"
+    kind: Literal["docker", "local"] = "docker"
     """Where agents run: `docker` (a container per run) or `local` (a subprocess; trusted setups only)."""
 
     image: str = "fleet-agent:latest"

@@ -63,7 +63,8 @@ def project(tmp_path: Path) -> tuple[Path, Path, Path]:
         f'state_dir = "{state}"\npoll_interval_s = 2\n'
         '[forge]\nkind = "local"\n'
         f'[engines.scripted]\nkind = "scripted"\ncommand = "{sys.executable}"\nscript = "{script}"\n'
-        '[roles.dev]\nmax_concurrent = 4\n[roles.qa]\nmax_concurrent = 2\n'
+        '[runner]\nkind = "local"\n[roles.pm]\nengine = "scripted"\n'
+        '[roles.dev]\nengine = "scripted"\nmax_concurrent = 4\n[roles.qa]\nengine = "scripted"\nmax_concurrent = 2\n'
         '[policy]\nmax_live_runs = 6\ntest_command = "sleep 0.2 && test -d notes"\n'
     )
 

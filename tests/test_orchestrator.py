@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from fleet_tui.config import EngineConfig, FleetConfig, PolicyConfig
+from fleet_tui.config import EngineConfig, FleetConfig, PolicyConfig, RoleConfig, RolesConfig, RunnerConfig
 from fleet_tui.forge.base import ForgeError, marker, standing_label_event
 from fleet_tui.forge.local import LocalForge
 from fleet_tui.git import git_sync
@@ -73,7 +73,11 @@ def make_config(tmp_path: Path, script_data: dict[str, Any] | None = None, **pol
     script = tmp_path / "script.json"
     script.write_text(json.dumps(script_data or SCRIPT))
     engine = EngineConfig(kind="scripted", command=sys.executable, script=str(script))
-    return FleetConfig(engines={"scripted": engine}, policy=PolicyConfig(**policy), poll_interval_s=5)
+    scripted = RoleConfig(engine="scripted")
+    return FleetConfig(engines={"scripted": engine}, policy=PolicyConfig(**policy), poll_interval_s=5,
+                       roles=RolesConfig(pm=scripted, dev=RoleConfig(engine="scripted", max_concurrent=2),
+                                         qa=scripted),
+                       runner=RunnerConfig(kind="local"))
 
 
 @asynccontextmanager

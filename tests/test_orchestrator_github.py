@@ -22,6 +22,8 @@ from fleet_tui.config import (
     FleetConfig,
     ForgeConfig,
     PolicyConfig,
+    RoleConfig,
+    RolesConfig,
     RunnerConfig,
 )
 from fleet_tui.git import git_sync
@@ -78,6 +80,8 @@ async def test_github_and_docker_pm_approve_dev_pr_qa_fix_pass(tmp_path: Path, d
         approvers=[OPERATOR_LOGIN],
         engines={"scripted": EngineConfig(kind="scripted", command="python3", script=str(script))},
         runner=RunnerConfig(kind="docker", image=IMAGE, memory="256m", cpus=1.0, pids=64),
+        roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted", max_concurrent=2),
+                          qa=RoleConfig(engine="scripted")),
         policy=PolicyConfig(test_command="test -d notes && git log --oneline -1"),
         poll_interval_s=5,
     )
