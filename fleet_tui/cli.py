@@ -98,13 +98,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(exc: BaseException) -> int:
     from fleet_tui.config import ConfigError
+    from fleet_tui.errors import leaf_error
+
+    exc = leaf_error(exc)
 
     if isinstance(exc, ConfigError):
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     from fleet_tui.logs import redact
 
-    if isinstance(exc, UserError) or type(exc).__name__ in _USER_FACING:
+    if isinstance(exc, UserError) or any(cls.__name__ in _USER_FACING for cls in type(exc).__mro__):
         print(f"fleet-tui: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAIL
     import logging
@@ -117,7 +120,7 @@ def _report(exc: BaseException) -> int:
 
 # Exceptions from the layers whose message is written for the user.
 _USER_FACING = {"ForgeError", "NotFound", "RateLimitedError", "JournalError", "JournalLocked", "GitError",
-                "RunnerError", "DockerUnavailable", "EngineError", "WorkspaceError"}
+                "RunnerError", "EngineConfigError", "WorkspaceError"}
 _LOG_PATH: Path | None = None
 
 

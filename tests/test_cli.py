@@ -85,3 +85,16 @@ def test_log_redacts_tokens(tmp_path: Path) -> None:
     for secret in (token, "plain-secret-value-123", "abc.def.ghi", "k" * 30):
         assert secret not in text
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_headless_with_docker_unreachable_says_what_to_do(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (("init", "-q", "-b", "main"), ("commit", "-q", "--allow-empty", "-m", "start")):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    (repo / "fleet.toml").write_text(f'state_dir = "{tmp_path / "state"}"\n[runner]\nkind = "docker"\n')
+    result = run("--headless", "--once", cwd=repo, env={"DOCKER_HOST": "tcp://127.0.0.1:9"})
+    assert result.returncode == 1
+    assert result.stderr.startswith("fleet-tui: cannot reach the Docker engine at tcp://127.0.0.1:9")
+    assert 'set runner.kind = "local"' in result.stderr
+    assert "Traceback" not in result.stderr and "TaskGroup" not in result.stderr

@@ -299,6 +299,19 @@ async def test_worker_error_is_a_notification_not_a_crash(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
+async def test_an_error_inside_a_task_group_is_shown_by_its_own_message(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    fake.fail["approve"] = ExceptionGroup("unhandled errors in a TaskGroup",
+                                          [RuntimeError("cannot reach the Docker engine at tcp://x")])
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a")
+        await settle(pilot)
+        assert app.errors == ["Approve failed: cannot reach the Docker engine at tcp://x"]
+
+
+@pytest.mark.anyio
 async def test_palette_runs_an_action(tmp_path: Path) -> None:
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:

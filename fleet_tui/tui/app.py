@@ -30,6 +30,7 @@ from textual.worker import Worker, WorkerState
 
 from fleet_tui.config import FleetConfig, user_config_dir, user_state_dir
 from fleet_tui.control import FleetControl
+from fleet_tui.errors import leaf_error
 from fleet_tui.model import (
     AgentRun,
     Issue,
@@ -545,7 +546,7 @@ class FleetApp(App[None]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
         if event.state is WorkerState.ERROR:
-            error = worker.error
+            error = leaf_error(worker.error) if worker.error is not None else None
             detail = clean(str(error), 300) if error is not None else "unknown error"
             self.report_error(f"{worker.description or worker.name} failed: {detail or type(error).__name__}")
 
