@@ -276,6 +276,6 @@ async def test_an_unreachable_engine_says_where_and_what_to_do(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")
     runner = DockerRunner(RunnerConfig(kind="docker", image=IMAGE), timeout_s=3)
-    with pytest.raises(DockerUnavailable, match=r'cannot reach the Docker engine at tcp://127\.0\.0\.1:9: .*'
-                                                r'start Docker or set runner\.kind = "local"'):
+    with pytest.raises(DockerUnavailable, match=r'cannot reach the Docker engine at tcp://127\.0\.0\.1:9 '
+                                                r'\(start Docker, or set runner\.kind = "local"\): .+'):
         await runner.start(spec_for(tmp_path, "true", run_id="unreachable"))

@@ -56,8 +56,9 @@ def docker_host() -> str:
 
 def unreachable_message(exc: BaseException) -> str:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"cannot reach the Docker engine at {docker_host()}: {detail[:300]}; "
-            'start Docker or set runner.kind = "local"')
+    # What to do comes before the engine's own words, which can be long and get cut on screen.
+    return (f'cannot reach the Docker engine at {docker_host()} (start Docker, or set runner.kind = "local"): '
+            f"{detail[:300]}")
 
 
 class _Clients:
