@@ -261,8 +261,14 @@ class AgentSupervisor:
                         exit_code = await handle.wait()
             except Exception as exc:  # noqa: BLE001 - the runner lost the run (engine gone, container removed)
                 error = str(exc)
-            with anyio.move_on_after(self._drain_s):
-                await pump_done.wait()
+            # Drain what the process wrote before it ended: as long as lines keep coming, however many,
+            # and at most `drain_s` of silence (a stream that never ends must not hold the outcome).
+            while not pump_done.is_set():
+                seen = self.lines_seen
+                with anyio.move_on_after(self._drain_s):
+                    await pump_done.wait()
+                if self.lines_seen == seen:
+                    break
             tg.cancel_scope.cancel()
 
         state, reason = self._judge(handle, exit_code, error, timeout_s)

@@ -199,3 +199,47 @@ async def test_a_subscriber_sees_batches_and_ends_with_the_run() -> None:
     feed.close()
     assert [batch async for batch in sub] == [("b", "c", "d")]
     assert sub.dropped == 1
+
+
+
+class TrickleHandle:
+    """A process that has already ended while its output still trickles in (a busy log stream)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    async def lines(self):  # type: ignore[no-untyped-def]
+        for n in range(1, 3001):
+            yield str(n)
+            if n % 100 == 0:
+                await anyio.sleep(0.02)
+
+    async def wait(self) -> int:
+        return 0
+
+    async def stop(self) -> None:
+        return None
+
+
+class TrickleRunner:
+    kind = "trickle"
+
+    def paths(self, workspace: Path, scratch: Path) -> tuple[str, str]:
+        return str(workspace), str(scratch)
+
+    async def start(self, spec: RunSpec) -> TrickleHandle:
+        return TrickleHandle(spec.run_id)
+
+    async def cleanup(self, run_id: str) -> None:
+        return None
+
+
+@pytest.mark.anyio
+async def test_lines_still_coming_after_the_process_ended_are_all_kept(tmp_path: Path) -> None:
+    """The process has ended but its output takes longer than the drain window to arrive: as long as lines
+    keep coming, nothing is cut off."""
+    log = ListLog()
+    supervisor = AgentSupervisor(TrickleRunner(), ShellEngine("unused"), log=log, drain_s=0.2)  # type: ignore[arg-type]
+    outcome = await supervisor.run(make_spec(supervisor, tmp_path))
+    assert outcome.state is RunState.SUCCEEDED
+    assert len(log.lines) == 3000 and log.lines[-1] == "3000"
