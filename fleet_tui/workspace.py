@@ -22,6 +22,7 @@ from there. Work the agent left uncommitted is committed inside the sandbox, by 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -123,13 +124,32 @@ class WorkspaceManager:
         self.owner = owner
         self.author = author
         self._live: set[str] = set()
+        # One git writer on the mirror at a time (runs start and finish concurrently), and stale lock files
+        # from a killed process cleared before the first write.
+        self._mirror_lock = anyio.Lock()
+        self._mirror_checked = False
 
     def path(self, run_id: str) -> Path:
         if not _RUN_ID_RE.match(run_id):
             raise WorkspaceError(f"run id {run_id!r} is not usable as a directory name")
         return self.root / run_id
 
+    def _clear_stale_locks(self) -> None:
+        """Remove `*.lock` files a killed git process left in the mirror. Safe: the mirror sits in the
+        journal's directory, whose lock admits one orchestrator, and this manager serializes its own writes."""
+        if self._mirror_checked or not self.mirror.is_dir():
+            return
+        self._mirror_checked = True
+        for lock in [*self.mirror.glob("*.lock"), *(self.mirror / "refs").rglob("*.lock")]:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+
     async def _sync_mirror(self, source: str | Path, branch: str, existing: bool) -> None:
+        async with self._mirror_lock:
+            self._clear_stale_locks()
+            await self._sync_mirror_locked(source, branch, existing)
+
+    async def _sync_mirror_locked(self, source: str | Path, branch: str, existing: bool) -> None:
         """Bring the trusted mirror up to date with `source` (the operator's repository, trusted): every
         branch but the fleet's own, which the mirror holds as collected from runs; a fleet branch the mirror
         lacks (a fresh mirror) is taken from the source."""
@@ -210,6 +230,11 @@ class WorkspaceManager:
         """Fetch the run's branch from its workspace into the mirror and measure it there: the commits made
         since the run started, and the lines/files the branch changes against `base` (the PR's size).
         The mirror's `refs/heads/<branch>` then points at the run's head, ready to push."""
+        async with self._mirror_lock:
+            self._clear_stale_locks()
+            return await self._collect_locked(ws, base=base)
+
+    async def _collect_locked(self, ws: Workspace, *, base: str = "") -> Changes:
         alternates = ws.repo / ".git" / "objects" / "info" / "alternates"
         if alternates.exists() or alternates.is_symlink():
             alternates.unlink()  # objects from elsewhere on the host never reach the mirror (or the forge)

@@ -213,3 +213,32 @@ def test_scratch_files_cannot_leave_the_scratch_dir(tmp_path: Path) -> None:
     for name in ("../evil", "/etc/x", "sub/../../evil"):
         with pytest.raises(WorkspaceError):
             write_scratch_files(tmp_path, {name: "x"})
+
+
+@pytest.mark.anyio
+async def test_the_mirror_survives_a_killed_git_and_concurrent_runs(tmp_path: Path, source: Path) -> None:
+    """A git process killed mid-write leaves lock files; two runs finishing at once must not trip on each
+    other's ref updates."""
+    import anyio
+
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    first = await manager.create("run-a", source, issue=1, title="One")
+    second = await manager.create("run-b", source, issue=2, title="Two")
+    commit(first.repo, "one.py", "x = 1\n", "One")
+    commit(second.repo, "two.py", "y = 2\n", "Two")
+    # what a SIGKILLed orchestrator can leave behind
+    (manager.mirror / "packed-refs.lock").write_text("")
+    (manager.mirror / "refs" / "heads" / "fleet").mkdir(parents=True, exist_ok=True)
+    (manager.mirror / "refs" / "heads" / "fleet" / "1-one.lock").write_text("")
+    restarted = WorkspaceManager(tmp_path / "workspaces")
+    results = {}
+
+    async def collect(ws):  # type: ignore[no-untyped-def]
+        results[ws.run_id] = await restarted.collect(ws, base="main")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect, first)
+        tg.start_soon(collect, second)
+    assert [c.subject for c in results["run-a"].commits] == ["One"]
+    assert [c.subject for c in results["run-b"].commits] == ["Two"]
+    assert not list(restarted.mirror.rglob("*.lock"))
