@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from fleet_tui.engines.base import LogLine
+from fleet_tui.engines.base import Invocation, LogLine, Task
 
 if TYPE_CHECKING:
     from fleet_tui.config import EngineConfig, FleetConfig
@@ -68,6 +68,20 @@ class ConfiguredEngine:
         self._environ = environ
         self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
         check_env_names(self.name, config.env, self._forbidden)
+
+    def env(self, scratch: str) -> dict[str, str]:
+        """The run's environment: the configured variables that exist, and a HOME inside scratch."""
+        return engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+
+    def prompted(self, argv: list[str], task: Task, scratch: str, *, model_flag: str,
+                 stdin_marker: str) -> Invocation:
+        """`argv` plus the model and extra args, with the prompt as the last argument (or on stdin when too
+        long; `stdin_marker` is what the CLI takes for that), for a CLI that calls its model API."""
+        if self.config.model:
+            argv = [*argv, model_flag, self.config.model]
+        argv = [*argv, *self.config.args]
+        full = prompt_argv(argv, task.prompt, f"{scratch}/{PROMPT_FILE}", stdin_marker=stdin_marker)
+        return Invocation(argv=full, env=self.env(scratch), files={PROMPT_FILE: task.prompt}, needs_network=True)
 
 
 class JsonLinesParser:

@@ -12,8 +12,6 @@ from fleet_tui.engines import (
     ConfiguredEngine,
     as_float,
     as_int,
-    current_environ,
-    engine_env,
     json_object,
 )
 from fleet_tui.engines.base import (
@@ -61,7 +59,7 @@ class AiderEngine(ConfiguredEngine):
         if self.config.model:
             argv += ["--model", self.config.model]
         argv += self.config.args
-        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+        env = self.env(scratch)
         return Invocation(argv=tuple(argv), env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)
 
     def parser(self) -> AiderParser:

@@ -13,14 +13,10 @@ from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    PROMPT_FILE,
     ConfiguredEngine,
     JsonLinesParser,
     as_float,
     as_int,
-    current_environ,
-    engine_env,
-    prompt_argv,
 )
 from fleet_tui.engines.base import (
     EngineResult,
@@ -55,13 +51,8 @@ class ClaudeEngine(ConfiguredEngine):
             # refuses this flag when running as root, which is one reason the runner uses a non-root uid.
             "--dangerously-skip-permissions",
         ]
-        if self.config.model:
-            argv += ["--model", self.config.model]
-        argv += self.config.args
         # With no prompt argument `claude -p` reads the prompt from stdin (used for very long prompts).
-        full = prompt_argv(argv, task.prompt, f"{scratch}/{PROMPT_FILE}", stdin_marker="")
-        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
-        return Invocation(argv=full, env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)
+        return self.prompted(argv, task, scratch, model_flag="--model", stdin_marker="")
 
     def parser(self) -> ClaudeParser:
         return ClaudeParser(self.config)

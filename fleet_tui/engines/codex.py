@@ -14,13 +14,9 @@ from typing import Any
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines import (
-    PROMPT_FILE,
     ConfiguredEngine,
     JsonLinesParser,
     as_int,
-    current_environ,
-    engine_env,
-    prompt_argv,
 )
 from fleet_tui.engines.base import (
     EngineResult,
@@ -58,14 +54,9 @@ class CodexEngine(ConfiguredEngine):
             "-o",
             f"{scratch}/{LAST_MESSAGE_FILE}",
         ]
-        if self.config.model:
-            argv += ["-m", self.config.model]
-        argv += self.config.args
         # Codex reads stdin until EOF even with a prompt argument (the runner gives it /dev/null); "-" makes
         # it take the whole prompt from stdin, used for prompts too long for one argument.
-        full = prompt_argv(argv, task.prompt, f"{scratch}/{PROMPT_FILE}", stdin_marker="-")
-        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
-        return Invocation(argv=full, env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)
+        return self.prompted(argv, task, scratch, model_flag="-m", stdin_marker="-")
 
     def parser(self) -> CodexParser:
         return CodexParser(self.config)

@@ -17,8 +17,6 @@ from fleet_tui.engines import (
     PROMPT_FILE,
     ConfiguredEngine,
     EngineConfigError,
-    current_environ,
-    engine_env,
 )
 from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task
 
@@ -56,7 +54,7 @@ class CommandEngine(ConfiguredEngine):
             "run_id": task.run_id,
         }
         argv = tuple(_FIELD_RE.sub(lambda m: values[m.group(1)], part) for part in self._template)
-        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+        env = self.env(scratch)
         return Invocation(argv=argv, env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)
 
     def parser(self) -> CommandParser:

@@ -27,8 +27,6 @@ from fleet_tui.engines import (
     EngineConfigError,
     as_float,
     as_int,
-    current_environ,
-    engine_env,
     json_object,
 )
 from fleet_tui.engines.base import (
@@ -229,7 +227,7 @@ class ScriptedEngine(ConfiguredEngine):
         }
         steps = _fill(steps_for(self.script, task.role, task.qa_round), fields)
         resolved = {"workdir": workdir, "time_scale": self.time_scale, "steps": steps}
-        env = engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+        env = self.env(scratch)
         env["PYTHONUNBUFFERED"] = "1"
         argv = (self.config.command or "python3", f"{scratch}/{AGENT_FILE}", f"{scratch}/{SCRIPT_FILE}")
         files = {AGENT_FILE: agent_source(), SCRIPT_FILE: json.dumps(resolved, indent=1)}
