@@ -333,7 +333,12 @@ class ForgeConfig(_Section):
     """GitHub API base URL; for GitHub Enterprise Server use `https://HOST/api/v3/`."""
 
     base_branch: str = ""
-    """Branch PRs target; empty means the repository's default branch."""
+    """Branch PRs target; empty means the default branch the forge reports (GitHub: the repository's default
+    branch; local: the branch checked out in the repository)."""
+
+    push_url: str = ""
+    """Git URL the fleet fetches bases from and pushes branches to; empty means the repository's `clone_url` as
+    the API reports it. The token travels only in a per-command HTTP header, never in this URL."""
 
     token_env: list[str] = ["GITHUB_TOKEN", "GH_TOKEN"]
     """Environment variables read, in order, for the fleet's GitHub token (never put a token in this file)."""
@@ -356,6 +361,10 @@ class ForgeConfig(_Section):
 
     timeout_s: float = Field(30.0, gt=0)
     """Timeout of one HTTP request to the forge, in seconds."""
+
+    settle_s: float = Field(5.0, ge=0)
+    """After a write timed out, how long to wait before looking for it again (it may still land); the look is
+    repeated over a window longer than `timeout_s` before the write is sent again."""
 
     @classmethod
     def _clean(cls, name: str, value: Any) -> Any:
@@ -547,6 +556,26 @@ class PolicyConfig(_Section):
 
     max_live_runs: int = Field(4, ge=1)
     """Most runs live at once across all roles."""
+
+    max_pr_bytes: int = Field(1_000_000, ge=1)
+    """A diff whose changed files (binary files by size) add up to more bytes than this goes to needs-human."""
+
+    allow_binary: bool = False
+    """Let a PR add or change files git treats as binary; when false such a PR goes to needs-human with the
+    file names."""
+
+    update_strategy: Literal["merge", "rebase"] = "merge"
+    """How an update round brings a fleet PR that turned dirty or behind up to the fresh base."""
+
+    max_update_rounds: int = Field(2, ge=0)
+    """Update rounds a PR may have before it goes to needs-human (0: straight to needs-human)."""
+
+    max_action_failures: int = Field(5, ge=1)
+    """Failures of one forge action (push, open PR, post review, claim) before the issue goes to needs-human
+    with the last error; retries back off exponentially in between."""
+
+    stall_s: float = Field(300.0, ge=0)
+    """A run with no output for this many seconds is killed as stalled (0: never)."""
 
 
 class UiConfig(_Section):
