@@ -261,6 +261,16 @@ class Notice(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class LoopState(Event):
+    """Whether the fleet loop is running. `stopped` carries the reason; `retry_at` is set when the fleet
+    restarts the loop by itself (a transient cause: the Docker engine or the network), else None."""
+
+    state: Literal["starting", "running", "stopped"] = "running"
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimited(Event):
     until: datetime | None = None
     reason: str = ""
