@@ -481,7 +481,7 @@ async def test_on_start_processes_left_by_local_runs_are_killed_and_their_runs_d
             assert orphan.returncode == -9 and bystander.poll() is None
             lost = orch.journal.get_run("dev-orphan")
             assert lost is not None and lost.state == RunState.LOST
-            record = orch._record(lost)
+            record = orch.observer.record(lost)
             assert record.interrupted
         finally:
             for proc in (orphan, bystander):

@@ -1,0 +1,166 @@
+"""Observing the world: the forge, the journal and the live runs, read into the `Snapshot` that `reconcile`
+decides on. It owns how approvals are judged (and cached), pinned and matched to this orchestrator's claims,
+and how a journal run becomes a `RunRecord`. Reads only, apart from pinning an approval first seen here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fleet_tui.context import FleetContext
+from fleet_tui.forge.base import judge_approval, standing_label_event
+from fleet_tui.model import AgentRun, Approval, Issue, Verdict
+from fleet_tui.reconcile import ClaimRecord, Pin, RunRecord, Snapshot
+
+
+class ForgeObserver:
+    """Builds each tick's `Snapshot`; `live_run` gives the supervisor's fresher view of a running run."""
+
+    def __init__(self, ctx: FleetContext, live_run: Callable[[str], AgentRun | None]) -> None:
+        self.ctx = ctx
+        self.live_run = live_run
+        self.last: Snapshot | None = None
+        self._judged: dict[int, tuple[tuple[Any, ...], Approval | None]] = {}
+
+    def forget(self, issue: int) -> None:
+        """Judge `issue`'s approval afresh at the next look (the operator just approved it)."""
+        self._judged.pop(issue, None)
+
+    async def observe(self) -> Snapshot:
+        now = self.ctx.clock()
+        labels = self.ctx.config.labels
+        by_number: dict[int, Issue] = {}
+        for label in (labels.proposed, labels.approved, labels.in_progress, labels.needs_human):
+            for issue in await self.ctx.forge.list_issues(labels=[label]):
+                by_number[issue.number] = issue
+        approvals: dict[int, Approval] = {}
+        pins: dict[tuple[int, str], Pin] = {}
+        claims: dict[int, ClaimRecord] = {}
+        for number, issue in by_number.items():
+            if issue.has_label(labels.approved):
+                approval = await self._judge_cached(issue)
+                if approval is not None:
+                    approvals[number] = approval
+                    if approval.verified:
+                        pins.update(self._pins_for(issue, approval))
+            claim = self.claim_for(number, approvals.get(number))
+            if claim is not None:
+                claims[number] = claim
+        pulls = tuple(await self.ctx.forge.list_pulls())
+        records: dict[str, RunRecord] = {}
+        for number in claims:
+            retry_at = self.ctx.retry_at(number)
+            for run in self.ctx.journal.runs(issue=number):
+                if retry_at and run.started_at is not None and run.started_at < retry_at:
+                    continue
+                records[run.run_id] = self.record(run)
+        for run in self.ctx.journal.runs(live_only=True):  # the supervisor settled the unsupervised ones
+            records[run.run_id] = self.record(run)
+        for run_id in self.ctx.journal.get_kv("open-workspaces", []):
+            if run_id not in records:
+                run = self.ctx.journal.get_run(run_id)
+                if run is not None:
+                    records[run_id] = self.record(run)
+        day_start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        spend_issue = {n: self.ctx.journal.spend_for_issue(n) for n in claims}
+        paused_on = self.ctx.journal.get_kv("budget_paused_on")
+        self.ctx.flagged = {n for n in self.ctx.flagged
+                            if n in by_number and not by_number[n].has_label(labels.needs_human)}
+        snapshot = Snapshot(
+            now=now,
+            issues=tuple(by_number.values()),
+            approvals=approvals,
+            pins=pins,
+            pulls=pulls,
+            runs=tuple(records.values()),
+            claims=claims,
+            spend_day=self.ctx.journal.spend_since(day_start),
+            spend_issue=spend_issue,
+            paused=bool(self.ctx.journal.get_kv("paused", False)),
+            budget_paused_on=date.fromisoformat(paused_on) if paused_on else None,
+            fleet_login=self.ctx.fleet_login,
+            fleet_is_separate=self.ctx.fleet_separate,
+            pm_requested=bool(self.ctx.journal.get_kv("pm_requested", False)) or self._pm_due(now),
+            handled=frozenset(self.ctx.flagged),
+        )
+        self.last = snapshot
+        return snapshot
+
+    def _pm_due(self, now: datetime) -> bool:
+        """Whether the PM's schedule (`policy.pm_interval_s`, 0 = off) asks for a run now."""
+        interval = self.ctx.config.policy.pm_interval_s
+        if interval <= 0:
+            return False
+        last = self.ctx.journal.get_kv("pm_last_at")
+        if not last:
+            return True
+        with contextlib.suppress(ValueError):
+            return (now - datetime.fromisoformat(last)).total_seconds() >= interval
+        return True
+
+    async def _judge_cached(self, issue: Issue) -> Approval | None:
+        """`_judge`, read again only when the issue changed: a label event moves its `updated_at`, so an
+        unchanged issue keeps its judged approval and a tick costs no timeline request per approved issue.
+        Approvals that rest on a live permission check are judged afresh every time."""
+        if issue.updated_at is None or self.ctx.config.policy.approvers_with_write:
+            return await self._judge(issue.number)
+        key = (issue.updated_at, tuple(sorted(issue.labels)))
+        cached = self._judged.get(issue.number)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        approval = await self._judge(issue.number)
+        self._judged[issue.number] = (key, approval)
+        return approval
+
+    async def _judge(self, number: int) -> Approval | None:
+        events = await self.ctx.forge.label_events(number)
+        event = standing_label_event(events, self.ctx.config.labels.approved)
+        if event is None:
+            return None
+        permission = None
+        if self.ctx.config.policy.approvers_with_write:
+            permission = await self.ctx.forge.permission(event.actor.login)
+        return judge_approval(number, event, approvers=self.ctx.approvers, fleet_login=self.ctx.fleet_login,
+                              fleet_is_separate=self.ctx.fleet_separate, permission=permission,
+                              allow_write_permission=self.ctx.config.policy.approvers_with_write)
+
+    def _pins_for(self, issue: Issue, approval: Approval) -> dict[tuple[int, str], Pin]:
+        """The journal's pin of this approval; an approval first seen here (made on the forge's own page)
+        is pinned to the text as first seen."""
+        event_id = approval.event.event_id
+        found = [p for p in self.ctx.journal.approval_pins(issue.number) if p.event_id == event_id]
+        if not found:
+            found = [self.ctx.journal.pin_approval(issue.number, event_id, title=issue.title, body=issue.body,
+                                               operator=approval.event.actor.login)]
+        pin = found[0]
+        return {(issue.number, event_id): Pin(issue.number, event_id, pin.title_sha, pin.body_sha)}
+
+    def claim_for(self, number: int, approval: Approval | None) -> ClaimRecord | None:
+        claims = self.ctx.journal.claims_for(number)
+        if approval is not None:
+            claims = [c for c in claims if c.approval_event_id == approval.event.event_id] or claims
+        if not claims:
+            return None
+        claim = claims[-1]
+        meta = self.ctx.journal.get_kv(f"claim:{number}:{claim.approval_event_id}") or {}
+        if meta.get("foreign") or not meta.get("branch"):
+            return None
+        return ClaimRecord(number, claim.approval_event_id, claim.run_id, meta["branch"],
+                           confirmed=bool(meta.get("confirmed")))
+
+
+    def record(self, run: AgentRun) -> RunRecord:
+        run = self.live_run(run.run_id) or run
+        extras = self.ctx.extras(run.run_id)
+        verdict = extras.get("verdict")
+        return RunRecord(
+            run=run, event_id=extras.get("event_id", ""), head_sha=extras.get("head_sha", ""),
+            commits=int(extras.get("commits", 0)), lines_changed=int(extras.get("lines", 0)),
+            files=tuple(extras.get("files", ())), pushed=bool(extras.get("pushed")),
+            verdict=Verdict(verdict) if verdict else None, findings=tuple(extras.get("findings", ())),
+            posted=bool(extras.get("posted")), workspace=bool(extras.get("workspace")),
+            interrupted=bool(extras.get("interrupted")),
+        )

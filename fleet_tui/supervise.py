@@ -1,0 +1,342 @@
+"""Supervising runs: starting a role's agent in a workspace through the runner, following it to its end
+(log, live lines, usage as it streams), turning its outcome into the journal's record of the run, and
+re-attaching after a restart the runs a previous process left behind. `fleet_tui.agents` drives one
+process; this module keeps the journal and the events for all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from fleet_tui.context import FleetContext, findings_hash, log
+from fleet_tui.engines.base import EngineResult, Task
+from fleet_tui.model import AgentRun, Role, RunChanged, RunLogLines, RunState, Usage, Verdict
+from fleet_tui.roles import pm as pm_role
+from fleet_tui.roles import qa as qa_role
+
+
+def usage_minus(a: Usage, b: Usage) -> Usage:
+    return Usage(max(0, a.input_tokens - b.input_tokens), max(0, a.output_tokens - b.output_tokens),
+                 max(0, a.cached_tokens - b.cached_tokens), max(0.0, a.cost_usd - b.cost_usd))
+
+
+@dataclasses.dataclass
+class _Live:
+    """A run this orchestrator supervises right now."""
+
+    run: AgentRun
+    sup: Any = None  # fleet_tui.agents.AgentSupervisor
+    log: Any = None  # fleet_tui.store.RunLog
+    kill: tuple[RunState, str] | None = None
+    usage: Usage = Usage()
+    scope: anyio.CancelScope | None = None
+    tests: Any = None  # the supervisor of the QA run's test command while it runs
+
+
+
+class RunSupervisor:
+    """Every run this orchestrator supervises right now, and how each one starts, goes on and ends."""
+
+    def __init__(self, ctx: FleetContext, engine_factory: Callable[[str, Any], Any],
+                 create_proposals: Callable[[list[pm_role.Proposal], int], Awaitable[int]]) -> None:
+        self.ctx = ctx
+        self._engine_factory = engine_factory
+        self._create_proposals = create_proposals
+        self._live: dict[str, _Live] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    def bind(self, tg: anyio.abc.TaskGroup | None) -> None:
+        """The task group runs are supervised in (the orchestrator's loop); None once it has ended."""
+        self._tg = tg
+
+    def live_run(self, run_id: str) -> AgentRun | None:
+        live = self._live.get(run_id)
+        return live.run if live is not None else None
+
+    def live_runs(self) -> list[AgentRun]:
+        return [live.run for live in self._live.values()]
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def detach_all(self) -> None:
+        """Stop following every run; the processes themselves go on, to be re-attached at the next start."""
+        for live in self._live.values():
+            if live.scope is not None:
+                live.scope.cancel()
+
+    def settle_unsupervised(self) -> None:
+        """A run the journal holds as live that nobody supervises failed to start: record it as lost."""
+        for run in self.ctx.journal.runs(live_only=True):
+            if run.run_id not in self._live:
+                self.end_lost(run, "the run was not supervised (its start failed)")
+
+    async def kill(self, run_id: str, state: RunState, reason: str) -> None:
+        live = self._live.get(run_id)
+        if live is None:
+            run = self.ctx.journal.get_run(run_id)
+            if run is not None and run.state.live:
+                self.end_lost(dataclasses.replace(run, reason=reason), reason)
+            return
+        live.kill = (state, reason)
+        self.ctx.notice(f"stopping run {run_id}: {reason}", "warning")
+        if live.tests is not None:
+            await live.tests.stop(reason)
+        await live.sup.stop(reason)
+
+    async def reattach(self) -> None:
+        if self.ctx.runner.kind == "local":
+            self._sweep_local_orphans()
+        found = {r.run_id: r for r in await self.ctx.runner.find_runs()}
+        for run in self.ctx.journal.runs(live_only=True):
+            if run.run_id in self._live:
+                continue
+            if run.run_id in found:
+                try:
+                    ws = self.ctx.workspaces.open(run.run_id)
+                    role_cfg = getattr(self.ctx.config.roles, run.role.value)
+                    engine = self._engine_factory(role_cfg.engine, self.ctx.config)
+                except Exception as exc:  # noqa: BLE001 - any failure means the run is lost to us
+                    self.end_lost(run, f"cannot re-attach: {exc}")
+                    continue
+                live = self._make_live(run, engine)
+                started = run.started_at.timestamp() if run.started_at else None
+                self.ctx.notice(f"re-attached run {run.run_id}")
+                self._spawn(live, ws, lambda live=live, ws=ws, role_cfg=role_cfg, started=started: live.sup.reattach(
+                    live.run.run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s), started_at=started))
+            else:
+                self.ctx.set_extras(run.run_id, interrupted=True)
+                self.end_lost(run, "the run was gone when the orchestrator started")
+        for run_id, live_run in found.items():
+            if self.ctx.journal.get_run(run_id) is None:
+                self.ctx.notice(f"a run {run_id} not in the journal is alive; stopping it", "warning")
+                with contextlib.suppress(Exception):
+                    handle = await self.ctx.runner.attach(run_id)
+                    await handle.stop()
+                    await self.ctx.runner.cleanup(run_id)
+
+    def _sweep_local_orphans(self) -> None:
+        """Kill what local runs of an earlier orchestrator process left running: a local agent leads its own
+        session, so it outlives an orchestrator killed with SIGKILL, and a local run cannot be re-attached.
+        Such processes are known by their HOME, which every engine puts inside the run's scratch dir."""
+        keep = set(self._live)
+        for pid, run_id in _processes_of_workspaces(Path(self.ctx.workspaces.root), os.getpid()):
+            if run_id in keep:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                log.info("killed process %d left by run %s", pid, run_id)
+
+    def end_lost(self, run: AgentRun, reason: str) -> None:
+        ended = dataclasses.replace(run, state=RunState.LOST, ended_at=self.ctx.clock(), reason=reason)
+        self.ctx.journal.upsert_run(ended)
+        self.ctx.publish(RunChanged(at=self.ctx.clock(), run=ended))
+
+    async def dispatch(self, role: Role, run_id: str, prompt: str, *, issue: int | None, title: str,
+                        branch: str, attempt: int, qa_round: int, existing: bool, pr: int | None = None,
+                        extras: dict[str, Any] | None = None) -> None:
+        role_cfg = getattr(self.ctx.config.roles, role.value)
+        engine = self._engine_factory(role_cfg.engine, self.ctx.config)
+        run = AgentRun(run_id=run_id, role=role, issue=issue, state=RunState.QUEUED, pr=pr, branch=branch,
+                       attempt=attempt, qa_round=qa_round, engine=role_cfg.engine, runner=self.ctx.runner.kind,
+                       started_at=self.ctx.clock())
+        self.ctx.journal.upsert_run(run)
+        self.ctx.set_extras(run_id, **(extras or {}))
+        try:
+            await self._start_run(run, role_cfg, engine, prompt, title=title, existing=existing)
+        except BaseException as exc:
+            if run_id not in self._live:
+                failed = dataclasses.replace(run, state=RunState.FAILED, ended_at=self.ctx.clock(),
+                                             reason=f"cannot start: {exc}"[:300])
+                with anyio.CancelScope(shield=True):
+                    self.ctx.journal.upsert_run(failed)
+                self.ctx.publish(RunChanged(at=self.ctx.clock(), run=failed))
+            raise
+
+    async def _start_run(self, run: AgentRun, role_cfg: Any, engine: Any, prompt: str, *, title: str,
+                         existing: bool) -> None:
+        run_id, role, issue, branch = run.run_id, run.role, run.issue, run.branch
+        ws = await self.ctx.workspaces.create(run_id, self.ctx.repo_path, issue=issue, title=title, base=self.ctx.base,
+                                          branch=branch, existing=existing)
+        if role == Role.DEV:
+            from fleet_tui.workspace import CommittingEngine
+
+            engine = CommittingEngine(engine, f"Work on #{issue}", self.ctx.workspaces.author)
+        self.ctx.set_extras(run_id, workspace=True)
+        task = Task(run_id=run_id, role=role, prompt=prompt, issue=issue, title=title, branch=branch,
+                    qa_round=run.qa_round)
+        live = self._make_live(run, engine)
+        network = role_cfg.network or self.ctx.config.runner.network
+        spec = live.sup.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s),
+                                   network=network, labels={"fleet.run_id": run_id, "fleet.issue": str(issue or ""),
+                                                            "fleet.role": role.value})
+        live.run = dataclasses.replace(run, state=RunState.RUNNING)
+        self.ctx.journal.upsert_run(live.run)
+        command = self.ctx.config.policy.test_command.strip()
+        if role == Role.QA and command:
+            self._spawn(live, ws, lambda: self._tests_then_review(live, ws, task, command, role_cfg, spec))
+        else:
+            self._spawn(live, ws, lambda: live.sup.run(spec))
+
+    async def _tests_then_review(self, live: _Live, ws: Any, task: Task, command: str, role_cfg: Any,
+                                 spec: Any) -> Any:
+        """QA: the repository's test command first, as its own run with no network; the review only when it
+        passes (a failing suite already decides the verdict, and the fix round needs nothing more)."""
+        from fleet_tui.agents import AgentSupervisor, RunOutcome
+
+        run_id = live.run.run_id
+        tests_id = f"{run_id}-tests"
+        engine = qa_role.TestCommandEngine(command)
+        sup = AgentSupervisor(self.ctx.runner, engine, log=live.log, publish=lambda batch: self._on_lines(live, batch))
+        live.tests = sup
+        test_task = dataclasses.replace(task, run_id=tests_id, prompt="")
+        test_spec = sup.build_spec(test_task, workspace=ws.repo, scratch=ws.scratch,
+                                   timeout_s=float(role_cfg.timeout_s), network="none",
+                                   labels={"fleet.run_id": tests_id, "fleet.issue": str(task.issue or ""),
+                                           "fleet.role": Role.QA.value})
+        live.log.write(f"[fleet] running the test command: {command}")
+        try:
+            tests = await sup.run(test_spec)
+        finally:
+            live.tests = None
+        passed = tests.state == RunState.SUCCEEDED
+        self.ctx.set_extras(run_id, tests={"passed": passed, "exit_code": tests.exit_code, "state": tests.state.value,
+                                        "output": tests.result.summary[-qa_role.TEST_TAIL_CHARS * 2:]})
+        live.log.write(f"[fleet] the tests {'pass' if passed else 'fail'} ({tests.reason or tests.state.value})")
+        if passed and live.kill is None:
+            return await live.sup.run(spec)
+        state = RunState.SUCCEEDED if tests.state == RunState.FAILED else tests.state
+        return RunOutcome(run_id, state, tests.exit_code, Usage(), EngineResult(ok=state == RunState.SUCCEEDED),
+                          "" if state == RunState.SUCCEEDED else tests.reason, tests.last_line, tests.started_at,
+                          tests.ended_at, tests.lines)
+
+    # --- supervision (fleet_tui.agents does the work; this keeps the journal and the events) ----------
+
+    def _make_live(self, run: AgentRun, engine: Any) -> _Live:
+        from fleet_tui.agents import AgentSupervisor, Budget
+
+        role_cfg = getattr(self.ctx.config.roles, run.role.value)
+        run_log = self.ctx.journal.open_run_log(run.run_id)
+        live = _Live(run=run, usage=run.usage, log=run_log)
+        live.sup = AgentSupervisor(self.ctx.runner, engine, log=run_log,
+                                   publish=lambda batch: self._on_lines(live, batch),
+                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd))
+        self._live[run.run_id] = live
+        return live
+
+    def _spawn(self, live: _Live, ws: Any, start: Callable[[], Any]) -> None:
+        self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
+        assert self._tg is not None, "runs are supervised inside run()"
+        self._tg.start_soon(self._supervise, live, ws, start)
+
+    async def _supervise(self, live: _Live, ws: Any, start: Callable[[], Any]) -> None:
+        with anyio.CancelScope() as scope:
+            live.scope = scope
+            try:
+                outcome = await start()
+                with anyio.CancelScope(shield=True):
+                    await self._finish(live, ws, outcome)
+            finally:
+                if live.log is not None:
+                    live.log.close()
+        if scope.cancelled_caught:
+            self._live.pop(live.run.run_id, None)
+
+    def _on_lines(self, live: _Live, batch: tuple[str, ...]) -> None:
+        self._account(live, live.sup.usage)
+        last = next((line for line in reversed(batch) if line.strip()), "")
+        if last:
+            live.run = dataclasses.replace(live.run, last_line=last[-300:])
+        self.ctx.publish(RunLogLines(at=self.ctx.clock(), run_id=live.run.run_id, lines=tuple(batch)))
+
+    def _account(self, live: _Live, usage: Usage) -> None:
+        """Record the spend since the last look, so daily and issue budgets see it while the run goes on."""
+        delta = usage_minus(usage, live.usage)
+        if delta.tokens or delta.cost_usd or delta.cached_tokens:
+            self.ctx.journal.add_usage(live.run.run_id, live.run.issue, delta)
+            live.usage = usage
+            live.run = dataclasses.replace(live.run, usage=usage)
+            self.ctx.wake()
+
+    async def _finish(self, live: _Live, ws: Any, outcome: Any) -> None:
+        self._account(live, outcome.usage)
+        run = live.run
+        result: EngineResult = outcome.result
+        state, reason, code = outcome.state, outcome.reason, outcome.exit_code
+        if live.kill is not None:
+            state, reason = live.kill
+        extras: dict[str, Any] = {}
+        try:
+            if state == RunState.SUCCEEDED and run.role == Role.DEV:
+                made = await self.ctx.workspaces.collect(ws, base=self.ctx.base)
+                extras.update(commits=len(made.commits), lines=made.lines_changed, files=list(made.paths),
+                              head_sha=made.head_sha)
+                if not made.commits:
+                    state, reason = RunState.FAILED, "the run made no commits"
+            elif state == RunState.SUCCEEDED and run.role == Role.QA:
+                tests = self.ctx.extras(run.run_id).get("tests") or {}
+                if tests and not tests.get("passed"):
+                    verdict: Verdict | None = Verdict.CHANGES
+                    findings: tuple[str, ...] = (qa_role.test_failure_finding(
+                        self.ctx.config.policy.test_command, tests.get("exit_code"), tests.get("output", "")),)
+                else:
+                    parsed = qa_role.parse_message(result.summary)
+                    verdict = result.verdict or parsed.verdict
+                    findings = tuple(result.findings) or parsed.findings
+                if verdict is None:
+                    state, reason = RunState.FAILED, "the review gave no verdict"
+                else:
+                    extras.update(verdict=verdict.value, findings=list(findings))
+                    if run.pr is not None:
+                        self.ctx.journal.record_qa_round(run.pr, run.qa_round, head_sha=self.ctx.extras(run.run_id).get(
+                            "head_sha", ""), verdict=verdict, findings_hash=findings_hash(findings))
+            elif state == RunState.SUCCEEDED and run.role == Role.PM:
+                slots = int(self.ctx.extras(run.run_id).get("slots", self.ctx.config.policy.max_open_proposals))
+                open_titles = [i.title for i in await self.ctx.forge.list_issues()]
+                proposals = pm_role.parse_message(result.summary, open_titles=open_titles, limit=slots)
+                await self._create_proposals(proposals, slots)
+        except Exception as exc:
+            log.exception("collecting the result of %s failed", run.run_id)
+            state, reason = RunState.FAILED, f"cannot collect the result: {exc}"[:300]
+        if extras:
+            self.ctx.set_extras(run.run_id, **extras)
+        ended = dataclasses.replace(run, state=state, ended_at=self.ctx.clock(), exit_code=code, reason=reason,
+                                    usage=live.usage, last_line=outcome.last_line or run.last_line)
+        self.ctx.journal.upsert_run(ended)
+        self._live.pop(run.run_id, None)
+        with contextlib.suppress(Exception):
+            self.ctx.workspaces.finish(run.run_id)
+        self.ctx.publish(RunChanged(at=self.ctx.clock(), run=ended))
+        self.ctx.wake()
+
+
+def _processes_of_workspaces(root: Path, me: int) -> list[tuple[int, str]]:
+    """(pid, run id) of every process whose HOME lies inside a run's dir under `root` (Linux /proc; none
+    elsewhere). Engines and the test command give each run a HOME in its scratch dir; nothing else has one."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    prefix = (str(Path(root).resolve()) + os.sep).encode()
+    found: list[tuple[int, str]] = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(b"HOME=") and item[5:].startswith(prefix):
+                run_id = item[5 + len(prefix):].split(b"/", 1)[0].decode(errors="replace")
+                found.append((int(entry.name), run_id))
+                break
+    return found
