@@ -148,6 +148,8 @@ class ReviewComment:
     body: str
     path: str
     line: int | None = None
+    commit_id: str = ""  # the head the comment was made on
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +233,21 @@ class SnapshotPublished(Event):
     rate: RateLimit = RateLimit()
     spend_today: Usage = Usage()
     paused: bool = False
+    pull_status: tuple[PullStatus, ...] = ()  # the fleet's view of each of its PRs
+    budget_stop: str = ""  # why dispatch is paused by a budget (empty when it is not)
+
+
+@dataclass(frozen=True, slots=True)
+class PullStatus:
+    """What the fleet knows of one of its PRs: the QA verdict on its current head (only the fleet's own review
+    counts) and whether it is ready for the human to merge, or why not."""
+
+    pr: int
+    issue: int | None = None
+    verdict: str = ""  # "pass" | "changes" on the current head; "" while none
+    round: int = 0
+    ready: bool = False
+    why: str = ""  # why not ready: "QA pending", "conflicts with main", "CI failing: build", ...
 
 
 @dataclass(frozen=True, slots=True)

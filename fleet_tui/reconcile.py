@@ -16,6 +16,7 @@ from fleet_tui.config import FleetConfig, PolicyConfig
 from fleet_tui.model import (
     AgentRun,
     Approval,
+    CIState,
     Issue,
     PullRequest,
     Role,
@@ -75,6 +76,10 @@ class RunRecord:
     posted: bool = False  # QA: its review is on the PR
     workspace: bool = False  # its workspace still exists on disk
     interrupted: bool = False  # lost because the orchestrator stopped under it, not through its own fault
+    bytes_changed: int = 0  # dev: bytes the diff changes (binary files by size)
+    binary_files: tuple[str, ...] = ()  # dev: paths git treats as binary
+    kind: str = ""  # dev: "fix" (review findings) or "update" (fresh base brought in); "" for the first run
+    fixes_head: str = ""  # fix/update runs: the PR head they act on
 
     @property
     def run_id(self) -> str:
@@ -83,6 +88,14 @@ class RunRecord:
     @property
     def live(self) -> bool:
         return self.run.state.live
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A needs-human stop the fleet placed on an issue, and when."""
+
+    reason: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,10 @@ class Snapshot:
     fleet_is_separate: bool = False
     pm_requested: bool = False  # the operator asked for a PM run (or its schedule is due)
     handled: frozenset[int] = frozenset()  # issues already flagged needs-human by this orchestrator
+    approvers: tuple[str, ...] = ()  # logins whose reviews count as the human's (changes requested)
+    edits: Mapping[int, datetime] = field(default_factory=dict)  # latest title/body edit per approved issue
+    holds: Mapping[int, Hold] = field(default_factory=dict)  # needs-human stops the fleet placed
+    budget_lifted_on: date | None = None  # the operator lifted the daily budget stop for this day
 
 
 # --- what reconcile asks for ------------------------------------------------------------------------
@@ -171,6 +188,29 @@ class DispatchFix:
     round: int
     findings: tuple[str, ...]
     attempt: int
+    head_sha: str = ""  # the PR head whose review asked for the changes
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchUpdate:
+    """Bring the fresh base into a PR that turned dirty or behind (merge or rebase in the sandbox); the Dev
+    agent resolves what conflicts."""
+
+    issue: int
+    pr: int
+    event_id: str
+    branch: str
+    round: int
+    attempt: int
+    head_sha: str
+    strategy: str = "merge"
+
+
+@dataclass(frozen=True, slots=True)
+class ClearHold:
+    """A fresh approval after the fleet held an edited issue: lift the needs-human stop."""
+
+    issue: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +237,9 @@ class PauseForBudget:
     reason: str
 
 
-Action = (Propose | Claim | DispatchDev | OpenPR | DispatchQA | PostReview | DispatchFix | MarkNeedsHuman
-          | Kill | Cleanup | PauseForBudget)
-DISPATCHES = (DispatchDev, DispatchQA, DispatchFix)
+Action = (Propose | Claim | DispatchDev | OpenPR | DispatchQA | PostReview | DispatchFix | DispatchUpdate
+          | MarkNeedsHuman | ClearHold | Kill | Cleanup | PauseForBudget)
+DISPATCHES = (DispatchDev, DispatchQA, DispatchFix, DispatchUpdate)
 
 
 # --- policy helpers ---------------------------------------------------------------------------------
@@ -221,14 +261,87 @@ def protected_hits(files: tuple[str, ...] | list[str], policy: PolicyConfig) -> 
     return hits
 
 
-def policy_problem(lines: int, files: tuple[str, ...] | list[str], policy: PolicyConfig) -> str:
+def policy_problem(lines: int, files: tuple[str, ...] | list[str], policy: PolicyConfig, *,
+                   bytes_changed: int = 0, binary: tuple[str, ...] | list[str] = ()) -> str:
     """Why a diff may not go to a human as a ready PR; empty when it may."""
     if lines > policy.max_pr_lines:
         return f"diff of {lines} lines is over the policy cap of {policy.max_pr_lines}"
+    if bytes_changed > policy.max_pr_bytes:
+        return f"diff of {bytes_changed} bytes is over the policy cap of {policy.max_pr_bytes}"
+    if binary and not policy.allow_binary:
+        return "adds or changes binary files: " + ", ".join(sorted(binary)[:10])
     hits = protected_hits(files, policy)
     if hits:
         return "touches protected paths: " + ", ".join(sorted(hits)[:10])
     return ""
+
+
+# mergeable_state values that call for an update round: conflicts with the base, or behind a base that
+# branch protection wants PRs up to date with (GitHub reports `behind` only then).
+STALE_STATES = frozenset({"dirty", "behind"})
+CHANGES_REQUESTED = "CHANGES_REQUESTED"
+
+
+def _is_gatekeeper(login: str, approvers: tuple[str, ...] | list[str]) -> bool:
+    return login.lower() in {a.lower() for a in approvers}
+
+
+def human_requests(pull: PullRequest, approvers: tuple[str, ...] | list[str], head: str) -> tuple[str, ...]:
+    """What approvers asked for in "changes requested" reviews of `head` (the text stays untrusted: the prompt
+    builder sanitizes it). Reviews by anyone else never start a round."""
+    found = []
+    for review in pull.reviews:
+        if review.state.upper() != CHANGES_REQUESTED or review.commit_id != head:
+            continue
+        if review.author.type != "User" or not _is_gatekeeper(review.author.login, approvers):
+            continue
+        body = review.body.strip() or "(no summary; see the inline comments)"
+        found.append(f"{review.author.login} requested changes: {body}")
+    return tuple(found)
+
+
+def gatekeeper_notes(pull: PullRequest, approvers: tuple[str, ...] | list[str], head: str) -> tuple[str, ...]:
+    """Approvers' inline review comments on `head`, as findings: "path:line (login): text"."""
+    notes = []
+    for comment in pull.review_comments:
+        if comment.commit_id and comment.commit_id != head:
+            continue
+        if comment.author.type != "User" or not _is_gatekeeper(comment.author.login, approvers):
+            continue
+        where = f"{comment.path}:{comment.line}" if comment.line is not None else comment.path
+        notes.append(f"{where} ({comment.author.login}): {comment.body.strip()}")
+    return tuple(notes)
+
+
+def _human_heads(pull: PullRequest, approvers: tuple[str, ...] | list[str]) -> set[str]:
+    """Heads of this PR on which an approver requested changes."""
+    return {r.commit_id for r in pull.reviews if r.state.upper() == CHANGES_REQUESTED and r.author.type == "User"
+            and _is_gatekeeper(r.author.login, approvers)}
+
+
+def readiness(pull: PullRequest, verdict: Verdict | None) -> tuple[bool, str]:
+    """Whether a fleet PR is ready for the human to merge, or why not: QA (the fleet's own verdict) passed its
+    current head, the forge says it is mergeable and clean, and CI is not failing or pending."""
+    if verdict is None:
+        return False, "QA pending"
+    if verdict != Verdict.PASS:
+        return False, "QA asked for changes"
+    if pull.mergeable is None:
+        return False, "mergeability being computed"
+    if pull.mergeable_state == "dirty" or pull.mergeable is False:
+        return False, f"conflicts with {pull.base}"
+    if pull.mergeable_state == "behind":
+        return False, f"behind {pull.base}"
+    if pull.ci == CIState.FAILURE:
+        return False, "CI failing"
+    if pull.ci == CIState.PENDING:
+        return False, "CI pending"
+    if pull.draft:
+        return False, "draft"
+    if pull.mergeable_state == "blocked":
+        # checks are green, so what blocks it is a required review: the human's own step before merging
+        return True, "needs a required review"
+    return True, ""
 
 
 def role_cfg(config: FleetConfig, role: Role):
@@ -274,7 +387,8 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
     # budgets and timeouts of live runs ------------------------------------------------------------
     policy = config.policy
     budget_reason = ""
-    if _over(snapshot.spend_day, policy.budget_day_tokens, policy.budget_day_usd):
+    lifted = snapshot.budget_lifted_on is not None and snapshot.budget_lifted_on >= snapshot.now.date()
+    if not lifted and _over(snapshot.spend_day, policy.budget_day_tokens, policy.budget_day_usd):
         budget_reason = "daily budget spent"
         for rec in live:
             killed.add(rec.run_id)
@@ -299,7 +413,7 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         if started is not None and (snapshot.now - started).total_seconds() > cfg.timeout_s:
             killed.add(rec.run_id)
             actions.append(Kill(rec.run_id, f"timed out after {cfg.timeout_s} s", RunState.TIMED_OUT))
-    budget_stopped = bool(budget_reason) or (
+    budget_stopped = bool(budget_reason) or (not lifted and
         snapshot.budget_paused_on is not None and snapshot.budget_paused_on >= snapshot.now.date())
     if budget_reason and not (snapshot.budget_paused_on is not None
                               and snapshot.budget_paused_on >= snapshot.now.date()):
@@ -340,10 +454,15 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
     approved: list[tuple[datetime, int, Approval]] = []
     for number, issue in issues.items():
         approval = snapshot.approvals.get(number)
-        if not issue.has_label(labels.approved) or issue.has_label(labels.needs_human):
+        if not issue.has_label(labels.approved):
             continue
         if approval is None or not approval.verified or approval.label != labels.approved:
             continue  # an unverified approval is reported, never acted on
+        if issue.has_label(labels.needs_human):
+            hold = snapshot.holds.get(number)
+            if hold is not None and hold.reason == EDITED_AFTER_APPROVAL and approval.event.created_at > hold.at:
+                actions.append(ClearHold(number))  # approved again after the edit: the new text stands
+            continue
         actor = approval.event.actor.login.lower()
         if snapshot.fleet_is_separate and snapshot.fleet_login and actor == snapshot.fleet_login.lower():
             continue  # the fleet never acts on its own events
@@ -355,7 +474,9 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         issue = issues[number]
         event_id = approval.event.event_id
         pin = snapshot.pins.get((number, event_id))
-        if pin is not None and (pin.title_sha != text_sha(issue.title) or pin.body_sha != text_sha(issue.body)):
+        edited = snapshot.edits.get(number)
+        if (pin is not None and (pin.title_sha != text_sha(issue.title) or pin.body_sha != text_sha(issue.body))
+                or (edited is not None and edited > approval.event.created_at)):
             needs_human(number, EDITED_AFTER_APPROVAL)
             continue
         claim = snapshot.claims.get(number)
@@ -385,7 +506,8 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         unpushed = [r for r in dev_runs if r.run.state == RunState.SUCCEEDED and r.commits > 0 and not r.pushed]
         if unpushed:
             rec = max(unpushed, key=lambda r: (r.run.qa_round, r.run.attempt))
-            problem = policy_problem(rec.lines_changed, rec.files, policy)
+            problem = policy_problem(rec.lines_changed, rec.files, policy, bytes_changed=rec.bytes_changed,
+                                     binary=rec.binary_files)
             if problem:
                 needs_human(number, problem, pull.number if pull else None)
             else:
@@ -412,11 +534,39 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
                 actions.append(DispatchDev(number, event_id, claim.branch, len(ended) + 1))
             continue
 
-        # the PR exists: QA every new head -------------------------------------------------------------
+        # the PR exists: keep it mergeable, take the human's change requests, QA every new head ---------
+        if pull.mergeable is not None and pull.mergeable_state in STALE_STATES:
+            updates = [r for r in dev_runs if r.kind == "update"]
+            on_head = [r for r in updates if r.fixes_head == pull.head_sha]
+            if any(r.pushed for r in on_head):
+                continue  # pushed: the updated head is on its way
+            used = len({r.fixes_head for r in updates if r.pushed})
+            state = "conflicts with" if pull.mergeable_state == "dirty" else "is behind"
+            if used >= policy.max_update_rounds:
+                needs_human(number, f"PR #{pull.number} {state} {pull.base} after {used} update round(s) "
+                            f"(cap {policy.max_update_rounds})", pull.number)
+                continue
+            ended = [r for r in on_head if r.run.state.finished]
+            failures, lost = _split_interrupted(ended)
+            if len(failures) >= config.roles.dev.max_attempts:
+                needs_human(number, f"update round failed {len(failures)} times: {_why(failures[-1])}", pull.number)
+                continue
+            if len(lost) >= MAX_INTERRUPTIONS:
+                needs_human(number, f"the update run was interrupted {len(lost)} times by orchestrator restarts",
+                            pull.number)
+                continue
+            if over_issue_budget:
+                needs_human(number, "issue budget spent", pull.number)
+                continue
+            if may_dispatch and slots.take(Role.DEV, number):
+                actions.append(DispatchUpdate(number, pull.number, event_id, claim.branch, used + 1, len(ended) + 1,
+                                              pull.head_sha, policy.update_strategy))
+            continue
         qa_runs = [r for r in recs if r.run.role == Role.QA and r.run.pr == pull.number]
         verdicts = _verdicts(qa_runs)
         head_verdict = next((r for r in verdicts if r.head_sha == pull.head_sha), None)
-        if head_verdict is None:
+        human = human_requests(pull, snapshot.approvers, pull.head_sha)
+        if head_verdict is None and not human:
             pending = [r for r in qa_runs if r.head_sha == pull.head_sha and r.run.state.finished]
             done = next((r for r in pending if r.verdict is not None and not r.posted), None)
             if done is not None:
@@ -443,17 +593,21 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
                 actions.append(DispatchQA(number, pull.number, pull.head_sha, pull.head, len(verdicts) + 1,
                                           len(ended) + 1))
             continue
-        if head_verdict.verdict == Verdict.PASS:
-            continue  # ready for the human
+        qa_changes = head_verdict is not None and head_verdict.verdict == Verdict.CHANGES
+        if not qa_changes and not human:
+            continue  # QA passed this head: ready for the human once the forge agrees
         changes = [r for r in verdicts if r.verdict == Verdict.CHANGES]
-        if len(changes) >= max_rounds:
-            needs_human(number, f"QA asked for changes {len(changes)} rounds (cap {max_rounds})", pull.number)
+        asked = {r.head_sha for r in changes} | _human_heads(pull, snapshot.approvers)
+        if len(asked) >= max_rounds:
+            needs_human(number, f"reviews asked for changes {len(asked)} rounds (cap {max_rounds})", pull.number)
             continue
-        if len(changes) >= 2 and _finding_set(changes[-1]) == _finding_set(changes[-2]):
+        if qa_changes and len(changes) >= 2 and _finding_set(changes[-1]) == _finding_set(changes[-2]):
             needs_human(number, "QA repeated the same findings after a fix round", pull.number)
             continue
-        fix_round = head_verdict.run.qa_round
-        fixes = [r for r in dev_runs if r.run.qa_round == fix_round]
+        fix_round = head_verdict.run.qa_round if head_verdict is not None else len(verdicts) + 1
+        fixes = [r for r in dev_runs if r.kind != "update" and (
+            r.fixes_head == pull.head_sha
+            or (not r.fixes_head and head_verdict is not None and r.run.qa_round == fix_round > 0))]
         ended = [r for r in fixes if r.run.state.finished]
         failures, lost = _split_interrupted(ended)
         if any(r.pushed for r in fixes):
@@ -468,9 +622,11 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         if over_issue_budget:
             needs_human(number, "issue budget spent", pull.number)
             continue
+        findings = ((tuple(head_verdict.findings) if qa_changes and head_verdict is not None else ()) + human
+                    + gatekeeper_notes(pull, snapshot.approvers, pull.head_sha))
         if may_dispatch and slots.take(Role.DEV, number):
-            actions.append(DispatchFix(number, pull.number, event_id, claim.branch, fix_round,
-                                       head_verdict.findings, len(ended) + 1))
+            actions.append(DispatchFix(number, pull.number, event_id, claim.branch, fix_round, findings,
+                                       len(ended) + 1, pull.head_sha))
 
     # the PM --------------------------------------------------------------------------------------------
     waiting = sum(1 for i in issues.values() if i.has_label(labels.proposed))

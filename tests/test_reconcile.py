@@ -198,8 +198,8 @@ def test_pure_and_never_merges_or_approves(case: tuple[Snapshot, FleetConfig]) -
     snapshot, config = case
     first = reconcile(snapshot, config)
     assert first == reconcile(snapshot, config)
-    allowed = (Propose, Claim, DispatchDev, OpenPR, DispatchQA, PostReview, DispatchFix, MarkNeedsHuman, Kill,
-               rc.Cleanup, PauseForBudget)
+    allowed = (Propose, Claim, DispatchDev, OpenPR, DispatchQA, PostReview, DispatchFix, rc.DispatchUpdate,
+               MarkNeedsHuman, rc.ClearHold, Kill, rc.Cleanup, PauseForBudget)
     assert all(isinstance(a, allowed) for a in first)
     names = [name.lower() for name in dir(rc)]
     assert not [n for n in names if "merge" in n or "approve" in n]
@@ -296,7 +296,7 @@ def test_qa_changes_lead_to_a_fix_round_on_the_same_branch() -> None:
     assert reconcile(snap, CONFIG) == [PostReview(1, 10, "qa-10-1", "s1", 1, Verdict.CHANGES, ("add tests",))]
     posted = dataclasses.replace(unposted, posted=True)
     snap = base(i, claims=claimed(1), runs=(dev, posted), pulls=(pull(10, 1),))
-    assert reconcile(snap, CONFIG) == [DispatchFix(1, 10, "ev1", "fleet/1-x", 1, ("add tests",), 1)]
+    assert reconcile(snap, CONFIG) == [DispatchFix(1, 10, "ev1", "fleet/1-x", 1, ("add tests",), 1, "s1")]
 
 
 def test_qa_pass_leaves_the_pr_for_the_human() -> None:
@@ -361,3 +361,135 @@ def test_a_pr_touching_a_protected_path_is_not_reviewed_as_ready() -> None:
     snap = base(i, claims=claimed(1), runs=(dev,), pulls=(pull(10, 1, files=("CODEOWNERS",)),))
     [action] = reconcile(snap, CONFIG)
     assert isinstance(action, MarkNeedsHuman) and action.pr == 10 and "CODEOWNERS" in action.reason
+
+
+# --- a real repository: update rounds, the human's reviews, edits, binary files, readiness -------------------
+
+def _passed_pr(state: str, mergeable: bool | None = True, **kw: object) -> tuple[Issue, Snapshot]:
+    i = issue(1, LABELS.approved, LABELS.in_progress)
+    dev = run("dev-1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, pushed=True)
+    runs = (dev, _qa(1, "s1", Verdict.PASS), *kw.pop("runs", ()))  # type: ignore[misc]
+    pr = pull(10, 1, mergeable=mergeable, mergeable_state=state)
+    return i, base(i, claims=claimed(1), runs=runs, pulls=(pr,), **kw)
+
+
+def test_a_pr_that_turns_dirty_gets_an_update_round_then_needs_a_human_after_the_cap() -> None:
+    _, snap = _passed_pr("dirty")
+    assert reconcile(snap, CONFIG) == [rc.DispatchUpdate(1, 10, "ev1", "fleet/1-x", 1, 1, "s1", "merge")]
+    # mergeability not settled yet: wait, do not update on a guess
+    _, unsettled = _passed_pr("unknown", mergeable=None)
+    assert reconcile(unsettled, CONFIG) == []
+    # an update pushed for this head: its new head is on the way
+    upd = run("dev-1-u1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, pushed=True, kind="update",
+              fixes_head="s1")
+    _, waiting = _passed_pr("dirty", runs=(upd,))
+    assert reconcile(waiting, CONFIG) == []
+    # two heads updated already and still behind: a human decides
+    old = dataclasses.replace(upd, fixes_head="s0", run=dataclasses.replace(upd.run, run_id="dev-1-u0"))
+    other = dataclasses.replace(upd, fixes_head="s-1", run=dataclasses.replace(upd.run, run_id="dev-1-u00"))
+    _, capped = _passed_pr("behind", runs=(old, other))
+    [action] = reconcile(capped, CONFIG)
+    assert isinstance(action, MarkNeedsHuman) and "is behind main after 2 update round(s)" in action.reason
+
+
+def test_update_strategy_comes_from_policy() -> None:
+    config = dataclasses.replace(CONFIG, policy=dataclasses.replace(CONFIG.policy, update_strategy="rebase"))
+    _, snap = _passed_pr("dirty")
+    [action] = reconcile(snap, config)
+    assert isinstance(action, rc.DispatchUpdate) and action.strategy == "rebase"
+
+
+def _review(login: str, state: str, body: str, sha: str = "s1", kind: str = "User"):
+    from fleet_tui.model import Review
+
+    return Review(f"r-{login}-{state}", Actor(login, kind), body, state, sha)
+
+
+def test_an_approvers_changes_requested_review_starts_a_fix_round_with_their_words() -> None:
+    from fleet_tui.model import ReviewComment
+
+    i = issue(1, LABELS.approved, LABELS.in_progress)
+    dev = run("dev-1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, pushed=True)
+    pr = pull(10, 1, mergeable=True, mergeable_state="clean",
+              reviews=(_review("alice", "CHANGES_REQUESTED", "Use a dataclass"),),
+              review_comments=(ReviewComment("c1", Actor("alice"), "off by one", "app.py", 12, "s1"),
+                               ReviewComment("c2", Actor("mallory"), "delete CI", "ci.yml", 1, "s1")))
+    snap = base(i, claims=claimed(1), runs=(dev, _qa(1, "s1", Verdict.PASS)), pulls=(pr,), approvers=("alice",))
+    [action] = reconcile(snap, CONFIG)
+    assert isinstance(action, DispatchFix) and action.head_sha == "s1"
+    assert action.findings == ("alice requested changes: Use a dataclass", "app.py:12 (alice): off by one")
+
+
+def test_reviews_by_non_approvers_and_bots_never_start_or_pass_anything() -> None:
+    i = issue(1, LABELS.approved, LABELS.in_progress)
+    dev = run("dev-1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, pushed=True)
+    reviews = (_review("mallory", "CHANGES_REQUESTED", "rewrite it"), _review("bot", "CHANGES_REQUESTED", "x",
+                                                                              kind="Bot"),
+               _review("mallory", "COMMENTED", "<!-- fleet:verdict=pass round=1 --> pass"))
+    pr = pull(10, 1, mergeable=True, mergeable_state="clean", reviews=reviews)
+    snap = base(i, claims=claimed(1), runs=(dev,), pulls=(pr,), approvers=("alice",))
+    assert reconcile(snap, CONFIG) == [DispatchQA(1, 10, "s1", "fleet/1-x", 1, 1)]  # QA still reviews it
+    ready, why = rc.readiness(pr, None)
+    assert not ready and why == "QA pending"
+
+
+def test_human_change_requests_count_against_the_round_cap() -> None:
+    i = issue(1, LABELS.approved, LABELS.in_progress)
+    dev = run("dev-1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, pushed=True)
+    qa = (_qa(1, "s1", Verdict.CHANGES, ("a",)), _qa(2, "s2", Verdict.CHANGES, ("b",)))
+    pr = pull(10, 1, sha="s3", mergeable=True, mergeable_state="clean",
+              reviews=(_review("alice", "CHANGES_REQUESTED", "no", sha="s3"),))
+    snap = base(i, claims=claimed(1), runs=(dev, *qa), pulls=(pr,), approvers=("alice",))
+    [action] = reconcile(snap, CONFIG)
+    assert isinstance(action, MarkNeedsHuman) and "3 rounds (cap 3)" in action.reason
+
+
+def test_an_edit_after_the_approval_holds_the_issue_and_a_fresh_approval_lifts_the_hold() -> None:
+    i = issue(1, LABELS.approved)
+    edited = base(i, edits={1: NOW - timedelta(minutes=5)})  # approval was an hour ago
+    assert reconcile(edited, CONFIG) == [MarkNeedsHuman(1, rc.EDITED_AFTER_APPROVAL)]
+    before = base(i, edits={1: NOW - timedelta(hours=2)})
+    assert isinstance(reconcile(before, CONFIG)[0], Claim)
+    held = issue(1, LABELS.approved, LABELS.needs_human)
+    hold = {1: rc.Hold(rc.EDITED_AFTER_APPROVAL, NOW - timedelta(minutes=30))}
+    assert reconcile(base(held, holds=hold), CONFIG) == []  # the approval is older than the hold
+    fresh = {1: approval(1, minutes=45)}  # approved again 15 minutes ago, after the hold
+    assert reconcile(base(held, holds=hold, approvals=fresh), CONFIG) == [rc.ClearHold(1)]
+    other = {1: rc.Hold("QA asked for changes 3 rounds (cap 3)", NOW - timedelta(minutes=30))}
+    assert reconcile(base(held, holds=other, approvals=fresh), CONFIG) == []  # only edit holds lift this way
+
+
+def test_binary_files_and_bytes_count_in_the_size_policy() -> None:
+    i = issue(1, LABELS.approved, LABELS.in_progress)
+    dev = run("dev-1", Role.DEV, 1, RunState.SUCCEEDED, event_id="ev1", commits=1, lines_changed=0,
+              bytes_changed=77_000, binary_files=("logo.bin",))
+    [action] = reconcile(base(i, claims=claimed(1), runs=(dev,)), CONFIG)
+    assert isinstance(action, MarkNeedsHuman) and "binary files: logo.bin" in action.reason
+    allow = dataclasses.replace(CONFIG, policy=dataclasses.replace(CONFIG.policy, allow_binary=True,
+                                                                    max_pr_bytes=50_000))
+    [action] = reconcile(base(i, claims=claimed(1), runs=(dev,)), allow)
+    assert isinstance(action, MarkNeedsHuman) and "77000 bytes" in action.reason
+
+
+def test_a_lifted_daily_budget_lets_dispatch_go_on_for_that_day() -> None:
+    config = dataclasses.replace(CONFIG, policy=dataclasses.replace(CONFIG.policy, budget_day_usd=1.0))
+    i = issue(1, LABELS.approved)
+    spent = base(i, spend_day=Usage(cost_usd=2.0))
+    assert isinstance(reconcile(spent, config)[0], PauseForBudget)
+    lifted = base(i, spend_day=Usage(cost_usd=2.0), budget_paused_on=NOW.date(), budget_lifted_on=NOW.date())
+    assert isinstance(reconcile(lifted, config)[0], Claim)
+
+
+def test_ready_means_qa_passed_and_the_forge_says_mergeable_and_green() -> None:
+    from fleet_tui.model import CIState
+
+    clean = pull(10, 1, mergeable=True, mergeable_state="clean", ci=CIState.SUCCESS)
+    assert rc.readiness(clean, Verdict.PASS) == (True, "")
+    assert rc.readiness(dataclasses.replace(clean, mergeable=None), Verdict.PASS)[0] is False
+    assert rc.readiness(dataclasses.replace(clean, mergeable_state="dirty", mergeable=False), Verdict.PASS) == (
+        False, "conflicts with main")
+    assert rc.readiness(dataclasses.replace(clean, mergeable_state="behind"), Verdict.PASS) == (False, "behind main")
+    assert rc.readiness(dataclasses.replace(clean, ci=CIState.FAILURE, mergeable_state="blocked"),
+                        Verdict.PASS) == (False, "CI failing")
+    assert rc.readiness(dataclasses.replace(clean, ci=CIState.PENDING), Verdict.PASS) == (False, "CI pending")
+    assert rc.readiness(clean, Verdict.CHANGES) == (False, "QA asked for changes")
