@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from fleet_tui.model import Event, Notice
 from fleet_tui.runners.base import Runner
 
 log = logging.getLogger("fleet_tui.orchestrator")
+NOTICE_REPEAT_S = 60.0  # an identical notice within this window is not shown again
 
 
 def now_utc() -> datetime:
@@ -56,9 +58,22 @@ class FleetContext:
     base: str = ""
     # issues this orchestrator flagged needs-human and has not seen cleared yet
     flagged: set[int] = field(default_factory=set)
+    # since start: actions that failed and issues sent to needs-human (`--headless --once` exit codes)
+    failed_actions: int = 0
+    needs_human_raised: int = 0
+    _said: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def notice(self, message: str, level: Literal["info", "warning", "error"] = "info", bell: bool = False) -> None:
+        """Tell the operator; the same notice again within `NOTICE_REPEAT_S` is logged only, so a fault
+        that repeats every tick does not flood the console."""
         (log.warning if level != "info" else log.info)("%s", message)
+        now = time.monotonic()
+        said = self._said.get((level, message))
+        if said is not None and now - said < NOTICE_REPEAT_S:
+            return
+        if len(self._said) > 500:
+            self._said = {k: v for k, v in self._said.items() if now - v < NOTICE_REPEAT_S}
+        self._said[(level, message)] = now
         self.publish(Notice(at=self.clock(), level=level, message=message, bell=bell))
 
     # --- the journal's extras of a run: what its result means (commits, verdict, pushed, ...) ------

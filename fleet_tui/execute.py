@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+from datetime import datetime, timedelta
+from typing import Any
 
 from fleet_tui.context import FleetContext, findings_hash, short_id
 from fleet_tui.forge.base import marker
@@ -20,6 +22,8 @@ from fleet_tui.reconcile import (
     DispatchFix,
     DispatchQA,
     Kill,
+    ClearHold,
+    DispatchUpdate,
     MarkNeedsHuman,
     OpenPR,
     PauseForBudget,
@@ -33,6 +37,21 @@ from fleet_tui.roles import qa as qa_role
 from fleet_tui.supervise import RunSupervisor
 
 CLAIM_RE = re.compile(r"<!-- fleet:run=([A-Za-z0-9._-]+) -->")
+BACKOFF_BASE_S = 5.0
+BACKOFF_CAP_S = 600.0
+_ACTION_WORDS = {"OpenPR": "pushing the branch or opening the PR", "PostReview": "posting the QA review",
+                 "Claim": "claiming the issue", "DispatchDev": "starting the dev run",
+                 "DispatchFix": "starting the fix run",
+                 "DispatchQA": "starting the QA run", "DispatchUpdate": "starting the update run",
+                 "ClearHold": "lifting the hold"}
+
+
+def _failure_key(action: Action) -> str | None:
+    """The journal key that counts failures of this kind of action on its issue (None: not counted)."""
+    issue = getattr(action, "issue", None)
+    if issue is None or isinstance(action, (Kill, Cleanup)):
+        return None
+    return f"fail:{type(action).__name__}:{issue}"
 
 
 class ActionExecutor:
@@ -51,9 +70,39 @@ class ActionExecutor:
             run_id = f"{candidate}-{short_id()}"
         return run_id
 
-    async def execute(self, action: Action) -> None:
+    async def execute(self, action: Action) -> bool:
+        """Carry out `action` unless it is backing off after failures; False when it was skipped. A failure is
+        counted against the action and its issue: retries back off exponentially, and after
+        `policy.max_action_failures` the issue goes to needs-human with the last error."""
+        key = _failure_key(action)
+        record = self.ctx.journal.get_kv(key) if key else None
+        now = self.ctx.clock()
+        if record and datetime.fromisoformat(record["next_at"]) > now:
+            return False
         handler = getattr(self, f"_do_{type(action).__name__.lower()}")
-        await handler(action)
+        try:
+            await handler(action)
+        except Exception as exc:
+            self.ctx.failed_actions += 1
+            if key is None:
+                raise
+            count = int(record["count"]) + 1 if record else 1
+            delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (count - 1))
+            self.ctx.journal.set_kv(key, {"count": count, "error": str(exc)[:300],
+                                          "next_at": (now + timedelta(seconds=delay)).isoformat()})
+            issue = getattr(action, "issue", None)
+            limit = self.ctx.config.policy.max_action_failures
+            if count >= limit and issue is not None and not isinstance(action, MarkNeedsHuman):
+                self.ctx.journal.delete_kv(key)
+                name = _ACTION_WORDS.get(type(action).__name__, type(action).__name__)
+                with contextlib.suppress(Exception):
+                    await self._do_markneedshuman(MarkNeedsHuman(
+                        issue, f"{name} failed {count} times; last error: {str(exc)[:200]}",
+                        getattr(action, "pr", None)))
+            raise
+        if record:
+            self.ctx.journal.delete_kv(key)
+        return True
 
     async def _do_claim(self, action: Claim) -> None:
         number = action.issue
@@ -124,8 +173,44 @@ class ActionExecutor:
         prompt = dev_role.build_fix_prompt(issue, approvers=self.ctx.approvers, branch=action.branch,
                                            round=action.round, findings=action.findings)
         await self.supervisor.dispatch(Role.DEV, run_id, prompt, issue=action.issue, title=issue.title,
-                             branch=action.branch, attempt=action.attempt, qa_round=action.round, existing=True,
-                             pr=action.pr, extras={"event_id": action.event_id})
+                                       branch=action.branch, attempt=action.attempt, qa_round=action.round,
+                                       existing=True, pr=action.pr,
+                                       extras={"event_id": action.event_id, "kind": "fix",
+                                               "fixes_head": action.head_sha})
+
+    async def _do_dispatchupdate(self, action: DispatchUpdate) -> None:
+        claim = self.observer.claim_for(action.issue, None)
+        if claim is None:
+            return
+        issue = await self._approved_issue(action.issue, action.event_id)
+        if issue is None:
+            return
+        pull = await self.ctx.forge.get_pull(action.pr)
+        if pull.head_sha != action.head_sha:
+            return  # a newer head arrived; the next tick looks at that one
+        again = f"-a{action.attempt}" if action.attempt > 1 else ""
+        run_id = self._fresh_id(f"{claim.run_id}-u{action.round}{again}")
+
+        def prompt(ws: Any) -> str:
+            return dev_role.build_update_prompt(issue, approvers=self.ctx.approvers, branch=action.branch,
+                                                base=self.ctx.base, conflicts=getattr(ws, "conflicts", ()),
+                                                strategy=getattr(ws, "strategy", action.strategy))
+
+        self.ctx.notice(f"PR #{action.pr} {'conflicts with' if pull.mergeable_state == 'dirty' else 'is behind'} "
+                        f"{self.ctx.base}: update round {action.round}")
+        await self.supervisor.dispatch(Role.DEV, run_id, prompt, issue=action.issue, title=issue.title,
+                                       branch=action.branch, attempt=action.attempt, qa_round=0, existing=True,
+                                       pr=action.pr, update=action.strategy,
+                                       extras={"event_id": action.event_id, "kind": "update",
+                                               "fixes_head": action.head_sha})
+
+    async def _do_clearhold(self, action: ClearHold) -> None:
+        await self.ctx.forge.remove_label(action.issue, self.ctx.config.labels.needs_human)
+        self.ctx.journal.delete_kv(f"nh:{action.issue}")
+        self.ctx.flagged.discard(action.issue)
+        self.observer.forget(action.issue)
+        self.ctx.journal.append_event("hold_lifted", {"issue": action.issue})
+        self.ctx.notice(f"issue #{action.issue} was approved again after the edit; the new text stands")
 
     async def _do_dispatchqa(self, action: DispatchQA) -> None:
         issue = await self.ctx.forge.get_issue(action.issue)
@@ -176,7 +261,12 @@ class ActionExecutor:
 
     async def _do_openpr(self, action: OpenPR) -> None:
         issue = await self.ctx.forge.get_issue(action.issue)
-        head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch)
+        rewritten = bool(self.ctx.extras(action.run_id).get("rewritten"))
+        if rewritten:  # a rebased branch replaces the old head; the lease keeps anyone else's push safe
+            head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch,
+                                                    force=True)  # type: ignore[call-arg]
+        else:
+            head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch)
         pull = await self.ctx.forge.find_pull(action.branch)
         if pull is None:
             pull = await self.ctx.forge.open_pull(title=dev_role.pr_title(issue), head=action.branch,
@@ -208,7 +298,9 @@ class ActionExecutor:
         await self.ctx.forge.post_comment(
             action.issue, f"The fleet stopped on this issue and needs a human: {action.reason}.",
             dev_role.needs_human_marker(action.issue, f"{key}-{len(self.ctx.journal.approval_pins(action.issue))}"))
-        self.ctx.journal.set_kv(f"nh:{action.issue}", action.reason)
+        self.ctx.journal.set_kv(f"nh:{action.issue}", {"reason": action.reason,
+                                                       "at": self.ctx.clock().isoformat()})
+        self.ctx.needs_human_raised += 1
         self.ctx.journal.append_event("needs_human", {"issue": action.issue, "pr": action.pr, "reason": action.reason})
         self.ctx.flagged.add(action.issue)
         self.ctx.publish(NeedsHuman(at=self.ctx.clock(), issue=action.issue, pr=action.pr, reason=action.reason))
@@ -230,6 +322,7 @@ class ActionExecutor:
 
     async def _do_pauseforbudget(self, action: PauseForBudget) -> None:
         self.ctx.journal.set_kv("budget_paused_on", self.ctx.clock().date().isoformat())
+        self.ctx.journal.set_kv("budget_reason", action.reason)
         self.ctx.journal.append_event("budget_pause", {"reason": action.reason})
         self.ctx.notice(f"budget stop: {action.reason}; dispatch is paused until you resume or the day ends",
                      "error", bell=True)

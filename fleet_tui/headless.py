@@ -18,6 +18,7 @@ import anyio
 from fleet_tui.config import FleetConfig
 from fleet_tui.model import (
     Event,
+    LoopState,
     NeedsHuman,
     Notice,
     RateLimited,
@@ -59,7 +60,7 @@ def event_record(event: Event) -> dict[str, Any]:
                       tokens=run.usage.tokens, cost_usd=round(run.usage.cost_usd, 4))
     elif isinstance(event, RunLogLines):
         record.update(run_id=event.run_id, lines=[_clean(line) for line in event.lines])
-    elif isinstance(event, (NeedsHuman, Notice, RateLimited)):
+    elif isinstance(event, (NeedsHuman, Notice, RateLimited, LoopState)):
         for item in dataclasses.fields(event):
             if item.name != "at":
                 record[item.name] = _clean(getattr(event, item.name))

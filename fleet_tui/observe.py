@@ -6,14 +6,15 @@ and how a journal run becomes a `RunRecord`. Reads only, apart from pinning an a
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
 from fleet_tui.context import FleetContext
-from fleet_tui.forge.base import judge_approval, standing_label_event
-from fleet_tui.model import AgentRun, Approval, Issue, Verdict
-from fleet_tui.reconcile import ClaimRecord, Pin, RunRecord, Snapshot
+from fleet_tui.forge.base import ForgeError, judge_approval, standing_label_event
+from fleet_tui.model import AgentRun, Approval, Issue, PullRequest, Verdict
+from fleet_tui.reconcile import ClaimRecord, Hold, Pin, RunRecord, Snapshot
 
 
 class ForgeObserver:
@@ -24,10 +25,13 @@ class ForgeObserver:
         self.live_run = live_run
         self.last: Snapshot | None = None
         self._judged: dict[int, tuple[tuple[Any, ...], Approval | None]] = {}
+        self._edited: dict[int, tuple[tuple[Any, ...], datetime | None]] = {}
+        self.degraded: dict[int, str] = {}  # issues the last look could not read, and why
 
     def forget(self, issue: int) -> None:
         """Judge `issue`'s approval afresh at the next look (the operator just approved it)."""
         self._judged.pop(issue, None)
+        self._edited.pop(issue, None)
 
     async def observe(self) -> Snapshot:
         now = self.ctx.clock()
@@ -39,17 +43,26 @@ class ForgeObserver:
         approvals: dict[int, Approval] = {}
         pins: dict[tuple[int, str], Pin] = {}
         claims: dict[int, ClaimRecord] = {}
+        edits: dict[int, datetime] = {}
+        self.degraded = {}
         for number, issue in by_number.items():
             if issue.has_label(labels.approved):
-                approval = await self._judge_cached(issue)
+                try:
+                    approval = await self._judge_cached(issue)
+                    edited = await self._last_edit(issue) if approval is not None and approval.verified else None
+                except ForgeError as exc:  # this issue waits for the next look; the others go on
+                    self.degraded[number] = str(exc)
+                    continue
                 if approval is not None:
                     approvals[number] = approval
                     if approval.verified:
                         pins.update(self._pins_for(issue, approval))
+                if edited is not None:
+                    edits[number] = edited
             claim = self.claim_for(number, approvals.get(number))
             if claim is not None:
                 claims[number] = claim
-        pulls = tuple(await self.ctx.forge.list_pulls())
+        pulls = tuple(await self._pulls({claim.branch for claim in claims.values()}))
         records: dict[str, RunRecord] = {}
         for number in claims:
             retry_at = self.ctx.retry_at(number)
@@ -67,6 +80,7 @@ class ForgeObserver:
         day_start = datetime(now.year, now.month, now.day, tzinfo=UTC)
         spend_issue = {n: self.ctx.journal.spend_for_issue(n) for n in claims}
         paused_on = self.ctx.journal.get_kv("budget_paused_on")
+        lifted_on = self.ctx.journal.get_kv("budget_lifted_on")
         self.ctx.flagged = {n for n in self.ctx.flagged
                             if n in by_number and not by_number[n].has_label(labels.needs_human)}
         snapshot = Snapshot(
@@ -85,9 +99,51 @@ class ForgeObserver:
             fleet_is_separate=self.ctx.fleet_separate,
             pm_requested=bool(self.ctx.journal.get_kv("pm_requested", False)) or self._pm_due(now),
             handled=frozenset(self.ctx.flagged),
+            approvers=tuple(self.ctx.approvers),
+            edits=edits,
+            holds=self._holds(by_number),
+            budget_lifted_on=date.fromisoformat(lifted_on) if lifted_on else None,
         )
         self.last = snapshot
         return snapshot
+
+    async def _pulls(self, fleet_heads: set[str]) -> list[PullRequest]:
+        """Open PRs; full details (reviews, CI, mergeability) only for the fleet's own, where the forge can tell
+        them apart, so an idle poll does not grow with the PRs humans have open."""
+        list_pulls = self.ctx.forge.list_pulls
+        if "details_for" in inspect.signature(list_pulls).parameters:
+            return await list_pulls(details_for=fleet_heads)  # type: ignore[call-arg]
+        return await list_pulls()  # a forge that always reads every PR in full
+
+    async def _last_edit(self, issue: Issue) -> datetime | None:
+        """When the issue's title or body was last edited (None when never, or when the forge cannot say),
+        read again only when the issue changed."""
+        text_edits = getattr(self.ctx.forge, "text_edits", None)
+        if text_edits is None:
+            return None
+        key = (issue.updated_at, issue.title, issue.body)
+        cached = self._edited.get(issue.number)
+        if cached is not None and cached[0] == key and issue.updated_at is not None:
+            return cached[1]
+        found = await text_edits(issue.number)
+        last = max((edit.at for edit in found), default=None)
+        self._edited[issue.number] = (key, last)
+        return last
+
+    def _holds(self, by_number: dict[int, Issue]) -> dict[int, Hold]:
+        """The needs-human stops this fleet placed on the issues it sees labelled so."""
+        holds: dict[int, Hold] = {}
+        label = self.ctx.config.labels.needs_human
+        for number, issue in by_number.items():
+            if not issue.has_label(label):
+                continue
+            value = self.ctx.journal.get_kv(f"nh:{number}")
+            if isinstance(value, dict):
+                with contextlib.suppress(KeyError, ValueError, TypeError):
+                    holds[number] = Hold(value["reason"], datetime.fromisoformat(value["at"]))
+            elif value:  # written before holds had a time: any fresh approval is newer
+                holds[number] = Hold(str(value), datetime.min.replace(tzinfo=UTC))
+        return holds
 
     def _pm_due(self, now: datetime) -> bool:
         """Whether the PM's schedule (`policy.pm_interval_s`, 0 = off) asks for a run now."""
@@ -163,4 +219,6 @@ class ForgeObserver:
             verdict=Verdict(verdict) if verdict else None, findings=tuple(extras.get("findings", ())),
             posted=bool(extras.get("posted")), workspace=bool(extras.get("workspace")),
             interrupted=bool(extras.get("interrupted")),
+            bytes_changed=int(extras.get("bytes", 0)), binary_files=tuple(extras.get("binary", ())),
+            kind=str(extras.get("kind", "")), fixes_head=str(extras.get("fixes_head", "")),
         )

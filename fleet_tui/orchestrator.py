@@ -12,7 +12,7 @@ import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,8 @@ from fleet_tui.model import (
     Event,
     NeedsHuman,
     PullRequest,
+    LoopState,
+    PullStatus,
     RateLimited,
     RunChanged,
     RunLogLines,
@@ -45,6 +47,7 @@ from fleet_tui.reconcile import (
     Kill,
     Propose,
     Snapshot,
+    readiness,
     reconcile,
 )
 from fleet_tui.runners.base import Runner
@@ -53,6 +56,15 @@ from fleet_tui.supervise import RunSupervisor
 log = logging.getLogger("fleet_tui.orchestrator")
 
 QUEUE_LIMIT = 500  # events a subscriber may fall behind by before log lines are dropped
+MIN_TICK_S = 0.1  # the loop never ticks faster than this, however busy
+RESTART_MIN_S, RESTART_MAX_S = 5.0, 300.0  # backoff of a loop that stopped on an error
+
+
+def _reason(exc: BaseException) -> str:
+    """The message of the error that stopped the loop (the inner one of a task group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return (str(exc) or type(exc).__name__)[:300]
 _PR_ISSUE_RE = re.compile(r"<!-- fleet:issue=(\d+) -->")
 
 
@@ -163,17 +175,66 @@ class Orchestrator:
 
     # --- FleetControl: the loop ----------------------------------------------------------------------
 
+    @property
+    def failed_actions(self) -> int:
+        """Actions that failed since start (`--headless --once` exits non-zero on any)."""
+        return self.ctx.failed_actions
+
+    @property
+    def needs_human_raised(self) -> int:
+        """Issues this process sent to needs-human since start."""
+        return self.ctx.needs_human_raised
+
     async def run(self, *, once: bool = False) -> None:
-        """Run until `shutdown()`; with `once`, until nothing is left to do and no run is live."""
+        """Run until `shutdown()`; with `once`, until nothing is left to do and no run is live.
+
+        When the loop cannot go on (the Docker engine or the forge unreachable at start, a failure outside one
+        action), it says so with a `LoopState` and, unless `once`, starts again after a backoff (the restart
+        intent tries at once)."""
         self._stopping = False
+        delay = RESTART_MIN_S
+        reason = "the fleet was stopped"
+        try:
+            while True:
+                try:
+                    await self._run_loop(once=once)
+                    return
+                except Exception as exc:
+                    reason = _reason(exc)
+                    log.exception("the fleet loop stopped")
+                    if once or self._stopping:
+                        raise
+                    retry_at = self.clock() + timedelta(seconds=delay)
+                    self.publish(LoopState(at=self.clock(), state="stopped", reason=reason, retry_at=retry_at))
+                    self._wake = anyio.Event()
+                    with anyio.move_on_after(delay):
+                        await self._wake.wait()
+                    if self._stopping:
+                        return
+                    delay = min(RESTART_MAX_S, delay * 2)
+        finally:
+            self._stopping = True
+            self.publish(LoopState(at=self.clock(), state="stopped", reason=reason))
+            for sub in self._subscribers:
+                sub.closed = True
+                sub.ready.set()
+
+    async def _run_loop(self, *, once: bool) -> None:
         async with anyio.create_task_group() as tg:
             self.supervisor.bind(tg)
             try:
+                self.publish(LoopState(at=self.clock(), state="starting"))
                 await self.start()
+                self.publish(LoopState(at=self.clock(), state="running"))
+                last = -MIN_TICK_S
                 while not self._stopping:
+                    since = anyio.current_time() - last
+                    if since < MIN_TICK_S:  # however busy, never faster than this
+                        await anyio.sleep(MIN_TICK_S - since)
+                    last = anyio.current_time()
                     self._wake = anyio.Event()
                     actions = await self.tick()
-                    busy = [a for a in actions if not isinstance(a, Cleanup)]
+                    busy = [a for a in actions if not isinstance(a, (Cleanup, Kill))]
                     if once and not busy and not len(self.supervisor):
                         break  # nothing left to do and no run is live
                     if busy and not self._stopping:
@@ -181,22 +242,22 @@ class Orchestrator:
                     with anyio.move_on_after(self.config.poll_interval_s):
                         await self._wake.wait()
             finally:
-                self._stopping = True
                 self.supervisor.detach_all()  # leave the processes themselves to be re-attached
+                self.supervisor.bind(None)
                 tg.cancel_scope.cancel()
-        for sub in self._subscribers:
-            sub.closed = True
-            sub.ready.set()
 
     async def shutdown(self) -> None:
         self._stopping = True
+        self.wake()
+
+    async def restart(self) -> None:
+        """Try a stopped loop again now instead of at its next retry."""
         self.wake()
 
     async def start(self) -> None:
         """Identities, labels, and re-attachment of runs a previous process left behind."""
         if self._started:
             return
-        self._started = True
         fleet = await self.forge.fleet_identity()
         operator = await self.forge.operator_identity()
         ctx = self.ctx
@@ -205,7 +266,7 @@ class Orchestrator:
         ctx.fleet_separate = fleet.login.lower() != operator.login.lower()
         if not ctx.approvers and self.forge.kind == "local":
             ctx.approvers = [operator.login]
-        ctx.base = getattr(self.forge, "base_branch", "") or self.config.forge.base_branch or "main"
+        ctx.base = await self._base_branch()
         labels = self.config.labels
         try:
             await self.forge.ensure_labels([labels.proposed, labels.approved, labels.in_progress,
@@ -213,6 +274,21 @@ class Orchestrator:
         except ForgeError as exc:
             self.ctx.notice(f"cannot create the fleet's labels: {exc}", "warning")
         await self.supervisor.reattach()
+        self._started = True
+
+    async def _base_branch(self) -> str:
+        """`forge.base_branch`, or the default branch the forge reports; a branch the forge does not have stops
+        the loop with what to set."""
+        base = self.config.forge.base_branch
+        if not base:
+            default_branch = getattr(self.forge, "default_branch", None)
+            base = await default_branch() if default_branch is not None else ""
+            return base or getattr(self.forge, "base_branch", "") or "main"
+        branch_exists = getattr(self.forge, "branch_exists", None)
+        if branch_exists is not None and not await branch_exists(base):
+            raise ForgeError(f"the base branch {base!r} does not exist on the forge: set forge.base_branch to an "
+                             "existing branch, or leave it empty for the repository's default branch")
+        return base
 
     async def tick(self) -> list[Action]:
         """One pass: observe, reconcile, execute, publish. Errors become notices; the loop goes on."""
@@ -234,16 +310,23 @@ class Orchestrator:
             if self._stopping and isinstance(action, (Claim, DispatchDev, DispatchFix, DispatchQA, Propose)):
                 continue
             try:
-                await self.executor.execute(action)
-                executed.append(action)
+                if await self.executor.execute(action):
+                    executed.append(action)
             except Exception as exc:
                 log.exception("action %r failed", action)
                 self.ctx.notice(f"{type(action).__name__} failed: {exc}", "error")
+        for number, error in self.observer.degraded.items():
+            self.ctx.notice(f"cannot read issue #{number} this time: {error}", "warning")
         await self._publish_snapshot(snapshot)
         return executed
 
     async def _publish_snapshot(self, snapshot: Snapshot) -> None:
         labels = self.config.labels
+        today = snapshot.now.date()
+        budget_stop = ""
+        if (snapshot.budget_paused_on is not None and snapshot.budget_paused_on >= today
+                and not (snapshot.budget_lifted_on is not None and snapshot.budget_lifted_on >= today)):
+            budget_stop = str(self.journal.get_kv("budget_reason", "") or "daily budget spent")
         live = self.supervisor.live_runs()
         live_ids = {run.run_id for run in live}
         runs = tuple(live) + tuple(r.run for r in snapshot.runs if r.run_id not in live_ids)
@@ -259,9 +342,26 @@ class Orchestrator:
             needs_human=flagged,
             rate=self.forge.rate_limit,
             spend_today=snapshot.spend_day,
-            paused=snapshot.paused or (snapshot.budget_paused_on is not None
-                                       and snapshot.budget_paused_on >= snapshot.now.date()),
+            paused=snapshot.paused or budget_stop != "",
+            pull_status=self._pull_status(snapshot),
+            budget_stop=budget_stop,
         ))
+
+    def _pull_status(self, snapshot: Snapshot) -> tuple[PullStatus, ...]:
+        """Each fleet PR's QA verdict on its current head (the fleet's own, from the journal) and readiness."""
+        branches = {claim.branch: claim.issue for claim in snapshot.claims.values()}
+        found = []
+        for pull in snapshot.pulls:
+            issue = branches.get(pull.head)
+            if issue is None:
+                continue
+            on_head = [r for r in self.journal.qa_rounds(pull.number)
+                       if r.head_sha == pull.head_sha and r.verdict is not None]
+            verdict = on_head[-1].verdict if on_head else None
+            ready, why = readiness(pull, verdict)
+            found.append(PullStatus(pr=pull.number, issue=issue, verdict=verdict.value if verdict else "",
+                                    round=on_head[-1].round if on_head else 0, ready=ready, why=why))
+        return tuple(found)
 
     # --- FleetControl: operator intents ---------------------------------------------------------------
 
@@ -311,6 +411,14 @@ class Orchestrator:
 
     async def run_pm(self) -> None:
         self.journal.set_kv("pm_requested", True)
+        self.wake()
+
+    async def resume_budget(self) -> None:
+        """Lift today's budget stop: dispatch goes on for the rest of the day (run and issue budgets still hold)."""
+        self.journal.set_kv("budget_lifted_on", self.clock().date().isoformat())
+        self.journal.delete_kv("budget_paused_on")
+        self.journal.append_event("budget_lifted", {"operator": self.ctx.operator_login})
+        self.ctx.notice("budget stop lifted for today")
         self.wake()
 
     async def set_paused(self, paused: bool) -> None:

@@ -87,6 +87,8 @@ class RunSupervisor:
             if run is not None and run.state.live:
                 self.end_lost(dataclasses.replace(run, reason=reason), reason)
             return
+        if live.kill is not None:
+            return  # a stop is already under way: never issue it twice
         live.kill = (state, reason)
         self.ctx.notice(f"stopping run {run_id}: {reason}", "warning")
         if live.tests is not None:
@@ -141,9 +143,11 @@ class RunSupervisor:
         self.ctx.journal.upsert_run(ended)
         self.ctx.publish(RunChanged(at=self.ctx.clock(), run=ended))
 
-    async def dispatch(self, role: Role, run_id: str, prompt: str, *, issue: int | None, title: str,
-                        branch: str, attempt: int, qa_round: int, existing: bool, pr: int | None = None,
-                        extras: dict[str, Any] | None = None) -> None:
+    async def dispatch(self, role: Role, run_id: str, prompt: str | Callable[[Any], str], *, issue: int | None,
+                       title: str, branch: str, attempt: int, qa_round: int, existing: bool, pr: int | None = None,
+                       update: str | None = None, extras: dict[str, Any] | None = None) -> None:
+        """Start a run. `prompt` may be a function of the workspace (an update round names the files that
+        conflict); `update` ("merge" | "rebase") brings the fresh base into an existing branch first."""
         role_cfg = getattr(self.ctx.config.roles, role.value)
         engine = self._engine_factory(role_cfg.engine, self.ctx.config)
         run = AgentRun(run_id=run_id, role=role, issue=issue, state=RunState.QUEUED, pr=pr, branch=branch,
@@ -152,7 +156,7 @@ class RunSupervisor:
         self.ctx.journal.upsert_run(run)
         self.ctx.set_extras(run_id, **(extras or {}))
         try:
-            await self._start_run(run, role_cfg, engine, prompt, title=title, existing=existing)
+            await self._start_run(run, role_cfg, engine, prompt, title=title, existing=existing, update=update)
         except BaseException as exc:
             if run_id not in self._live:
                 failed = dataclasses.replace(run, state=RunState.FAILED, ended_at=self.ctx.clock(),
@@ -162,11 +166,17 @@ class RunSupervisor:
                 self.ctx.publish(RunChanged(at=self.ctx.clock(), run=failed))
             raise
 
-    async def _start_run(self, run: AgentRun, role_cfg: Any, engine: Any, prompt: str, *, title: str,
-                         existing: bool) -> None:
+    async def _start_run(self, run: AgentRun, role_cfg: Any, engine: Any, prompt: str | Callable[[Any], str], *,
+                         title: str, existing: bool, update: str | None) -> None:
         run_id, role, issue, branch = run.run_id, run.role, run.issue, run.branch
-        ws = await self.ctx.workspaces.create(run_id, self.ctx.repo_path, issue=issue, title=title, base=self.ctx.base,
-                                          branch=branch, existing=existing)
+        # the base (and the branch) as the forge has them now, never the operator's working tree
+        git_source = getattr(self.ctx.forge, "git_source", None)
+        source: Any = await git_source() if git_source is not None else self.ctx.repo_path
+        more: dict[str, Any] = {"update": update} if update else {}
+        ws = await self.ctx.workspaces.create(run_id, source, issue=issue, title=title, base=self.ctx.base,
+                                              branch=branch, existing=existing, **more)
+        if callable(prompt):
+            prompt = prompt(ws)
         if role == Role.DEV:
             from fleet_tui.workspace import CommittingEngine
 
@@ -279,7 +289,9 @@ class RunSupervisor:
             if state == RunState.SUCCEEDED and run.role == Role.DEV:
                 made = await self.ctx.workspaces.collect(ws, base=self.ctx.base)
                 extras.update(commits=len(made.commits), lines=made.lines_changed, files=list(made.paths),
-                              head_sha=made.head_sha)
+                              head_sha=made.head_sha, bytes=int(getattr(made, "bytes_changed", 0)),
+                              binary=list(getattr(made, "binary_files", ())),
+                              rewritten=bool(getattr(made, "rewritten", False)))
                 if not made.commits:
                     state, reason = RunState.FAILED, "the run made no commits"
             elif state == RunState.SUCCEEDED and run.role == Role.QA:

@@ -382,10 +382,15 @@ def test_headless_stops_cleanly_on_sigterm(tmp_path: Path, repo: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "fleet_tui", "--config", str(config), "--repo", str(repo),
                              "--headless"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        ready, _, _ = select.select([proc.stdout], [], [], LIMIT_S)
-        assert ready, "no event line within the limit"
-        first = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
-        assert first["event"] == "SnapshotPublished"
+        seen = []
+        while "SnapshotPublished" not in seen:  # the loop says it is starting and running, then the first view
+            ready, _, _ = select.select([proc.stdout], [], [], LIMIT_S)
+            assert ready, f"no event line within the limit after {seen}"
+            record = json.loads(proc.stdout.readline())  # type: ignore[union-attr]
+            seen.append(record["event"])
+            if record["event"] == "LoopState":
+                assert record["state"] in ("starting", "running"), record
+        assert seen[0] == "LoopState" and seen.count("LoopState") == 2, seen  # starting, then running
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=LIMIT_S)
     finally:
