@@ -653,6 +653,12 @@ class Journal:
             conn.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
                          "excluded.value", (key, payload))
 
+    def kv_keys(self, prefix: str = "") -> list[str]:
+        """The keys of saved flags that start with `prefix`."""
+        rows = self._db().execute("SELECT key FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",
+                                  (len(prefix), prefix)).fetchall()
+        return [row[0] for row in rows]
+
     @_guarded("delete a flag")
     def delete_kv(self, key: str) -> None:
         with self._write() as conn:
