@@ -142,7 +142,7 @@ class Changes:
     uncommitted: tuple[str, ...] = ()  # paths changed in the work tree but not committed
     head_sha: str = ""
     bytes_changed: int = 0  # text files: bytes of added and removed lines; binary files: the new blob's size
-    binary_files: tuple[str, ...] = ()  # paths git treats as binary (numstat `-`), added, changed or deleted
+    binary_files: tuple[str, ...] = ()  # paths git treats as binary (numstat `-`) the branch adds or changes
     rewritten: bool = False  # the head does not descend from the branch as last known: push with force
     unresolved: tuple[str, ...] = ()  # conflicted paths of an update that still hold conflict markers
     base_sha: str = ""  # what the size is measured against: the merge base with the fresh base branch
@@ -396,31 +396,32 @@ class WorkspaceManager:
             additions += int(added) if added.isdigit() else 0
             deletions += int(deleted) if deleted.isdigit() else 0
             paths.append(path)
-        size = await _patch_bytes(self.mirror, since, head) + await self._blob_bytes(since, head, set(binary))
+        binaries = await self._blob_sizes(since, head, set(binary))  # a deleted binary file adds nothing
+        size = await _patch_bytes(self.mirror, since, head) + sum(binaries.values())
         unresolved = await self._with_markers(head, ws.conflicts) if ws.conflicts else ()
         previous = await self._mirror_sha(ws.branch)
         rewritten = bool(previous) and previous != head and not await self._is_ancestor(previous, head)
         await git("update-ref", f"refs/heads/{ws.branch}", head, cwd=self.mirror)
         return Changes(commits, additions, deletions, len(paths), tuple(sorted(paths)), (), head,
-                       bytes_changed=size, binary_files=tuple(sorted(binary)), rewritten=rewritten,
+                       bytes_changed=size, binary_files=tuple(sorted(binaries)), rewritten=rewritten,
                        unresolved=unresolved, base_sha=since)
 
-    async def _blob_bytes(self, since: str, head: str, paths: set[str]) -> int:
-        """The sizes of the blobs `paths` have at `head` (0 for a deleted one)."""
+    async def _blob_sizes(self, since: str, head: str, paths: Collection[str]) -> dict[str, int]:
+        """The sizes of the blobs those of `paths` still present at `head` have there."""
         if not paths:
-            return 0
+            return {}
         raw = await git("diff", "--raw", "-z", "--no-renames", "--no-abbrev", since, head, cwd=self.mirror)
         fields = raw.split("\0")
-        shas = []
+        blobs: dict[str, str] = {}
         for meta, path in zip(fields[0::2], fields[1::2]):
             parts = meta.split()
             if path in paths and len(parts) >= 4 and parts[3] != _NULL_SHA:
-                shas.append(parts[3])
-        if not shas:
-            return 0
+                blobs[path] = parts[3]
+        if not blobs:
+            return {}
         sizes = await git("cat-file", "--batch-check=%(objectsize)", cwd=self.mirror,
-                          input=("\n".join(shas) + "\n").encode())
-        return sum(int(line) for line in sizes.split() if line.isdigit())
+                          input="".join(f"{sha}\n" for sha in blobs.values()).encode())
+        return {path: int(size) for path, size in zip(blobs, sizes.split()) if size.isdigit()}
 
     async def _with_markers(self, head: str, paths: tuple[str, ...]) -> tuple[str, ...]:
         """Which of `paths` still hold a conflict marker line at `head`."""

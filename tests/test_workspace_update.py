@@ -297,6 +297,17 @@ async def test_one_nul_byte_makes_a_77_kb_file_binary_and_it_counts_by_its_size(
 
 
 @pytest.mark.anyio
+async def test_deleting_a_binary_file_is_not_adding_one(tmp_path: Path, human: Path, source: Source) -> None:
+    land(human, "main", "logo.bin", "\0" * 5000, "A logo")
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    ws = await manager.create("run-1", source, issue=1, title="Drop the logo")
+    sh("git", "rm", "-q", "logo.bin", cwd=ws.repo)
+    sh("git", "commit", "-qm", "Drop the logo", cwd=ws.repo)
+    changes = await manager.collect(ws)
+    assert changes.paths == ("logo.bin",) and changes.binary_files == () and changes.bytes_changed == 0
+
+
+@pytest.mark.anyio
 async def test_text_counts_the_bytes_of_lines_added_and_removed(tmp_path: Path, human: Path,
                                                                 source: Source) -> None:
     header_like = "-- a/looks-like-a-header\n"  # removed, it reads "--- a/..." in a patch
