@@ -13,6 +13,11 @@ import pytest
 from fleet_tui.engines.base import Invocation
 from fleet_tui.workspace import WorkspaceError, WorkspaceManager, _LineBytes, commit_after
 
+try:  # the Docker engine and test image fixtures, for the one test that runs a sandbox
+    from test_runner_docker import engine_ready, runner  # noqa: F401
+except ImportError:  # pragma: no cover - the docker SDK is a dependency; keep the other tests runnable
+    pass
+
 SECRET = "Bearer s3cr3t-token-never-written"
 FORGE_URL = "https://forge.invalid/acme/app.git"
 AUTHOR = ("fleet agent", "agent@localhost")
@@ -330,3 +335,38 @@ def test_line_bytes_do_not_depend_on_how_the_stream_is_cut() -> None:
     for i in range(len(patch)):
         split.feed(patch[i:i + 1])
     assert whole.close() == split.close() == len(b"-- a/x\n") + len(b"old\n") + len(b"new line\n")
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_in_the_sandbox_the_agent_resolves_and_the_final_commit_concludes_the_merge(
+        tmp_path: Path, forge: Path, human: Path, source: Source, runner) -> None:  # type: ignore[no-untyped-def]
+    from test_agents import ListLog, ShellEngine
+
+    from fleet_tui.agents import AgentSupervisor
+    from fleet_tui.engines.base import Task
+    from fleet_tui.model import Role, RunState
+    from fleet_tui.workspace import CommittingEngine
+
+    first = WorkspaceManager(tmp_path / "workspaces")  # the first run's clone stays the host user's, to commit in
+    branch = await pushed_fleet_branch(first, source, forge, text="def greet():\n    return 'HELLO'\n")
+    manager = WorkspaceManager(tmp_path / "workspaces", owner=(1000, 1000) if os.geteuid() == 0 else None,
+                               author=AUTHOR)
+    base_sha = land(human, "main", "app.py", "def greet():\n    return 'hi'\n", "Conflicting PR")
+    ws = await manager.create(f"update-{os.getpid()}", source, branch=branch, existing=True, update="merge")
+    assert ws.conflicts == ("app.py",)
+
+    resolve = "printf \"def greet():\\n    return 'HI'\\n\" > app.py"  # the agent edits and leaves it there
+    engine = CommittingEngine(ShellEngine(resolve), "Work on #1", AUTHOR)
+    log = ListLog()
+    supervisor = AgentSupervisor(runner, engine, log=log)
+    task = Task(run_id=ws.run_id, role=Role.DEV, prompt="resolve the conflicts", issue=1)
+    outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
+    assert outcome.state is RunState.SUCCEEDED, log.lines
+
+    changes = await manager.collect(ws)
+    head = changes.head_sha
+    assert sh("git", "rev-list", "--parents", "-n", "1", head, cwd=manager.mirror).split()[1:] == [ws.start_sha,
+                                                                                                  base_sha]
+    assert sh("git", "show", f"{head}:app.py", cwd=manager.mirror) == "def greet():\n    return 'HI'"
+    assert changes.unresolved == () and changes.base_sha == base_sha and not changes.rewritten
