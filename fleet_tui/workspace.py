@@ -246,9 +246,7 @@ class WorkspaceManager:
                          check=False)
 
     async def _is_ancestor(self, older: str, newer: str) -> bool:
-        done = await anyio.run_process(["git", "merge-base", "--is-ancestor", older, newer], cwd=str(self.mirror),
-                                       env=git_env(), check=False)
-        return done.returncode == 0
+        return await _git_ok(self.mirror, "merge-base", "--is-ancestor", older, newer)
 
     async def create(self, run_id: str, source: str | Path | GitSourceLike, *, issue: int | None = None,
                      title: str = "", base: str = "", branch: str = "", existing: bool = False,

@@ -161,6 +161,25 @@ async def test_a_fix_round_starts_from_the_branch_as_the_forge_has_it(tmp_path: 
 
 
 @pytest.mark.anyio
+async def test_work_collected_but_not_yet_pushed_is_kept_and_a_forced_push_on_the_forge_wins(
+        tmp_path: Path, forge: Path, human: Path, source: Source) -> None:
+    manager = WorkspaceManager(tmp_path / "workspaces")
+    branch = await pushed_fleet_branch(manager, source, forge, text="def greet():\n    return 'HELLO'\n")
+    round_1 = await manager.create("fix-1", source, branch=branch, existing=True)
+    collected = commit(round_1.repo, "fix.py", "x = 1\n", "Round 1")
+    await manager.collect(round_1)  # not pushed: the forge is behind the mirror
+    round_2 = await manager.create("fix-2", source, branch=branch, existing=True)
+    assert round_2.start_sha == collected
+
+    sh("git", "fetch", "-q", "origin", cwd=human)
+    sh("git", "checkout", "-q", "-B", branch, "origin/main", cwd=human)
+    rewritten = commit(human, "mine.py", "z = 0\n", "Started over")
+    sh("git", "push", "-q", "--force", "origin", branch, cwd=human)
+    round_3 = await manager.create("fix-3", source, branch=branch, existing=True)
+    assert round_3.start_sha == rewritten
+
+
+@pytest.mark.anyio
 async def test_bad_sources_and_names_are_clear_errors(tmp_path: Path, source: Source) -> None:
     manager = WorkspaceManager(tmp_path / "workspaces")
     with pytest.raises(WorkspaceError, match="base branch 'develop' is not on https://forge.invalid"):
