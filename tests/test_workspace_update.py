@@ -13,10 +13,7 @@ import pytest
 from fleet_tui.engines.base import Invocation
 from fleet_tui.workspace import WorkspaceError, WorkspaceManager, _LineBytes, commit_after
 
-try:  # the Docker engine and test image fixtures, for the one test that runs a sandbox
-    from test_runner_docker import engine_ready, runner  # noqa: F401
-except ImportError:  # pragma: no cover - the docker SDK is a dependency; keep the other tests runnable
-    pass
+IMAGE = "fleet-test:latest"
 
 SECRET = "Bearer s3cr3t-token-never-written"
 FORGE_URL = "https://forge.invalid/acme/app.git"
@@ -356,10 +353,33 @@ def test_line_bytes_do_not_depend_on_how_the_stream_is_cut() -> None:
     assert whole.close() == split.close() == len(b"-- a/x\n") + len(b"old\n") + len(b"new line\n")
 
 
+@pytest.fixture
+def sandbox():  # type: ignore[no-untyped-def]
+    """The Docker runner on the test image; each run's container is removed by its supervisor."""
+    from conftest import in_ci
+
+    from fleet_tui.config import RunnerConfig
+    from fleet_tui.runners.docker import DockerRunner
+
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+        client.images.get(IMAGE)
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - any failure means there is nothing to run in
+        if in_ci():
+            pytest.fail(f"Docker tests must run under CI=true: {exc}")
+        pytest.skip(f"no Docker engine with {IMAGE}: {exc}")
+    return DockerRunner(RunnerConfig(kind="docker", image=IMAGE, memory="256m", cpus=1.0, pids=64),
+                        labels={"fleet.test": "1"}, grace_s=1)
+
+
 @pytest.mark.docker
 @pytest.mark.anyio
 async def test_in_the_sandbox_the_agent_resolves_and_the_final_commit_concludes_the_merge(
-        tmp_path: Path, forge: Path, human: Path, source: Source, runner) -> None:  # type: ignore[no-untyped-def]
+        tmp_path: Path, forge: Path, human: Path, source: Source, sandbox) -> None:  # type: ignore[no-untyped-def]
     from test_agents import ListLog, ShellEngine
 
     from fleet_tui.agents import AgentSupervisor
@@ -378,7 +398,7 @@ async def test_in_the_sandbox_the_agent_resolves_and_the_final_commit_concludes_
     resolve = "printf \"def greet():\\n    return 'HI'\\n\" > app.py"  # the agent edits and leaves it there
     engine = CommittingEngine(ShellEngine(resolve), "Work on #1", AUTHOR)
     log = ListLog()
-    supervisor = AgentSupervisor(runner, engine, log=log)
+    supervisor = AgentSupervisor(sandbox, engine, log=log)
     task = Task(run_id=ws.run_id, role=Role.DEV, prompt="resolve the conflicts", issue=1)
     outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
     assert outcome.state is RunState.SUCCEEDED, log.lines
