@@ -37,6 +37,10 @@ def source(tmp_path: Path) -> Path:
     return repo
 
 
+def run(invocation, cwd: Path) -> int:  # type: ignore[no-untyped-def]
+    return subprocess.run(list(invocation.argv), cwd=cwd, env={**os.environ, **invocation.env}, check=False).returncode
+
+
 def commit(repo: Path, path: str, text: str, message: str) -> None:
     (repo / path).parent.mkdir(parents=True, exist_ok=True)
     (repo / path).write_text(text)
@@ -153,8 +157,7 @@ async def test_commit_after_commits_what_the_agent_left_inside_the_same_process(
     ws = await manager.create("run-5", source, issue=5, title="Edit without committing")
     edit = Invocation(argv=("sh", "-c", "echo more >> README.md; echo new > new.txt; exit 3"))
     wrapped = commit_after(edit, "Work on #5", ("fleet agent", "agent@localhost"))
-    result = subprocess.run(list(wrapped.argv), cwd=ws.repo, env={**os.environ, **wrapped.env}, check=False)
-    assert result.returncode == 3  # the agent's own exit code is kept
+    assert run(wrapped, ws.repo) == 3  # the agent's own exit code is kept
     changes = await manager.collect(ws, base="main")
     assert [c.subject for c in changes.commits] == ["Work on #5"]
     assert changes.paths == ("README.md", "new.txt")
@@ -165,8 +168,10 @@ async def test_create_refuses_bad_run_ids_and_leaves_nothing_behind_on_failure(t
     manager = WorkspaceManager(tmp_path / "workspaces")
     with pytest.raises(WorkspaceError):
         await manager.create("../escape", source, issue=1)
-    with pytest.raises(GitError):
+    with pytest.raises(WorkspaceError, match="fleet/9-missing"):
         await manager.create("run-3", source, branch="fleet/9-missing", existing=True)
+    with pytest.raises(WorkspaceError, match="base branch 'trunk'"):
+        await manager.create("run-3", source, issue=1, base="trunk")
     assert not (tmp_path / "workspaces" / "run-3").exists()
 
 
