@@ -194,7 +194,8 @@ class ActionExecutor:
         def prompt(ws: Any) -> str:
             return dev_role.build_update_prompt(issue, approvers=self.ctx.approvers, branch=action.branch,
                                                 base=self.ctx.base, conflicts=getattr(ws, "conflicts", ()),
-                                                strategy=getattr(ws, "strategy", action.strategy))
+                                                strategy=getattr(ws, "update", "") or action.strategy,
+                                                note=getattr(ws, "update_note", ""))
 
         self.ctx.notice(f"PR #{action.pr} {'conflicts with' if pull.mergeable_state == 'dirty' else 'is behind'} "
                         f"{self.ctx.base}: update round {action.round}")

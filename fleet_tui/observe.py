@@ -221,4 +221,5 @@ class ForgeObserver:
             interrupted=bool(extras.get("interrupted")),
             bytes_changed=int(extras.get("bytes", 0)), binary_files=tuple(extras.get("binary", ())),
             kind=str(extras.get("kind", "")), fixes_head=str(extras.get("fixes_head", "")),
+            unresolved=tuple(extras.get("unresolved", ())),
         )

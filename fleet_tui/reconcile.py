@@ -80,6 +80,7 @@ class RunRecord:
     binary_files: tuple[str, ...] = ()  # dev: paths git treats as binary
     kind: str = ""  # dev: "fix" (review findings) or "update" (fresh base brought in); "" for the first run
     fixes_head: str = ""  # fix/update runs: the PR head they act on
+    unresolved: tuple[str, ...] = ()  # dev: files still holding conflict markers at its head
 
     @property
     def run_id(self) -> str:
@@ -262,8 +263,11 @@ def protected_hits(files: tuple[str, ...] | list[str], policy: PolicyConfig) -> 
 
 
 def policy_problem(lines: int, files: tuple[str, ...] | list[str], policy: PolicyConfig, *,
-                   bytes_changed: int = 0, binary: tuple[str, ...] | list[str] = ()) -> str:
+                   bytes_changed: int = 0, binary: tuple[str, ...] | list[str] = (),
+                   unresolved: tuple[str, ...] | list[str] = ()) -> str:
     """Why a diff may not go to a human as a ready PR; empty when it may."""
+    if unresolved:
+        return "conflict markers left in: " + ", ".join(sorted(unresolved)[:10])
     if lines > policy.max_pr_lines:
         return f"diff of {lines} lines is over the policy cap of {policy.max_pr_lines}"
     if bytes_changed > policy.max_pr_bytes:
@@ -507,7 +511,7 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         if unpushed:
             rec = max(unpushed, key=lambda r: (r.run.qa_round, r.run.attempt))
             problem = policy_problem(rec.lines_changed, rec.files, policy, bytes_changed=rec.bytes_changed,
-                                     binary=rec.binary_files)
+                                     binary=rec.binary_files, unresolved=rec.unresolved)
             if problem:
                 needs_human(number, problem, pull.number if pull else None)
             else:

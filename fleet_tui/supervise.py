@@ -291,7 +291,8 @@ class RunSupervisor:
                 extras.update(commits=len(made.commits), lines=made.lines_changed, files=list(made.paths),
                               head_sha=made.head_sha, bytes=int(getattr(made, "bytes_changed", 0)),
                               binary=list(getattr(made, "binary_files", ())),
-                              rewritten=bool(getattr(made, "rewritten", False)))
+                              rewritten=bool(getattr(made, "rewritten", False)),
+                              unresolved=list(getattr(made, "unresolved", ())))
                 if not made.commits:
                     state, reason = RunState.FAILED, "the run made no commits"
             elif state == RunState.SUCCEEDED and run.role == Role.QA:

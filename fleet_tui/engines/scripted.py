@@ -9,7 +9,8 @@ through `Invocation.files`, so it works in any container with python3 and git. T
 A step is one object with one action: {"print": "line" | ["lines"], "interval": s, "stream": "out"|"err"},
 {"sleep": s}, {"write": "path", "content": "..."}, {"append": "path", "content": "..."}, {"commit": "msg"},
 {"usage": {"input_tokens", "output_tokens", "cached_tokens", "cost_usd"}} (added to the run's totals),
-{"final": "message"}, {"exit": code}. Strings may use {issue}, {title}, {role}, {round}, {run_id}, {branch}.
+{"final": "message"}, {"exit": code}, {"resolve": "union"} (settle conflicted files keeping both sides, as an
+update round needs). Strings may use {issue}, {title}, {role}, {round}, {run_id}, {branch}.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from fleet_tui.model import Role, Usage
 
 AGENT_FILE = "scripted_agent.py"
 SCRIPT_FILE = "script.json"
-ACTIONS = ("print", "sleep", "write", "append", "commit", "usage", "final", "exit")
+ACTIONS = ("print", "sleep", "write", "append", "commit", "resolve", "usage", "final", "exit")
 _OPTIONS = {"print": {"interval", "stream"}, "write": {"content"}, "append": {"content"}}
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cached_tokens", "cost_usd")
 _FIELD_RE = re.compile(r"\{(issue|title|role|round|run_id|branch)\}")
@@ -72,6 +73,7 @@ def _demo_script() -> dict[str, Any]:
             {"final": "I propose these issues:\n\n```json\n" + json.dumps(proposals, indent=2) + "\n```\n"},
         ],
         "dev": [
+            {"resolve": "union"},  # an update round: the base's CHANGELOG lines and ours both stay
             {"print": work[:4], "interval": 0.2},
             {"write": "notes/issue-{issue}.md",
              "content": "# #{issue}: {title}\n\nHandled by the scripted demo agent (round {round}).\n"},

@@ -42,6 +42,18 @@ def git(workdir: Path, *args: str) -> int:
     return proc.returncode
 
 
+def resolve_union(workdir: Path) -> None:
+    """Settle every conflicted file by keeping both sides (what a person does with two appended lines)."""
+    listed = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"], cwd=workdir, capture_output=True,
+                            text=True, check=False).stdout.split()
+    for name in listed:
+        path = inside(workdir, name)
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if not line.startswith(("<<<<<<< ", "=======", ">>>>>>> ", "||||||| "))]
+        path.write_text("".join(kept), encoding="utf-8")
+        log(f"resolved {name} keeping both sides")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: scripted_agent.py SCRIPT.json", file=sys.stderr)
@@ -75,6 +87,8 @@ def main(argv: list[str]) -> int:
             if git(workdir, "add", "-A") == 0:
                 git(workdir, "commit", "-q", "-m", str(step["commit"]))
                 git(workdir, "log", "-1", "--format=committed %h %s")
+        elif "resolve" in step:
+            resolve_union(workdir)
         elif "usage" in step:
             for key in totals:
                 totals[key] += step["usage"].get(key, 0)

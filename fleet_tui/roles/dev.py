@@ -51,7 +51,7 @@ def build_fix_prompt(issue: Issue, *, approvers: Sequence[str], branch: str, rou
 
 
 def build_update_prompt(issue: Issue, *, approvers: Sequence[str], branch: str, base: str,
-                        conflicts: Sequence[str] = (), strategy: str = "merge") -> str:
+                        conflicts: Sequence[str] = (), strategy: str = "merge", note: str = "") -> str:
     """An update round: the base moved on and the PR conflicts with it or is behind it. The fresh base is
     already brought in (a merge in progress when it conflicts); the agent resolves and commits."""
     how = "merged into this branch" if strategy == "merge" else "rebased under this branch"
@@ -59,10 +59,13 @@ def build_update_prompt(issue: Issue, *, approvers: Sequence[str], branch: str, 
         listed = "\n".join(f"- {for_prompt(path).strip()}" for path in conflicts[:200])
         task = (f"The latest {for_prompt(base)} was {how}, and these files have conflicts (conflict markers "
                 "in the files):\n" + quote_block(listed, 10_000) + "\nResolve every conflict keeping the intent "
-                "of both sides, remove every conflict marker, run the tests and commit the result.")
+                "of both sides, remove every conflict marker, run the tests and commit the result: a merge is in "
+                "progress, and your commit concludes it.")
     else:
         task = (f"The latest {for_prompt(base)} was {how} without conflicts. Run the tests, fix what the new "
                 "base broke, and commit; if nothing broke, change nothing.")
+    if note:
+        task += f"\n({for_prompt(note)})"
     return build_prompt(issue, approvers=approvers, branch=branch, base=base) + "\nUpdate round: " + task + "\n"
 
 
