@@ -62,6 +62,7 @@ class ActionExecutor:
         self.observer = observer
         self.pm_mode = pm_mode
         self.supervisor: RunSupervisor  # set by the orchestrator (the supervisor hands PM results back here)
+        self.next_retry: datetime | None = None  # the earliest moment a backing-off action may run again
 
     def _fresh_id(self, candidate: str) -> str:
         """`candidate`, unless the journal already holds a run by that name (after a retry)."""
@@ -77,7 +78,8 @@ class ActionExecutor:
         key = _failure_key(action)
         record = self.ctx.journal.get_kv(key) if key else None
         now = self.ctx.clock()
-        if record and datetime.fromisoformat(record["next_at"]) > now:
+        if record and (retry := datetime.fromisoformat(record["next_at"])) > now:
+            self.next_retry = min(self.next_retry or retry, retry)
             return False
         handler = getattr(self, f"_do_{type(action).__name__.lower()}")
         try:
@@ -88,11 +90,13 @@ class ActionExecutor:
                 raise
             count = int(record["count"]) + 1 if record else 1
             delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (count - 1))
-            self.ctx.journal.set_kv(key, {"count": count, "error": str(exc)[:300],
-                                          "next_at": (now + timedelta(seconds=delay)).isoformat()})
+            retry = now + timedelta(seconds=delay)
+            self.ctx.journal.set_kv(key, {"count": count, "error": str(exc)[:300], "next_at": retry.isoformat()})
             issue = getattr(action, "issue", None)
             limit = self.ctx.config.policy.max_action_failures
-            if count >= limit and issue is not None and not isinstance(action, MarkNeedsHuman):
+            if count < limit:
+                self.next_retry = min(self.next_retry or retry, retry)
+            elif issue is not None and not isinstance(action, MarkNeedsHuman):
                 self.ctx.journal.delete_kv(key)
                 name = _ACTION_WORDS.get(type(action).__name__, type(action).__name__)
                 with contextlib.suppress(Exception):

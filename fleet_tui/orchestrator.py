@@ -233,13 +233,18 @@ class Orchestrator:
                         await anyio.sleep(MIN_TICK_S - since)
                     last = anyio.current_time()
                     self._wake = anyio.Event()
+                    self.executor.next_retry = None
                     actions = await self.tick()
                     busy = [a for a in actions if not isinstance(a, (Cleanup, Kill))]
-                    if once and not busy and not len(self.supervisor):
-                        break  # nothing left to do and no run is live
+                    retry = self.executor.next_retry
+                    if once and not busy and not len(self.supervisor) and retry is None:
+                        break  # nothing left to do, nothing waiting to be retried, and no run is live
                     if busy and not self._stopping:
                         continue  # act on the consequences at once
-                    with anyio.move_on_after(self.config.poll_interval_s):
+                    wait = self.config.poll_interval_s
+                    if retry is not None:  # wake when a backing-off action may run again
+                        wait = min(wait, max(MIN_TICK_S, (retry - self.clock()).total_seconds()))
+                    with anyio.move_on_after(wait):
                         await self._wake.wait()
             finally:
                 self.supervisor.detach_all()  # leave the processes themselves to be re-attached

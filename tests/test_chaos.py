@@ -112,9 +112,16 @@ def test_sigkill_at_thirty_random_moments_loses_and_repeats_nothing(tmp_path: Pa
     rng = random.Random(SEED)
     log = tmp_path / "headless.log"
     for _ in range(KILLS):
+        running = log.read_bytes().count(b'"LoopState", "state": "running"') if log.exists() else 0
         proc = start(repo, config, log)
+        # the moment of the kill counts from the loop running (start-up time varies with the machine's load),
+        # bounded, never a wait for work
+        deadline = time.monotonic() + 20
+        while (proc.poll() is None and time.monotonic() < deadline
+               and log.read_bytes().count(b'"LoopState", "state": "running"') <= running):
+            time.sleep(0.02)
         try:
-            proc.wait(timeout=rng.uniform(0.3, 2.8))  # the moment of the kill: bounded, never a wait for work
+            proc.wait(timeout=rng.uniform(0.3, 2.8))
         except subprocess.TimeoutExpired:
             pass
         proc.send_signal(signal.SIGKILL)

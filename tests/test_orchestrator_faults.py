@@ -23,44 +23,31 @@ from test_orchestrator import (  # noqa: F401 - the fixtures are used by name
 )
 
 
-def _expire_backoff(orch: Any) -> None:
-    """Move every backing-off action's next try to the past, as if its backoff had run out."""
-    for key in orch.journal.kv_keys("fail:"):
-        record = orch.journal.get_kv(key)
-        record["next_at"] = "2000-01-01T00:00:00+00:00"
-        orch.journal.set_kv(key, record)
-
-
 @pytest.mark.anyio
 async def test_a_push_that_keeps_failing_backs_off_then_goes_to_needs_human_with_the_error(
-        tmp_path: Path, repo: Path) -> None:
+        tmp_path: Path, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fleet_tui.execute.BACKOFF_BASE_S", 0.3)
     config = make_config(tmp_path, max_action_failures=3)
     async with fleet(tmp_path, repo, config) as orch:
-        calls = 0
+        tries: list[float] = []
 
         async def refuse(*args: Any, **kwargs: Any) -> str:
-            nonlocal calls
-            calls += 1
+            tries.append(anyio.current_time())
             raise ForgeError("push refused: the remote hung up")
 
         orch.forge.push_branch = refuse  # type: ignore[method-assign]
         number = await approve_new_issue(orch)
-        await run_once(orch)
-        assert calls == 1
-        await run_once(orch)  # still backing off: no second try yet
-        assert calls == 1
-        for expected in (2, 3):
-            _expire_backoff(orch)
-            await run_once(orch)
-            assert calls == expected
+        await run_once(orch)  # --once waits out each backoff, so it ends only when the issue is settled
+        assert len(tries) == 3
+        first, second = tries[1] - tries[0], tries[2] - tries[1]
+        assert first >= 0.3 and second >= 0.6  # exponential, never a busy retry
         issue = await orch.forge.get_issue(number)
         assert issue.has_label(orch.config.labels.needs_human)
         said = [c.body for c in issue.comments if "needs a human" in c.body]
         assert said and "failed 3 times; last error: push refused: the remote hung up" in said[-1]
         assert orch.failed_actions == 3 and orch.needs_human_raised == 1
-        _expire_backoff(orch)
         await run_once(orch)
-        assert calls == 3  # held: the fleet does not try again until a human retries
+        assert len(tries) == 3  # held: the fleet does not try again until a human retries
 
 
 @pytest.mark.anyio
