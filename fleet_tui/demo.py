@@ -139,5 +139,34 @@ def demo_config(repo: Path, state_dir: Path) -> FleetConfig:
     )
 
 
+DEMO_PREFIX = "fleet-demo-"
+DEMO_KEEP_S = 24 * 3600  # a demo directory untouched for this long is removed by the next `--demo`
+
+
 def demo_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    """A fresh directory for this demo, after removing this user's demo directories left for over a day."""
+    remove_old_demos(Path(tempfile.gettempdir()))
+    return Path(tempfile.mkdtemp(prefix=DEMO_PREFIX))
+
+
+def remove_old_demos(root: Path, *, now: float | None = None) -> list[Path]:
+    """Remove `root`'s demo directories of this user where nothing changed for `DEMO_KEEP_S` (a demo that is
+    still open keeps writing its journal, so it is never old). Returns what was removed."""
+    import os
+    import shutil
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    for path in root.glob(DEMO_PREFIX + "*"):
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            newest = max((p.stat().st_mtime for p in path.rglob("*") if not p.is_symlink()),
+                         default=path.stat().st_mtime)
+        except OSError:
+            continue
+        if now - max(newest, path.stat().st_mtime) > DEMO_KEEP_S:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
