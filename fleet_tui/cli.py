@@ -212,6 +212,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         approvers = [a.strip() for a in answer.split(",") if a.strip()]
     if approvers:
         data["approvers"] = approvers
+    elif forge == "github":
+        raise UserError("a GitHub forge needs at least one approver: pass --approver LOGIN (repeatable), the "
+                        "logins whose approval label counts")
     runner = args.runner or (_ask("Runner", "docker", ("docker", "local")) if interactive else "docker")
     data["runner"] = {"kind": runner}
     if args.image:

@@ -739,7 +739,20 @@ def load_config(path: Path | None) -> FleetConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     check_file_secrets(path, text)
-    return parse_config(text, path.name if path.parent == path.cwd() else str(path))
+    source = path.name if path.parent == path.cwd() else str(path)
+    config = parse_config(text, source)
+    check_approvers(config, source)
+    return config
+
+
+def check_approvers(config: FleetConfig, source: str = CONFIG_FILENAME) -> None:
+    """Refuse a GitHub fleet nobody can approve for: an empty `approvers` list counts no one's approval
+    (unless write permission counts), so every proposal would stay unverified."""
+    if config.forge.kind == "github" and not config.approvers and not config.policy.approvers_with_write:
+        raise ConfigError(
+            f'{source}: approvers is empty, so no approval on GitHub would count; set approvers = ["your-login"] '
+            "(the logins whose approval label counts), or policy.approvers_with_write = true"
+        )
 
 
 def to_toml_data(config: FleetConfig, *, only_changed: bool = True) -> dict[str, Any]:

@@ -98,3 +98,10 @@ def test_headless_with_docker_unreachable_says_what_to_do(tmp_path: Path) -> Non
     assert result.stderr.startswith("fleet-tui: cannot reach the Docker engine at tcp://127.0.0.1:9")
     assert 'set runner.kind = "local"' in result.stderr
     assert "Traceback" not in result.stderr and "TaskGroup" not in result.stderr
+
+
+def test_init_refuses_a_github_config_without_an_approver(tmp_path: Path) -> None:
+    result = run("init", "--forge", "github", "--github-repo", "octo/demo", "--yes", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "needs at least one approver: pass --approver LOGIN" in result.stderr
+    assert not (tmp_path / "fleet.toml").exists()

@@ -191,3 +191,21 @@ def test_builtin_pm_is_accepted_for_the_pm_only() -> None:
     assert parse_config('[roles.pm]\nengine = "builtin"\n').roles.pm.engine == "builtin"
     with pytest.raises(ConfigError, match="roles.dev.engine names 'builtin'"):
         parse_config('[roles.dev]\nengine = "builtin"\n')
+
+
+@pytest.mark.parametrize("extra", ["", "approvers = []\n"])
+def test_github_without_approvers_is_refused_with_what_to_set(tmp_path: Path, extra: str) -> None:
+    (tmp_path / "fleet.toml").write_text(extra + '[forge]\nkind = "github"\nrepo = "octo/demo"\n')
+    result = _run_cli("check", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fleet.toml: approvers is empty")
+    assert 'set approvers = ["your-login"]' in lines[0] and "policy.approvers_with_write = true" in lines[0]
+
+
+def test_github_with_write_permission_approvals_needs_no_list(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[forge]\nkind = "github"\nrepo = "octo/demo"\n[policy]\napprovers_with_write = true\n')
+    assert load_config(path).policy.approvers_with_write
+    path.write_text('approvers = ["alice"]\n[forge]\nkind = "github"\nrepo = "octo/demo"\n')
+    assert load_config(path).approvers == ["alice"]

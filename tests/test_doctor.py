@@ -68,7 +68,7 @@ def test_missing_engine_cli_has_a_fix(tmp_path: Path) -> None:
 
 
 def test_github_without_token(tmp_path: Path) -> None:
-    (tmp_path / "fleet.toml").write_text('[forge]\nkind = "github"\nrepo = "octo/demo"\nuse_gh_cli = false\n'
+    (tmp_path / "fleet.toml").write_text('approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "octo/demo"\nuse_gh_cli = false\n'
                                          + LOCAL_SCRIPTED)
     result = check(tmp_path)
     assert result.returncode == 1
@@ -84,7 +84,7 @@ def test_github_token_report_and_labels(tmp_path: Path) -> None:
         server.add_user("wide-bot", "wide-token-0123456789", scopes="repo, workflow, delete_repo")
         server.permissions["wide-bot"] = "write"
         (tmp_path / "fleet.toml").write_text(
-            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            f'approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
             + LOCAL_SCRIPTED)
         env = {"GITHUB_TOKEN": "wide-token-0123456789"}
         first = check(tmp_path, env=env)
@@ -103,7 +103,7 @@ def test_github_bad_token(tmp_path: Path) -> None:
 
     with FakeGitHub(tmp_path / "fake", git=False) as server:
         (tmp_path / "fleet.toml").write_text(
-            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            f'approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
             + LOCAL_SCRIPTED)
         result = check(tmp_path, env={"GITHUB_TOKEN": "not-a-valid-token-42"})
         assert result.returncode == 1
