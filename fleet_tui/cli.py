@@ -32,6 +32,9 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="fleet.toml to use (else $FLEET_CONFIG, ./fleet.toml, the user config dir)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=default,
                         help="debug log detail (the log file is under the state dir; default: info)")
+    parser.add_argument("--repo", metavar="PATH", default=default,
+                        help="git repository to work on (default: forge.repo for the local forge, else the "
+                             "current directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the orchestrator without the console, one log line per event on stdout")
     parser.add_argument("--once", action="store_true",
                         help="with --headless: exit when nothing is left to do and no run is live")
-    parser.add_argument("--repo", metavar="PATH",
-                        help="git repository for the local forge (default: forge.repo, else the current directory)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     init = sub.add_parser("init", help="write a fleet.toml (never writes a token)",

@@ -698,19 +698,37 @@ def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
 # --- loading ----------------------------------------------------------------------------------
 
 
+def token_variable(token: str) -> str:
+    """The variable a token of this shape belongs in: GitHub tokens in GITHUB_TOKEN, model keys in theirs."""
+    if token.startswith("sk-ant-"):
+        return "ANTHROPIC_API_KEY"
+    if token.startswith("sk-"):
+        return "OPENAI_API_KEY"
+    return "GITHUB_TOKEN"
+
+
 def check_file_secrets(path: Path, text: str) -> None:
-    """Refuse a config file that holds a token, or that holds secrets and is readable by group or others."""
+    """Refuse a config file that holds a token, that others may write (the config names the commands the
+    fleet runs), or that holds secrets and is readable by group or others."""
     match = TOKEN_RE.search(text)
     if match:
         line = text.count("\n", 0, match.start()) + 1
+        variable = token_variable(match.group(0))
+        if variable == "GITHUB_TOKEN":
+            instead = "export GITHUB_TOKEN (or use `gh auth login`) instead"
+        else:
+            instead = f"export {variable} instead and list it in the engine's env (engines.NAME.env)"
         raise ConfigError(
             f"{path}:{line}: holds a token-shaped string ({match.group(0)[:4]}…); tokens never go in fleet.toml. "
-            "Remove it and export GITHUB_TOKEN (or use `gh auth login`) instead."
+            f"Remove it and {instead}."
         )
     try:
         mode = path.stat().st_mode
     except OSError:
         return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: writable by group/others, who could change the commands the fleet runs; "
+                          f"run `chmod go-w {path}`")
     if mode & (stat.S_IRGRP | stat.S_IROTH) and re.search(r"(?im)^\s*(app_private_key|password|secret)\w*\s*=", text):
         raise ConfigError(f"{path}: holds secret settings and is readable by group/others; run `chmod 600 {path}`")
 

@@ -209,3 +209,17 @@ def test_github_with_write_permission_approvals_needs_no_list(tmp_path: Path) ->
     assert load_config(path).policy.approvers_with_write
     path.write_text('approvers = ["alice"]\n[forge]\nkind = "github"\nrepo = "octo/demo"\n')
     assert load_config(path).approvers == ["alice"]
+
+
+@pytest.mark.parametrize(("token", "variable"), [("sk-" + "k" * 40, "OPENAI_API_KEY"),
+                                                 ("sk-ant-api03-" + "k" * 40, "ANTHROPIC_API_KEY"),
+                                                 ("ghp_" + "a1B2" * 9, "GITHUB_TOKEN")])
+def test_token_in_config_names_the_right_variable(tmp_path: Path, token: str, variable: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'[engines.x]\nkind = "codex"\nmodel = "{token}"\n')
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"export {variable}" in str(info.value)
+    others = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN"} - {variable}
+    assert not any(name in str(info.value) for name in others)
