@@ -72,12 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--image", help="Docker image for agents (with --runner docker)")
     init.add_argument("--yes", "-y", action="store_true", help="take defaults for anything not given; no prompts")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--print-example", action="store_true",
+                      help="print fleet.toml.example (every key, its default and what it does) and exit")
 
     check = sub.add_parser("check", help="check config, forge, labels, Docker and engines; say how to fix each",
                            description="A doctor: checks everything the fleet needs and prints a fix for each "
                                        "failure. Exits non-zero when anything required fails.")
     _common(check, top=False)
     check.add_argument("--fix", action="store_true", help="create missing labels without asking")
+
+    image = sub.add_parser("image", help="the agents' Docker image",
+                           description="Build the agents' Docker image (runner.image) with the coding CLIs of the "
+                                       "engines fleet.toml uses.")
+    image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    build = image_sub.add_parser("build", help="build runner.image for the configured engines",
+                                 description="Build runner.image from the Dockerfile shipped with fleet-tui, with "
+                                             "the coding CLIs of the configured engines. --offline builds it with "
+                                             "no image registry: Debian packages plus the engines' npm/PyPI "
+                                             "packages, loaded with docker import.")
+    _common(build, top=False)
+    build.add_argument("--offline", action="store_true",
+                       help="no image registry: build from Debian packages (apt) and the engines' npm/PyPI packages")
+    build.add_argument("--tag", metavar="IMAGE", help="image to build (default: runner.image)")
+    build.add_argument("--engine", action="append", choices=("codex", "claude", "aider"), default=None,
+                       help="coding CLI to install (repeatable; default: the engines the roles use)")
+    for engine, label in (("codex", "Codex CLI"), ("claude", "Claude Code"), ("aider", "aider")):
+        build.add_argument(f"--{engine}-version", metavar="VERSION", default="",
+                           help=f"{label} version (default: the newest)")
+    build.add_argument("--dry-run", action="store_true", help="show what would be built and from which files")
+    build.add_argument("--print-dockerfile", action="store_true", help="print the packaged Dockerfile and exit")
     return parser
 
 
@@ -135,6 +158,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "init":
         return cmd_init(args)
+    if args.command == "image" and args.print_dockerfile:
+        from fleet_tui.image import packaged_file
+
+        sys.stdout.write(packaged_file("Dockerfile").read_text(encoding="utf-8"))
+        return EXIT_OK
 
     config_path = None if args.demo else find_config(args.config)
     config = load_config(config_path)
@@ -142,6 +170,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     _LOG_PATH = setup_logging(args.log_level or "info", state_dir / "logs")
     logging.getLogger("fleet_tui.cli").info("fleet-tui %s starting: mode=%s config=%s", __version__,
              args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
+    if args.command == "image":
+        return cmd_image(args, config)
     if args.command == "check":
         from fleet_tui.doctor import run_check
 
@@ -170,6 +200,29 @@ def _repo_path(args: argparse.Namespace, config: Any) -> Path:
     return Path.cwd()
 
 
+# --- image ---------------------------------------------------------------------------------------
+
+
+def cmd_image(args: argparse.Namespace, config: Any) -> int:
+    from fleet_tui.image import ImageError, build_offline, build_with_dockerfile, describe, plan_for
+
+    versions = {engine: getattr(args, f"{engine}_version") for engine in ("codex", "claude", "aider")}
+    try:
+        plan = plan_for(config, tag=args.tag or "", engines=args.engine,
+                        versions={k: v for k, v in versions.items() if v})
+        if args.dry_run:
+            print(describe(plan, args.offline))
+            return EXIT_OK
+        if args.offline:
+            build_offline(plan)
+        else:
+            build_with_dockerfile(plan)
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    print(f"built {plan.tag}; next: `fleet-tui check`")
+    return EXIT_OK
+
+
 # --- init -------------------------------------------------------------------------------------
 
 
@@ -190,9 +243,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    if args.print_example:
+        from fleet_tui.image import packaged_file
+
+        sys.stdout.write(packaged_file("fleet.toml.example").read_text(encoding="utf-8"))
+        return EXIT_OK
     import tomli_w
 
-    from fleet_tui.config import parse_config
+    from fleet_tui.config import check_approvers, parse_config
 
     path = Path(args.path).expanduser()
     if path.exists() and not args.force:
@@ -224,7 +282,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                              if interactive else "codex")
     data["roles"] = {role: {"engine": engine} for role in ("pm", "dev", "qa")}
     text = _INIT_HEADER + tomli_w.dumps(data)
-    parse_config(text, str(path))  # what init writes must load
+    check_approvers(parse_config(text, str(path)), str(path))  # what init writes must load
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -482,7 +482,7 @@ class RunnerConfig(_Section):
     """Where agents run: `docker` (a container per run) or `local` (a subprocess; trusted setups only)."""
 
     image: str = "fleet-agent:latest"
-    """Docker image of the agents (see `docker/Dockerfile`)."""
+    """Docker image of the agents; `fleet-tui image build` builds it for the engines the roles use."""
 
     network: str = "bridge"
     """Docker network for engine runs that need their model API; `none` cuts all egress."""
