@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init", help="write a fleet.toml (never writes a token)",
                           description="Write a fleet.toml from flags, or from short prompts on a terminal.")
     _common(init, top=False)
-    init.add_argument("--path", default="fleet.toml", help="where to write (default: ./fleet.toml)")
+    init.add_argument("--path", default=None,
+                      help="where to write (default: --config, else fleet.toml in --repo or the current directory)")
     init.add_argument("--forge", choices=("local", "github"), help="where issues and PRs live")
-    init.add_argument("--github-repo", metavar="OWNER/NAME", help="GitHub repository (with --forge github)")
+    init.add_argument("--github-repo", metavar="OWNER/NAME",
+                      help="GitHub repository (with --forge github): owner/name or its URL (GitHub Enterprise too)")
     init.add_argument("--api-url", help="GitHub Enterprise API URL, e.g. https://ghe.example.com/api/v3/")
     init.add_argument("--approver", action="append", default=None, metavar="LOGIN",
                       help="login whose approval counts (repeatable)")
@@ -226,19 +228,6 @@ def cmd_image(args: argparse.Namespace, config: Any) -> int:
 # --- init -------------------------------------------------------------------------------------
 
 
-def _ask(prompt: str, default: str, choices: tuple[str, ...] = ()) -> str:
-    hint = f" [{'/'.join(choices)}]" if choices else ""
-    while True:
-        try:
-            answer = input(f"{prompt}{hint} ({default}): ").strip()
-        except EOFError:
-            return default
-        answer = answer or default
-        if not choices or answer in choices:
-            return answer
-        print(f"  please answer one of: {', '.join(choices)}")
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
@@ -251,36 +240,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     import tomli_w
 
     from fleet_tui.config import check_approvers, parse_config
+    from fleet_tui.init_config import InitError, Prompter, init_data
 
-    path = Path(args.path).expanduser()
+    repo_dir = Path(args.repo).expanduser().resolve() if args.repo else Path.cwd()
+    target = args.path or args.config or (repo_dir / "fleet.toml" if args.repo else "fleet.toml")
+    path = Path(target).expanduser()
     if path.exists() and not args.force:
         raise UserError(f"{path} exists already; pass --force to overwrite it")
-    interactive = sys.stdin.isatty() and not args.yes
-    forge = args.forge or (_ask("Forge", "local", ("local", "github")) if interactive else "local")
-    data: dict[str, Any] = {"forge": {"kind": forge}}
-    if forge == "github":
-        repo = args.github_repo or (_ask("GitHub repository (owner/name)", "") if interactive else "")
-        if not repo:
-            raise UserError("a GitHub forge needs --github-repo OWNER/NAME")
-        data["forge"]["repo"] = repo
-        if args.api_url:
-            data["forge"]["api_url"] = args.api_url
-    approvers = args.approver
-    if approvers is None and interactive and forge == "github":
-        answer = _ask("Approver logins, comma separated", os.environ.get("USER", ""))
-        approvers = [a.strip() for a in answer.split(",") if a.strip()]
-    if approvers:
-        data["approvers"] = approvers
-    elif forge == "github":
-        raise UserError("a GitHub forge needs at least one approver: pass --approver LOGIN (repeatable), the "
-                        "logins whose approval label counts")
-    runner = args.runner or (_ask("Runner", "docker", ("docker", "local")) if interactive else "docker")
-    data["runner"] = {"kind": runner}
-    if args.image:
-        data["runner"]["image"] = args.image
-    engine = args.engine or (_ask("Engine", "codex", ("codex", "claude", "aider", "scripted"))
-                             if interactive else "codex")
-    data["roles"] = {role: {"engine": engine} for role in ("pm", "dev", "qa")}
+    try:
+        data = init_data(args, repo_dir=repo_dir, prompter=None if args.yes else Prompter(),
+                         warn=lambda message: print(message, file=sys.stderr))
+    except InitError as exc:
+        raise UserError(str(exc)) from None
+    forge = data["forge"]["kind"]
     text = _INIT_HEADER + tomli_w.dumps(data)
     check_approvers(parse_config(text, str(path)), str(path))  # what init writes must load
     path.parent.mkdir(parents=True, exist_ok=True)
