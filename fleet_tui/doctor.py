@@ -177,7 +177,7 @@ class Doctor:
         names.update(self.config.engines)
         found = False
         for name, engine in sorted(names.items()):
-            refused = sorted(set(engine.env) & forbidden)
+            refused = sorted((set(engine.env) | ({engine.api_key_env} - {""})) & forbidden)
             if refused:
                 found = True
                 self.add(f"engine {name} env", "fail",
@@ -310,13 +310,27 @@ class Doctor:
                          _INSTALL_HINTS.get(binary, f"install {binary} or change roles.{role}.engine"))
 
     def _engine_env(self) -> None:
+        from fleet_tui.engines.prices import prices_of
+
         seen: set[str] = set()
+        priced: set[str] = set()
         for role in ("pm", "dev", "qa"):
             name = getattr(self.config.roles, role).engine
             if name == BUILTIN_PM:
                 continue
             engine = self.config.engine(name)
-            for var in engine.env:
+            budgets = self.config.policy.budget_day_usd or self.config.policy.budget_issue_usd or getattr(
+                self.config.roles, role).budget_usd
+            if (engine.kind in ("codex", "command") and budgets and name not in priced
+                    and prices_of(engine) == (0.0, 0.0)):
+                priced.add(name)
+                self.add(f"engine {name} prices", "warn",
+                         f"no price for model {engine.model or '(the CLI default)'}: its runs cost $0 and USD "
+                         "budgets do not hold them",
+                         f"set engines.{name}.model to a listed model, or price_input_per_mtok and "
+                         "price_output_per_mtok", required=False)
+            names = list(engine.env) + ([engine.api_key_env] if engine.api_key_env else [])
+            for var in names:
                 if var in seen:
                     continue
                 seen.add(var)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,41 @@ def test_token_in_config_names_the_right_variable(tmp_path: Path, token: str, va
     assert f"export {variable}" in str(info.value)
     others = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN"} - {variable}
     assert not any(name in str(info.value) for name in others)
+
+
+def test_engine_strings_take_variables_from_the_environment(tmp_path: Path) -> None:
+    text = ('[policy]\ntest_command = "make test ARGS=${KEEP_FOR_SHELL}"\n'
+            '[engines.local]\nkind = "codex"\nbase_url = "http://${LLM_HOST}/v1"\nargs = ["$$HOME"]\n')
+    config = parse_config(text, environ={"LLM_HOST": "127.0.0.1:8000"})
+    assert config.engines["local"].base_url == "http://127.0.0.1:8000/v1"
+    assert config.engines["local"].args == ["$HOME"]
+    assert config.policy.test_command == "make test ARGS=${KEEP_FOR_SHELL}"  # the shell's, not ours
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fleet.toml", environ={})
+    assert str(info.value) == ("fleet.toml: engines.local.base_url: ${LLM_HOST} is not set in the environment; "
+                               "export LLM_HOST, or write $$ for a literal $")
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    result = _run_cli("check", cwd=tmp_path)
+    assert result.returncode == 2 and "${LLM_HOST} is not set in the environment" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[engines.x]\nkind = "codex"\nwire_api = "grpc"\n', "engines.x.wire_api must be one of"),
+    ('[engines.x]\nkind = "codex"\nsandbox = "off"\n', "engines.x.sandbox must be one of"),
+    ('[engines.x]\nkind = "codex"\napi_key_env = "MY KEY"\n',
+     "engines.x.api_key_env must be an environment variable name"),
+    ('[engines.x]\nkind = "codex"\nbase_url = "localhost:8000"\n', "engines.x.base_url must be an http(s) URL"),
+])
+def test_engine_settings_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(text)
+
+
+def test_ui_keys_docstring_lists_every_binding_id() -> None:
+    from fleet_tui.config import UiConfig
+    from fleet_tui.tui.actions import ACTIONS
+
+    doc = field_descriptions(UiConfig)["keys"]
+    listed = doc.split("The ids: ", 1)[1].split(".", 1)[0].replace("\n", " ")
+    assert [part.strip() for part in listed.split(",")] == [action.id for action in ACTIONS]
