@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
                     "review; you approve issues and merge PRs.",
         epilog="Run without a command to open the console on the repository in fleet.toml "
-               "(or the current git checkout with the embedded local forge).",
+               "(or the current git checkout with the embedded local forge). --headless exits 0 when nothing "
+               "failed, 3 when a forge action failed, 4 when an issue went to needs-human; 2 is a config "
+               "error, 1 any other error.",
     )
     parser.add_argument("--version", action="version", version=f"fleet-tui {__version__}")
     _common(parser, top=True)
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the orchestrator without the console, one log line per event on stdout")
     parser.add_argument("--once", action="store_true",
                         help="with --headless: exit when nothing is left to do and no run is live")
+    parser.add_argument("--pm", action="store_true", help="with --headless: run the PM first")
+    parser.add_argument("--resume-budget", action="store_true",
+                        help="with --headless: lift today's budget pause (a spent daily budget) and go on")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     init = sub.add_parser("init", help="write a fleet.toml (never writes a token)",
@@ -112,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.once and not args.headless:
-        parser.error("--once goes with --headless")
+    for flag, given in (("--once", args.once), ("--pm", args.pm), ("--resume-budget", args.resume_budget)):
+        if given and not args.headless:
+            parser.error(f"{flag} goes with --headless")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -186,7 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.headless:
         from fleet_tui.headless import run_headless
 
-        return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once)
+        return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once, pm=args.pm,
+                            resume_budget=args.resume_budget)
     from fleet_tui.tui.launch import run_console
 
     return run_console(config, repo_path=repo, state_dir=state_dir)
