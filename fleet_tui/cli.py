@@ -267,11 +267,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     print(f"wrote {path}")
+    steps = []
     if forge == "github":
-        print("next: export GITHUB_TOKEN (a fine-grained token; see README) or run `gh auth login`, "
-              "then `fleet-tui check`")
-    else:
-        print("next: `fleet-tui check`, then `fleet-tui` in the repository")
+        steps.append("export GITHUB_TOKEN (a fine-grained token; see README) or run `gh auth login`")
+    if data["runner"]["kind"] == "docker":
+        steps.append("`fleet-tui image build`")
+    steps += ["`fleet-tui check --fix`", "`fleet-tui` in the repository"]
+    print("next: " + ", then ".join(steps))
     return EXIT_OK
 
 

@@ -262,3 +262,11 @@ def test_ui_keys_docstring_lists_every_binding_id() -> None:
     doc = field_descriptions(UiConfig)["keys"]
     listed = doc.split("The ids: ", 1)[1].split(".", 1)[0].replace("\n", " ")
     assert [part.strip() for part in listed.split(",")] == [action.id for action in ACTIONS]
+
+
+def test_readme_toml_examples_load() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse_config(block, "README.md", environ={"MODEL_HOST": "127.0.0.1:8000"})
