@@ -474,7 +474,8 @@ class EngineConfig(_Section):
 
     sandbox: Literal["", "read-only", "workspace-write", "danger-full-access"] = ""
     """Codex's own sandbox mode. Empty: bypassed in Docker (the container is the sandbox) and
-    `workspace-write` with the local runner."""
+    `workspace-write` with the local runner. `workspace-write` keeps `.git` read-only for the agent's commands
+    (the fleet commits what the agent leaves) and needs bubblewrap and a state dir outside /tmp."""
 
     extra: dict[str, str] = {}
     """Codex: extra config passed as `-c KEY=VALUE` (VALUE is read as TOML, else as a string), e.g.

@@ -127,3 +127,12 @@ def test_offline_build_makes_an_image_that_runs_codex(tmp_path: Path) -> None:
             client.images.remove(tag, force=True)
         except docker.errors.ImageNotFound:
             pass
+
+
+def test_build_with_docker_unreachable_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text("")
+    result = subprocess.run([sys.executable, "-m", "fleet_tui", "image", "build"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "DOCKER_HOST": "tcp://127.0.0.1:9"}, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("fleet-tui: cannot reach the Docker engine at tcp://127.0.0.1:9")
+    assert "Traceback" not in result.stderr
