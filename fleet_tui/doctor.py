@@ -190,8 +190,8 @@ class Doctor:
     def _ui(self) -> None:
         problems = ui_problems(self.config)
         for problem in problems:
-            self.add("console keys/theme", "fail", problem, "fix [ui] in fleet.toml (`fleet-tui --help` and the "
-                     "README's key table list the ids)")
+            self.add("console keys/theme", "fail", problem, "fix [ui] in fleet.toml (fleet.toml.example lists the "
+                     "key ids; the README's key table says what each does)")
         if not problems:
             self.add("console keys/theme", "ok", f"theme {self.config.ui.theme}"
                      + (f", {len(self.config.ui.keys)} key remap(s)" if self.config.ui.keys else ""),

@@ -108,6 +108,8 @@ def test_offline_build_makes_an_image_that_runs_codex(tmp_path: Path) -> None:
         pytest.skip("no reachable Docker engine")
     if not all(shutil.which(tool) for tool in ("apt-get", "apt-cache", "dpkg-deb", "npm")):
         pytest.skip("the offline build needs apt and npm on the host")
+    if not list(Path("/var/lib/apt/lists").glob("*Packages*")):
+        pytest.skip("apt's package lists are empty (run apt-get update)")
     import docker
 
     tag = f"fleet-image-test-{os.getpid()}:offline"
