@@ -200,7 +200,7 @@ class Doctor:
     def _local_sandbox(self) -> None:
         available = _local_sandbox_available()
         if available:
-            self.add("local sandbox", "ok", "bubblewrap found: local runs are confined to their workspace",
+            self.add("local sandbox", "ok", "bubblewrap found: local runs are sandboxed with it",
                      required=False)
         else:
             self.add("local sandbox", "warn", "bubblewrap (bwrap) not found: local runs are unsandboxed; the "

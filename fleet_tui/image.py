@@ -152,7 +152,7 @@ def build_with_dockerfile(plan: BuildPlan, progress: Progress = _say) -> str:
 
 
 def _registry_hint(error: str) -> str:
-    if re.search(r"pull|registry|resolve|manifest|dial tcp|TLS handshake", error, re.I):
+    if re.search(r"pull|registry|resolve|manifest|dial tcp|TLS handshake", error, re.IGNORECASE):
         return "; without access to an image registry use `fleet-tui image build --offline`"
     return ""
 

@@ -266,7 +266,7 @@ def test_ui_keys_docstring_lists_every_binding_id() -> None:
 
 def test_readme_toml_examples_load() -> None:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
     assert len(blocks) >= 2
     for block in blocks:
         parse_config(block, "README.md", environ={"MODEL_HOST": "127.0.0.1:8000"})

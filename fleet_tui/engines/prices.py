@@ -55,7 +55,7 @@ def default_price(model: str) -> tuple[float, float] | None:
         return None
     if name in DEFAULT_PRICES:
         return DEFAULT_PRICES[name]
-    matches = [key for key in DEFAULT_PRICES if name.startswith(key + "-") or name.startswith(key + "@")]
+    matches = [key for key in DEFAULT_PRICES if name.startswith((key + "-", key + "@"))]
     return DEFAULT_PRICES[max(matches, key=len)] if matches else None
 
 
