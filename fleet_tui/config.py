@@ -455,8 +455,8 @@ class EngineConfig(_Section):
     """Executable (or argv template for `command`: `{prompt_file}`, `{workspace}`, `{issue}` fields)."""
 
     model: str = ""
-    """Model name passed to the CLI; empty uses the CLI's default (which the built-in price table cannot
-    price)."""
+    """Model name passed to the CLI; empty uses the CLI's default (priced, until you set prices, as the
+    family that default comes from)."""
 
     base_url: str = ""
     """Base URL of the model provider's API, e.g. `http://127.0.0.1:8000/v1` for a model server on the host
@@ -690,7 +690,7 @@ class FleetConfig(_Section):
 BUILTIN_PM = "builtin"
 
 BUILTIN_ENGINES: dict[str, EngineConfig] = {
-    "codex": EngineConfig(kind="codex", command="codex", model="gpt-5.1-codex", env=["OPENAI_API_KEY"]),
+    "codex": EngineConfig(kind="codex", command="codex", env=["OPENAI_API_KEY"]),
     "claude": EngineConfig(kind="claude", command="claude", env=["ANTHROPIC_API_KEY"]),
     "aider": EngineConfig(kind="aider", command="aider", env=["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]),
     "scripted": EngineConfig(kind="scripted", command=""),

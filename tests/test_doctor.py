@@ -315,3 +315,20 @@ def test_missing_role_network_has_a_fix(tmp_path: Path) -> None:
     assert "Docker network 'fleet-no-such-net' (dev runs) does not exist" in result.stdout
     assert "docker network create fleet-no-such-net" in result.stdout
     assert "roles.dev.network" in result.stdout
+
+
+def test_usd_budget_with_an_unpriced_model_warns(tmp_path: Path) -> None:
+    import anyio
+
+    from fleet_tui.config import parse_config
+    from fleet_tui.doctor import Doctor
+
+    repo = _repo(tmp_path / "repo")
+    text = ('[policy]\nbudget_day_usd = 20.0\n[runner]\nkind = "local"\n[roles.pm]\nengine = "builtin"\n'
+            '[roles.dev]\nengine = "mine"\n[roles.qa]\nengine = "codex"\n'
+            '[engines.mine]\nkind = "codex"\nmodel = "house-model-7"\n')
+    rows = {c.name: c for c in anyio.run(Doctor(parse_config(text), None, repo, tmp_path / "s", fix=True).run)}
+    warning = rows["engine mine prices"]
+    assert warning.status == "warn" and "no price for model house-model-7" in warning.detail
+    assert "price_input_per_mtok" in warning.fix
+    assert "engine codex prices" not in rows  # the CLI default is priced by the table

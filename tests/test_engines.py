@@ -581,8 +581,10 @@ def test_default_prices_priced_out_of_the_box_and_overridable() -> None:
     from fleet_tui.engines.prices import default_price, prices_of
 
     builtin_codex = FleetConfig().engine("codex")
-    assert prices_of(builtin_codex) != (0.0, 0.0)  # USD budgets hold the built-in engine without config
-    assert cost_usd(builtin_codex, 1_000_000, 1_000_000) == pytest.approx(sum(prices_of(builtin_codex)))
+    assert builtin_codex.model == ""  # the CLI's default model, which is not pinned here
+    assert prices_of(builtin_codex) == (1.25, 10.0)  # USD budgets hold the built-in engine without config
+    assert cost_usd(builtin_codex, 1_000_000, 1_000_000) == pytest.approx(11.25)
+    assert prices_of(EngineConfig(kind="command")) == (0.0, 0.0)
     assert default_price("claude-sonnet-4-5-20250929") == (3.0, 15.0)
     assert default_price("openai/gpt-5.1-codex-mini") == (0.25, 2.0)
     assert default_price("gpt-5.1-codex") == (1.25, 10.0)

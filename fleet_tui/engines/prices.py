@@ -1,9 +1,10 @@
 """USD cost of a run from token counts: the engine's configured prices, else the built-in table below.
 
-The table holds list prices (USD per million tokens, input and output) of the models the built-in engines
-name and of their common siblings, so daily and per-issue USD budgets work without configuration. Prices
-change: set `price_input_per_mtok` / `price_output_per_mtok` on an engine to override them, or for a model
-the table does not list (its runs then cost 0 and only token budgets hold them).
+The table holds list prices (USD per million tokens, input and output) of common OpenAI and Anthropic models,
+and what an engine that names no model (the CLI picks its own default) is charged, so daily and per-issue
+USD budgets work without configuration. Prices change: set `price_input_per_mtok` / `price_output_per_mtok`
+on an engine to override them, or for a model the table does not list (its runs then cost 0 and only token
+budgets hold them).
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 }
 
 
+# An engine that names no model runs the CLI's own default, which changes between CLI versions: it is
+# charged at the price of the family that default comes from (Codex CLI: the GPT-5 codex models; Claude
+# Code: Sonnet, until the CLI reports the run's own cost).
+CLI_DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "codex": (1.25, 10.0),
+    "claude": (3.0, 15.0),
+}
+
+
 def default_price(model: str) -> tuple[float, float] | None:
     """The table's (input, output) price of `model`, or None when it has none."""
     name = model.strip().lower().rsplit("/", 1)[-1]
@@ -61,9 +71,11 @@ def default_price(model: str) -> tuple[float, float] | None:
 
 def prices_of(config: EngineConfig) -> tuple[float, float]:
     """(input, output) USD per million tokens: the engine's own prices when either is set, else the table's
-    price of its model, else nothing (0, 0)."""
+    price of its model (of the CLI's default when it names none), else nothing (0, 0)."""
     if config.price_input_per_mtok or config.price_output_per_mtok:
         return config.price_input_per_mtok, config.price_output_per_mtok
+    if not config.model.strip():
+        return CLI_DEFAULT_PRICES.get(config.kind, (0.0, 0.0))
     return default_price(config.model) or (0.0, 0.0)
 
 
