@@ -32,6 +32,9 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
                         help="fleet.toml to use (else $FLEET_CONFIG, ./fleet.toml, the user config dir)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=default,
                         help="debug log detail (the log file is under the state dir; default: info)")
+    parser.add_argument("--repo", metavar="PATH", default=default,
+                        help="git repository to work on (default: forge.repo for the local forge, else the "
+                             "current directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
                     "review; you approve issues and merge PRs.",
         epilog="Run without a command to open the console on the repository in fleet.toml "
-               "(or the current git checkout with the embedded local forge).",
+               "(or the current git checkout with the embedded local forge). --headless exits 0 when nothing "
+               "failed, 3 when a forge action failed, 4 when an issue went to needs-human; 2 is a config "
+               "error, 1 any other error.",
     )
     parser.add_argument("--version", action="version", version=f"fleet-tui {__version__}")
     _common(parser, top=True)
@@ -53,16 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the orchestrator without the console, one log line per event on stdout")
     parser.add_argument("--once", action="store_true",
                         help="with --headless: exit when nothing is left to do and no run is live")
-    parser.add_argument("--repo", metavar="PATH",
-                        help="git repository for the local forge (default: forge.repo, else the current directory)")
+    parser.add_argument("--pm", action="store_true", help="with --headless: run the PM first")
+    parser.add_argument("--resume-budget", action="store_true",
+                        help="with --headless: lift today's budget pause (a spent daily budget) and go on")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     init = sub.add_parser("init", help="write a fleet.toml (never writes a token)",
                           description="Write a fleet.toml from flags, or from short prompts on a terminal.")
     _common(init, top=False)
-    init.add_argument("--path", default="fleet.toml", help="where to write (default: ./fleet.toml)")
+    init.add_argument("--path", default=None,
+                      help="where to write (default: --config, else fleet.toml in --repo or the current directory)")
     init.add_argument("--forge", choices=("local", "github"), help="where issues and PRs live")
-    init.add_argument("--github-repo", metavar="OWNER/NAME", help="GitHub repository (with --forge github)")
+    init.add_argument("--github-repo", metavar="OWNER/NAME",
+                      help="GitHub repository (with --forge github): owner/name or its URL (GitHub Enterprise too)")
     init.add_argument("--api-url", help="GitHub Enterprise API URL, e.g. https://ghe.example.com/api/v3/")
     init.add_argument("--approver", action="append", default=None, metavar="LOGIN",
                       help="login whose approval counts (repeatable)")
@@ -71,12 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--image", help="Docker image for agents (with --runner docker)")
     init.add_argument("--yes", "-y", action="store_true", help="take defaults for anything not given; no prompts")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--print-example", action="store_true",
+                      help="print fleet.toml.example (every key, its default and what it does) and exit")
 
     check = sub.add_parser("check", help="check config, forge, labels, Docker and engines; say how to fix each",
                            description="A doctor: checks everything the fleet needs and prints a fix for each "
                                        "failure. Exits non-zero when anything required fails.")
     _common(check, top=False)
     check.add_argument("--fix", action="store_true", help="create missing labels without asking")
+
+    image = sub.add_parser("image", help="the agents' Docker image",
+                           description="Build the agents' Docker image (runner.image) with the coding CLIs of the "
+                                       "engines fleet.toml uses.")
+    image_sub = image.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    build = image_sub.add_parser("build", help="build runner.image for the configured engines",
+                                 description="Build runner.image from the Dockerfile shipped with fleet-tui, with "
+                                             "the coding CLIs of the configured engines. --offline builds it with "
+                                             "no image registry: Debian packages plus the engines' npm/PyPI "
+                                             "packages, loaded with docker import.")
+    _common(build, top=False)
+    build.add_argument("--offline", action="store_true",
+                       help="no image registry: build from Debian packages (apt) and the engines' npm/PyPI packages")
+    build.add_argument("--tag", metavar="IMAGE", help="image to build (default: runner.image)")
+    build.add_argument("--engine", action="append", choices=("codex", "claude", "aider"), default=None,
+                       help="coding CLI to install (repeatable; default: the engines the roles use)")
+    for engine, label in (("codex", "Codex CLI"), ("claude", "Claude Code"), ("aider", "aider")):
+        build.add_argument(f"--{engine}-version", metavar="VERSION", default="",
+                           help=f"{label} version (default: the newest)")
+    build.add_argument("--dry-run", action="store_true", help="show what would be built and from which files")
+    build.add_argument("--print-dockerfile", action="store_true", help="print the packaged Dockerfile and exit")
     return parser
 
 
@@ -86,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.once and not args.headless:
-        parser.error("--once goes with --headless")
+    for flag, given in (("--once", args.once), ("--pm", args.pm), ("--resume-budget", args.resume_budget)):
+        if given and not args.headless:
+            parser.error(f"{flag} goes with --headless")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -134,6 +166,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "init":
         return cmd_init(args)
+    if args.command == "image" and args.print_dockerfile:
+        from fleet_tui.image import packaged_file
+
+        sys.stdout.write(packaged_file("Dockerfile").read_text(encoding="utf-8"))
+        return EXIT_OK
 
     config_path = None if args.demo else find_config(args.config)
     config = load_config(config_path)
@@ -141,6 +178,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     _LOG_PATH = setup_logging(args.log_level or "info", state_dir / "logs")
     logging.getLogger("fleet_tui.cli").info("fleet-tui %s starting: mode=%s config=%s", __version__,
              args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
+    if args.command == "image":
+        return cmd_image(args, config)
     if args.command == "check":
         from fleet_tui.doctor import run_check
 
@@ -153,7 +192,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.headless:
         from fleet_tui.headless import run_headless
 
-        return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once)
+        return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once, pm=args.pm,
+                            resume_budget=args.resume_budget)
     from fleet_tui.tui.launch import run_console
 
     return run_console(config, repo_path=repo, state_dir=state_dir)
@@ -169,68 +209,71 @@ def _repo_path(args: argparse.Namespace, config: Any) -> Path:
     return Path.cwd()
 
 
+# --- image ---------------------------------------------------------------------------------------
+
+
+def cmd_image(args: argparse.Namespace, config: Any) -> int:
+    from fleet_tui.image import ImageError, build_offline, build_with_dockerfile, describe, plan_for
+
+    versions = {engine: getattr(args, f"{engine}_version") for engine in ("codex", "claude", "aider")}
+    try:
+        plan = plan_for(config, tag=args.tag or "", engines=args.engine,
+                        versions={k: v for k, v in versions.items() if v})
+        if args.dry_run:
+            print(describe(plan, args.offline))
+            return EXIT_OK
+        if args.offline:
+            build_offline(plan)
+        else:
+            build_with_dockerfile(plan)
+    except ImageError as exc:
+        raise UserError(str(exc)) from None
+    print(f"built {plan.tag}; next: `fleet-tui check`")
+    return EXIT_OK
+
+
 # --- init -------------------------------------------------------------------------------------
-
-
-def _ask(prompt: str, default: str, choices: tuple[str, ...] = ()) -> str:
-    hint = f" [{'/'.join(choices)}]" if choices else ""
-    while True:
-        try:
-            answer = input(f"{prompt}{hint} ({default}): ").strip()
-        except EOFError:
-            return default
-        answer = answer or default
-        if not choices or answer in choices:
-            return answer
-        print(f"  please answer one of: {', '.join(choices)}")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    if args.print_example:
+        from fleet_tui.image import packaged_file
+
+        sys.stdout.write(packaged_file("fleet.toml.example").read_text(encoding="utf-8"))
+        return EXIT_OK
     import tomli_w
 
-    from fleet_tui.config import parse_config
+    from fleet_tui.config import check_approvers, parse_config
+    from fleet_tui.init_config import InitError, Prompter, init_data
 
-    path = Path(args.path).expanduser()
+    repo_dir = Path(args.repo).expanduser().resolve() if args.repo else Path.cwd()
+    target = args.path or args.config or (repo_dir / "fleet.toml" if args.repo else "fleet.toml")
+    path = Path(target).expanduser()
     if path.exists() and not args.force:
         raise UserError(f"{path} exists already; pass --force to overwrite it")
-    interactive = sys.stdin.isatty() and not args.yes
-    forge = args.forge or (_ask("Forge", "local", ("local", "github")) if interactive else "local")
-    data: dict[str, Any] = {"forge": {"kind": forge}}
-    if forge == "github":
-        repo = args.github_repo or (_ask("GitHub repository (owner/name)", "") if interactive else "")
-        if not repo:
-            raise UserError("a GitHub forge needs --github-repo OWNER/NAME")
-        data["forge"]["repo"] = repo
-        if args.api_url:
-            data["forge"]["api_url"] = args.api_url
-    approvers = args.approver
-    if approvers is None and interactive and forge == "github":
-        answer = _ask("Approver logins, comma separated", os.environ.get("USER", ""))
-        approvers = [a.strip() for a in answer.split(",") if a.strip()]
-    if approvers:
-        data["approvers"] = approvers
-    runner = args.runner or (_ask("Runner", "docker", ("docker", "local")) if interactive else "docker")
-    data["runner"] = {"kind": runner}
-    if args.image:
-        data["runner"]["image"] = args.image
-    engine = args.engine or (_ask("Engine", "codex", ("codex", "claude", "aider", "scripted"))
-                             if interactive else "codex")
-    data["roles"] = {role: {"engine": engine} for role in ("pm", "dev", "qa")}
+    try:
+        data = init_data(args, repo_dir=repo_dir, prompter=None if args.yes else Prompter(),
+                         warn=lambda message: print(message, file=sys.stderr))
+    except InitError as exc:
+        raise UserError(str(exc)) from None
+    forge = data["forge"]["kind"]
     text = _INIT_HEADER + tomli_w.dumps(data)
-    parse_config(text, str(path))  # what init writes must load
+    check_approvers(parse_config(text, str(path)), str(path))  # what init writes must load
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
     print(f"wrote {path}")
+    steps = []
     if forge == "github":
-        print("next: export GITHUB_TOKEN (a fine-grained token; see README) or run `gh auth login`, "
-              "then `fleet-tui check`")
-    else:
-        print("next: `fleet-tui check`, then `fleet-tui` in the repository")
+        steps.append("export GITHUB_TOKEN (a fine-grained token; see README) or run `gh auth login`")
+    if data["runner"]["kind"] == "docker":
+        steps.append("`fleet-tui image build`")
+    steps += ["`fleet-tui check --fix`", "`fleet-tui` in the repository"]
+    print("next: " + ", then ".join(steps))
     return EXIT_OK
 
 

@@ -444,7 +444,9 @@ class RolesConfig(_Section):
 
 
 class EngineConfig(_Section):
-    """[engines.NAME]: how one agent CLI is run."""
+    """[engines.NAME]: how one agent CLI is run. Runs get a HOME of their own, so the CLI's own config in the
+    operator's home (~/.codex/config.toml, ~/.claude/) is not read: set the model, provider, key and extra
+    options here instead. String values may use `${VAR}` from the operator's environment."""
 
     kind: Literal["codex", "claude", "aider", "command", "scripted"] = "command"
     """Adapter that builds the command line and parses the output."""
@@ -453,7 +455,31 @@ class EngineConfig(_Section):
     """Executable (or argv template for `command`: `{prompt_file}`, `{workspace}`, `{issue}` fields)."""
 
     model: str = ""
-    """Model name passed to the CLI; empty uses the CLI's default."""
+    """Model name passed to the CLI; empty uses the CLI's default (priced, until you set prices, as the
+    family that default comes from)."""
+
+    base_url: str = ""
+    """Base URL of the model provider's API, e.g. `http://127.0.0.1:8000/v1` for a model server on the host
+    (with `runner.network = "host"`); empty uses the CLI's default provider. Codex: becomes a `model_providers.fleet` entry; Claude
+    Code: ANTHROPIC_BASE_URL; aider: `--openai-api-base`."""
+
+    api_key_env: str = ""
+    """Variable in the operator's environment that holds the provider's API key; it is passed to the runs
+    (no need to list it in `env`). Codex: the provider's `env_key`; Claude Code: given to the CLI as
+    ANTHROPIC_API_KEY."""
+
+    wire_api: Literal["", "responses", "chat"] = ""
+    """Codex: the provider's wire protocol, `responses` or `chat` (Chat Completions; recent Codex CLI
+    versions accept only `responses`); empty means `responses` when `base_url` or `api_key_env` is set."""
+
+    sandbox: Literal["", "read-only", "workspace-write", "danger-full-access"] = ""
+    """Codex's own sandbox mode. Empty: bypassed in Docker (the container is the sandbox) and
+    `workspace-write` with the local runner. `workspace-write` keeps `.git` read-only for the agent's commands
+    (the fleet commits what the agent leaves) and needs bubblewrap and a state dir outside /tmp."""
+
+    extra: dict[str, str] = {}
+    """Codex: extra config passed as `-c KEY=VALUE` (VALUE is read as TOML, else as a string), e.g.
+    `model_reasoning_effort = "high"`."""
 
     args: list[str] = []
     """Extra arguments appended to the command line."""
@@ -466,13 +492,26 @@ class EngineConfig(_Section):
     """Turn cap passed to CLIs that take one (budgets are enforced outside the agent too)."""
 
     price_input_per_mtok: float = Field(0.0, ge=0)
-    """USD per million input tokens, for cost accounting when the CLI reports tokens only."""
+    """USD per million input tokens, for cost accounting when the CLI reports tokens only; 0 takes the
+    built-in price of `model` (fleet_tui/engines/prices.py), if it has one."""
 
     price_output_per_mtok: float = Field(0.0, ge=0)
-    """USD per million output tokens."""
+    """USD per million output tokens; 0 takes the built-in price of `model`, if it has one."""
 
     script: str = ""
     """For `scripted`: path of the script to follow (empty: the built-in demo script)."""
+
+    @classmethod
+    def _clean(cls, name: str, value: Any) -> Any:
+        if name == "api_key_env" and value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"must be an environment variable name, got {value!r}")
+        if name == "base_url" and value and not re.match(r"https?://[^/\s]+", value):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        if name == "extra":
+            bad = [key for key in value if not re.fullmatch(r"[A-Za-z0-9_.-]+", key)]
+            if bad:
+                raise ValueError(f"keys must be dotted config names, got {bad[0]!r}")
+        return value
 
 
 class RunnerConfig(_Section):
@@ -482,7 +521,7 @@ class RunnerConfig(_Section):
     """Where agents run: `docker` (a container per run) or `local` (a subprocess; trusted setups only)."""
 
     image: str = "fleet-agent:latest"
-    """Docker image of the agents (see `docker/Dockerfile`)."""
+    """Docker image of the agents; `fleet-tui image build` builds it for the engines the roles use."""
 
     network: str = "bridge"
     """Docker network for engine runs that need their model API; `none` cuts all egress."""
@@ -582,10 +621,13 @@ class UiConfig(_Section):
     """[ui]: the console."""
 
     theme: str = "fleet-dark"
-    """Theme name: fleet-dark, fleet-light, any Textual theme, or a file in the user's themes folder."""
+    """Theme name: fleet-dark, fleet-light, any Textual theme (textual-dark, nord, gruvbox, ...), or the name of
+    a TOML file in the user's themes folder (~/.config/fleet-tui/themes/ on Linux)."""
 
     keys: dict[str, str] = {}
-    """Key remaps by binding id, e.g. `approve = "A"`; see `fleet-tui --help` for the ids."""
+    """Key remaps by binding id, e.g. `approve = "A"` or `stop = "ctrl+s"`. The ids: approve, reject, details,
+    tail_log, stop, retry, run_pm, open, merge, copy_url, pause, inbox, filter, switch_pane, fullscreen, help,
+    quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
 
     bell: bool = True
     """Ring the terminal bell when something needs the human."""
@@ -698,30 +740,88 @@ def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None
 # --- loading ----------------------------------------------------------------------------------
 
 
+def token_variable(token: str) -> str:
+    """The variable a token of this shape belongs in: GitHub tokens in GITHUB_TOKEN, model keys in theirs."""
+    if token.startswith("sk-ant-"):
+        return "ANTHROPIC_API_KEY"
+    if token.startswith("sk-"):
+        return "OPENAI_API_KEY"
+    return "GITHUB_TOKEN"
+
+
 def check_file_secrets(path: Path, text: str) -> None:
-    """Refuse a config file that holds a token, or that holds secrets and is readable by group or others."""
+    """Refuse a config file that holds a token, that others may write (the config names the commands the
+    fleet runs), or that holds secrets and is readable by group or others."""
     match = TOKEN_RE.search(text)
     if match:
         line = text.count("\n", 0, match.start()) + 1
+        variable = token_variable(match.group(0))
+        if variable == "GITHUB_TOKEN":
+            instead = "export GITHUB_TOKEN (or use `gh auth login`) instead"
+        else:
+            instead = f"export {variable} instead and list it in the engine's env (engines.NAME.env)"
         raise ConfigError(
             f"{path}:{line}: holds a token-shaped string ({match.group(0)[:4]}…); tokens never go in fleet.toml. "
-            "Remove it and export GITHUB_TOKEN (or use `gh auth login`) instead."
+            f"Remove it and {instead}."
         )
     try:
         mode = path.stat().st_mode
     except OSError:
         return
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"{path}: writable by group/others, who could change the commands the fleet runs; "
+                          f"run `chmod go-w {path}`")
     if mode & (stat.S_IRGRP | stat.S_IROTH) and re.search(r"(?im)^\s*(app_private_key|password|secret)\w*\s*=", text):
         raise ConfigError(f"{path}: holds secret settings and is readable by group/others; run `chmod 600 {path}`")
 
 
-def parse_config(text: str, source: str = CONFIG_FILENAME) -> FleetConfig:
+_VAR_RE = re.compile(r"\$\$|\$\{([^}]*)\}")
+
+
+def substitute_env(data: Any, environ: Any, loc: tuple[str, ...] = ()) -> Any:
+    """`data` with `${VAR}` in every string value replaced by VAR from `environ` (`$$` is a literal `$`).
+    Raises InvalidConfig naming the key of an unset or malformed reference."""
+
+    def one(text: str, where: tuple[str, ...]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name = match.group(1)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise InvalidConfig([(where, _CHECKED, f"${{{name}}} is not a variable name")])
+            if name not in environ:
+                raise InvalidConfig([(where, _CHECKED, f"${{{name}}} is not set in the environment; export "
+                                                       f"{name}, or write $$ for a literal $")])
+            return str(environ[name])
+
+        return _VAR_RE.sub(replace, text) if "$" in text else text
+
+    if isinstance(data, str):
+        return one(data, loc)
+    if isinstance(data, list):
+        return [substitute_env(item, environ, (*loc, str(index))) for index, item in enumerate(data)]
+    if isinstance(data, dict):
+        return {key: substitute_env(value, environ, (*loc, str(key))) for key, value in data.items()}
+    return data
+
+
+def parse_config(text: str, source: str = CONFIG_FILENAME, environ: Any = None) -> FleetConfig:
+    """The config in `text`; `${VAR}` in the string values of `[engines]` comes from `environ` (default: this
+    process's)."""
     import tomllib
 
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        # Only engine settings: elsewhere (test_command, argv templates of other sections) `$` belongs to the
+        # shell that runs them.
+        if isinstance(data.get("engines"), dict):
+            data["engines"] = substitute_env(data["engines"], os.environ if environ is None else environ,
+                                             ("engines",))
+    except InvalidConfig as exc:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in exc.lines())) from None
     try:
         return FleetConfig.from_toml(data)
     except InvalidConfig as exc:
@@ -739,7 +839,20 @@ def load_config(path: Path | None) -> FleetConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     check_file_secrets(path, text)
-    return parse_config(text, path.name if path.parent == path.cwd() else str(path))
+    source = path.name if path.parent == path.cwd() else str(path)
+    config = parse_config(text, source)
+    check_approvers(config, source)
+    return config
+
+
+def check_approvers(config: FleetConfig, source: str = CONFIG_FILENAME) -> None:
+    """Refuse a GitHub fleet nobody can approve for: an empty `approvers` list counts no one's approval
+    (unless write permission counts), so every proposal would stay unverified."""
+    if config.forge.kind == "github" and not config.approvers and not config.policy.approvers_with_write:
+        raise ConfigError(
+            f'{source}: approvers is empty, so no approval on GitHub would count; set approvers = ["your-login"] '
+            "(the logins whose approval label counts), or policy.approvers_with_write = true"
+        )
 
 
 def to_toml_data(config: FleetConfig, *, only_changed: bool = True) -> dict[str, Any]:
@@ -838,10 +951,15 @@ def render_example() -> str:
     lines.append("")
     section(FleetConfig(), "", lines)
     lines += comment("Named engines the roles refer to ([engines.NAME]). Built in: codex, claude, aider, "
-                     "scripted. An example to uncomment:")
-    lines.append("# [engines.codex-fast]")
-    example = EngineConfig(kind="codex", command="codex", model="gpt-5.5", env=["OPENAI_API_KEY"],
-                           price_input_per_mtok=1.25, price_output_per_mtok=10.0)
+                     "scripted. Runs get a HOME of their own, so ~/.codex/config.toml and ~/.claude/ are not read: "
+                     "set the model, provider and options here. String values may use ${VAR} from your environment "
+                     "(an unset one is an error; $$ is a literal $). An example to uncomment: Codex against an "
+                     "OpenAI-compatible model server on the host.")
+    lines.append("# [engines.local-model]")
+    example = EngineConfig(kind="codex", command="codex", model="gpt-5.1-codex-mini",
+                           base_url="http://127.0.0.1:8000/v1", api_key_env="LLM_API_KEY", wire_api="responses",
+                           extra={"model_reasoning_effort": "high"}, env=[],
+                           price_input_per_mtok=0.25, price_output_per_mtok=2.0)
     engine_docs = field_descriptions(EngineConfig)
     for field in dataclasses.fields(example):
         lines.extend(comment(engine_docs.get(field.name, "")))

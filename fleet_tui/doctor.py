@@ -12,7 +12,7 @@ from typing import Literal
 
 import anyio
 
-from fleet_tui.config import BUILTIN_PM, FleetConfig, resolve_token
+from fleet_tui.config import BUILTIN_ENGINES, BUILTIN_PM, FleetConfig, resolve_token
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -47,6 +47,8 @@ class Doctor:
         where = str(self.config_path) if self.config_path else "none found: using defaults"
         self.add("config", "ok", where, "" if self.config_path else "`fleet-tui init` writes one")
         self._state_dir()
+        self._forge_token_in_engine_env()
+        self._ui()
         if self.config.forge.kind == "local":
             await self._local_forge()
         else:
@@ -54,6 +56,7 @@ class Doctor:
         if self.config.runner.kind == "docker":
             await anyio.to_thread.run_sync(self._docker)
         else:
+            self._local_sandbox()
             self._local_engines()
         self._engine_env()
         return self.results
@@ -79,7 +82,8 @@ class Doctor:
             top = await git("rev-parse", "--show-toplevel", cwd=self.repo)
         except (GitError, OSError):
             self.add("repository", "fail", f"{self.repo} is not a git repository",
-                     f"run `git init` in {self.repo}, or pass --repo / set forge.repo")
+                     f"run `git init` in {self.repo}, or point at the repository: `fleet-tui check --repo PATH` "
+                     "or forge.repo = \"PATH\" in fleet.toml")
             return
         self.add("repository", "ok", f"{top} (local forge)")
         from fleet_tui.forge.local import LocalForge
@@ -117,9 +121,92 @@ class Doctor:
                              "use a fine-grained token with only issues, pull requests and contents read/write, "
                              "metadata read", required=False)
                 await self._labels(forge)
+                await self.forge_access(forge)
         except ForgeError as exc:
             self.add("forge reachable", "fail", str(exc),
                      "check forge.api_url and forge.repo, and that the token can read the repository")
+
+    async def forge_access(self, forge: object) -> None:
+        """The base branch exists (empty: the default branch the forge reports) and the fleet may push."""
+        from fleet_tui.forge.base import ForgeError
+
+        base = self.config.forge.base_branch
+        default_branch = getattr(forge, "default_branch", None)
+        branch_exists = getattr(forge, "branch_exists", None)
+        if not base:
+            if default_branch is None:
+                self.add("base branch", "skip", "the forge cannot report its default branch", required=False)
+            else:
+                try:
+                    base = await default_branch()
+                    self.add("base branch", "ok", f"{base} (the repository's default branch; forge.base_branch "
+                                                  "is empty)")
+                except ForgeError as exc:
+                    self.add("base branch", "fail", f"cannot read the default branch: {exc}",
+                             "set forge.base_branch, and check the token can read the repository")
+                    base = ""
+        elif branch_exists is not None:
+            try:
+                if await branch_exists(base):
+                    self.add("base branch", "ok", f"{base} (forge.base_branch)")
+                else:
+                    self.add("base branch", "fail", f"{base} does not exist on {self.config.forge.repo}",
+                             "set forge.base_branch to an existing branch, or leave it empty for the default "
+                             "branch")
+            except ForgeError as exc:
+                self.add("base branch", "fail", f"cannot look up {base}: {exc}",
+                         "check the token can read the repository")
+        check_push = getattr(forge, "check_push_access", None)
+        if check_push is None:
+            self.add("push access", "skip", "the forge cannot prove push access", required=False)
+            return
+        try:
+            await check_push()
+        except ForgeError as exc:
+            self.add("push access", "fail", str(exc),
+                     "give the token Contents: read and write on the repository (classic token: `repo` scope), "
+                     "and check forge.push_url")
+            return
+        self.add("push access", "ok", f"the fleet can push branches to {self.config.forge.repo}")
+
+    def _forge_token_in_engine_env(self) -> None:
+        from fleet_tui.engines import forbidden_env_names
+
+        forbidden = forbidden_env_names(self.config)
+        names = dict(BUILTIN_ENGINES)
+        names.update(self.config.engines)
+        found = False
+        for name, engine in sorted(names.items()):
+            refused = sorted((set(engine.env) | ({engine.api_key_env} - {""})) & forbidden)
+            if refused:
+                found = True
+                self.add(f"engine {name} env", "fail",
+                         f"engines.{name}.env lists {', '.join(refused)}: the agents would receive the forge token",
+                         f"remove {', '.join(refused)} from engines.{name}.env (the fleet pushes and opens PRs "
+                         "itself; agents never need the forge token)")
+        if not found:
+            self.add("engine env", "ok", "no engine is given a forge token variable", required=False)
+
+    def _ui(self) -> None:
+        problems = ui_problems(self.config)
+        for problem in problems:
+            self.add("console keys/theme", "fail", problem, "fix [ui] in fleet.toml (fleet.toml.example lists the "
+                     "key ids; the README's key table says what each does)")
+        if not problems:
+            self.add("console keys/theme", "ok", f"theme {self.config.ui.theme}"
+                     + (f", {len(self.config.ui.keys)} key remap(s)" if self.config.ui.keys else ""),
+                     required=False)
+
+    def _local_sandbox(self) -> None:
+        available = _local_sandbox_available()
+        if available:
+            self.add("local sandbox", "ok", "bubblewrap found: local runs are sandboxed with it",
+                     required=False)
+        else:
+            self.add("local sandbox", "warn", "bubblewrap (bwrap) not found: local runs are unsandboxed; the "
+                     "agents can read and write anything your user can",
+                     "install bubblewrap (apt-get install bubblewrap), or use runner.kind = \"docker\"",
+                     required=False)
 
     async def _labels(self, forge: object) -> None:
         labels = self.config.labels
@@ -153,9 +240,11 @@ class Doctor:
             client.images.get(runner.image)
         except docker.errors.ImageNotFound:
             self.add("agent image", "fail", f"{runner.image} is not on the engine",
-                     f"docker build -t {runner.image} docker/   (the Dockerfile ships with fleet-tui)")
+                     "run `fleet-tui image build` (or `fleet-tui image build --offline` without a registry)")
+            self._docker_networks(client)
             return
         self.add("agent image", "ok", runner.image)
+        self._docker_networks(client)
         for role, name, binary in self._engine_binaries():
             try:
                 output = client.containers.run(runner.image, ["sh", "-c", f"command -v {binary}"], remove=True,
@@ -163,7 +252,33 @@ class Doctor:
                 self.add(f"{role} engine", "ok", f"{name}: {output.decode().strip()} in {runner.image}")
             except docker.errors.ContainerError:
                 self.add(f"{role} engine", "fail", f"{binary} is not in {runner.image}",
-                         f"rebuild the image with {binary} installed (see docker/Dockerfile)")
+                         f"rebuild the image with {binary} installed: `fleet-tui image build`")
+
+    def _docker_networks(self, client: object) -> None:
+        import docker
+
+        wanted: dict[str, list[str]] = {}
+        for role in ("pm", "dev", "qa"):
+            network = getattr(self.config.roles, role).network or self.config.runner.network
+            wanted.setdefault(network, []).append(role)
+        for network, roles in wanted.items():
+            try:
+                client.networks.get(network)  # type: ignore[attr-defined]
+            except docker.errors.NotFound:
+                where = "runner.network" if not any(getattr(self.config.roles, r).network for r in roles) \
+                    else " / ".join(f"roles.{r}.network" for r in roles)
+                if network in ("bridge", "host", "none"):
+                    fix = (f"this engine has no {network!r} network (dockerd --bridge=none?): `docker network "
+                           f"create fleet-egress` and set {where} = \"fleet-egress\"")
+                else:
+                    fix = f"docker network create {network}   (or set {where} to an existing network)"
+                self.add(f"network {network}", "fail", f"Docker network {network!r} ({', '.join(roles)} runs) "
+                         "does not exist on the engine", fix)
+            except docker.errors.APIError as exc:
+                self.add(f"network {network}", "fail", f"cannot look up Docker network {network!r}: {exc}",
+                         "check the Docker engine")
+            else:
+                self.add(f"network {network}", "ok", f"{', '.join(roles)} runs use {network}", required=False)
 
     def _engine_binaries(self) -> list[tuple[str, str, str]]:
         import shlex
@@ -195,13 +310,27 @@ class Doctor:
                          _INSTALL_HINTS.get(binary, f"install {binary} or change roles.{role}.engine"))
 
     def _engine_env(self) -> None:
+        from fleet_tui.engines.prices import prices_of
+
         seen: set[str] = set()
+        priced: set[str] = set()
         for role in ("pm", "dev", "qa"):
             name = getattr(self.config.roles, role).engine
             if name == BUILTIN_PM:
                 continue
             engine = self.config.engine(name)
-            for var in engine.env:
+            budgets = self.config.policy.budget_day_usd or self.config.policy.budget_issue_usd or getattr(
+                self.config.roles, role).budget_usd
+            if (engine.kind in ("codex", "command") and budgets and name not in priced
+                    and prices_of(engine) == (0.0, 0.0)):
+                priced.add(name)
+                self.add(f"engine {name} prices", "warn",
+                         f"no price for model {engine.model or '(the CLI default)'}: its runs cost $0 and USD "
+                         "budgets do not hold them",
+                         f"set engines.{name}.model to a listed model, or price_input_per_mtok and "
+                         "price_output_per_mtok", required=False)
+            names = list(engine.env) + ([engine.api_key_env] if engine.api_key_env else [])
+            for var in names:
                 if var in seen:
                     continue
                 seen.add(var)
@@ -211,6 +340,60 @@ class Doctor:
                 else:
                     self.add(f"env {var}", "warn", f"not set; {engine.kind} runs may fail to reach their model",
                              f"export {var}=…", required=False)
+
+
+def _local_sandbox_available() -> bool:
+    try:
+        from fleet_tui.runners import local
+    except ImportError:  # pragma: no cover - the runner is part of the package
+        local = None  # type: ignore[assignment]
+    probe = getattr(local, "local_sandbox_available", None)
+    return bool(probe()) if probe is not None else shutil.which("bwrap") is not None
+
+
+def ui_problems(config: FleetConfig, theme_dir: Path | None = None) -> list[str]:
+    """What is wrong with `[ui]`: unknown binding ids, remaps that collide or take over `q` (quit), and a theme
+    the console does not know. The ids and themes come from the console's own tables (this imports Textual,
+    so it runs in `check`, never when a config is loaded)."""
+    from fleet_tui.tui.actions import ACTIONS
+
+    problems: list[str] = []
+    defaults = {action.id: action.key for action in ACTIONS}
+    remaps = config.ui.keys
+    unknown = sorted(set(remaps) - set(defaults))
+    if unknown:
+        problems.append(f"ui.keys: unknown binding id(s) {', '.join(map(repr, unknown))}; known: "
+                        f"{', '.join(defaults)}")
+    owners: dict[str, list[str]] = {}
+    for action_id, default in defaults.items():
+        keys = remaps.get(action_id, default)
+        for key in (part.strip() for part in keys.split(",")):
+            if key:
+                owners.setdefault(key, []).append(action_id)
+    for key, ids in owners.items():
+        if key == "q":
+            continue  # reported below as taking over quit
+        remapped = [i for i in ids if i in remaps]
+        if len(ids) > 1 and remapped:
+            problems.append(f"ui.keys: {key!r} would be bound to {' and '.join(ids)}; give each its own key")
+    for action_id, keys in remaps.items():
+        if action_id != "quit" and action_id in defaults and "q" in (part.strip() for part in keys.split(",")):
+            problems.append(f"ui.keys.{action_id} = {keys!r} takes over q (quit); pick another key")
+    theme = config.ui.theme
+    try:
+        from textual.theme import BUILTIN_THEMES
+
+        from fleet_tui.config import user_config_dir
+        from fleet_tui.tui.themes import load_themes
+
+        loaded, _ = load_themes(theme_dir if theme_dir is not None else user_config_dir() / "themes")
+        known = set(BUILTIN_THEMES) | {t.name for t in loaded}
+    except ImportError:  # pragma: no cover - textual is a dependency
+        return problems
+    if theme not in known:
+        problems.append(f"ui.theme {theme!r} is not a known theme; known: {', '.join(sorted(known))} (or add "
+                        f"THEME.toml to {user_config_dir() / 'themes'})")
+    return problems
 
 
 _INSTALL_HINTS = {

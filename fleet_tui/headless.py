@@ -1,6 +1,10 @@
 """`fleet-tui --headless`: the same orchestrator with one structured line per event on stdout (JSON Lines),
 for systemd, a container or a scheduled CI job. `--once` returns when nothing is left to do and no run is
-live. SIGTERM and SIGINT stop dispatching and exit cleanly; live runs are left to be re-attached."""
+live. SIGTERM and SIGINT stop dispatching and exit cleanly; live runs are left to be re-attached.
+
+Exit codes, for a scheduler to act on: 0 nothing failed; 3 a forge action failed (push, open PR, review,
+claim) at least once; 4 an issue went to needs-human (this wins over 3). A config error is 2, any other
+error 1."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import enum
 import json
 import signal
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -94,14 +98,53 @@ async def serve(orchestrator: Any, *, once: bool, out: TextIO, log_lines: bool =
         tg.cancel_scope.cancel()
 
 
+EXIT_OK, EXIT_ACTION_FAILED, EXIT_NEEDS_HUMAN = 0, 3, 4
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def exit_code(orchestrator: Any) -> int:
+    """4 when an issue went to needs-human during the run, else 3 when a forge action failed, else 0."""
+    if getattr(orchestrator, "needs_human_raised", 0):
+        return EXIT_NEEDS_HUMAN
+    if getattr(orchestrator, "failed_actions", 0):
+        return EXIT_ACTION_FAILED
+    return EXIT_OK
+
+
+async def host(orchestrator: Any, *, once: bool, out: TextIO, pm: bool = False, resume_budget: bool = False,
+               log_lines: bool = True) -> int:
+    """Ask for what the flags say (lift a spent budget, run the PM first), serve until the end, and return the
+    exit code with a closing `Done` line."""
+    if resume_budget:
+        resume = getattr(orchestrator, "resume_budget", None)
+        if resume is not None:
+            await resume()
+        else:  # an orchestrator without the intent: lift the budget pause it keeps in its journal
+            journal = getattr(orchestrator, "journal", None)
+            if journal is not None:
+                journal.delete_kv("budget_paused_on")
+        out.write(json.dumps({"at": _now(), "event": "BudgetResumed"}) + "\n")
+    if pm:
+        await orchestrator.run_pm()
+    await serve(orchestrator, once=once, out=out, log_lines=log_lines)
+    code = exit_code(orchestrator)
+    out.write(json.dumps({"at": _now(), "event": "Done", "exit": code,
+                          "failed_actions": getattr(orchestrator, "failed_actions", 0),
+                          "needs_human_raised": getattr(orchestrator, "needs_human_raised", 0)}) + "\n")
+    out.flush()
+    return code
+
+
 def run_headless(config: FleetConfig, *, repo_path: Path, state_dir: Path, once: bool = False,
-                 out: TextIO | None = None) -> int:
-    """The `--headless` entry point; returns the exit code."""
+                 out: TextIO | None = None, pm: bool = False, resume_budget: bool = False) -> int:
+    """The `--headless` entry point; returns the exit code (see the module docstring)."""
     from fleet_tui.orchestrator import build_fleet
 
-    async def main() -> None:
+    async def main() -> int:
         async with build_fleet(config, repo_path=repo_path, state_dir=state_dir) as orchestrator:
-            await serve(orchestrator, once=once, out=out or sys.stdout)
+            return await host(orchestrator, once=once, out=out or sys.stdout, pm=pm, resume_budget=resume_budget)
 
-    anyio.run(main)
-    return 0
+    return anyio.run(main)

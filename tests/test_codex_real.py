@@ -61,6 +61,7 @@ class StubModel:
     """Answers POST /v1/responses; records each request body."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str] = field(default_factory=list)
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -120,6 +121,7 @@ def stub() -> Iterator[StubModel]:
             if not self.path.rstrip("/").endswith("/responses"):
                 self.do_GET()
                 return
+            model.authorizations.append(self.headers.get("authorization", ""))
             events = model.reply(json.loads(raw or b"{}"))
             data = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events).encode()
             self.send_response(200)
@@ -223,3 +225,23 @@ def test_real_codex_takes_a_prompt_too_long_for_argv_on_stdin(codex: str, stub: 
     assert proc.returncode == 0, "\n".join(lines[-30:])
     assert "END-OF-LONG-PROMPT" in json.dumps(stub.requests[0]["input"])
     assert (ws / "greeting.txt").read_text() == "hello\nedited by codex\n"
+
+
+def test_real_codex_takes_the_provider_key_and_options_from_the_engine_config(
+    codex: str, stub: StubModel, tmp_path: Path
+) -> None:
+    """base_url, api_key_env, wire_api and extra become `-c` overrides the real CLI accepts: it reaches the
+    stub with the key from the named variable, in a run whose HOME has no config of its own."""
+    config = EngineConfig(kind="codex", command=codex, model="gpt-5.5", base_url=f"http://127.0.0.1:{stub.port}/v1",
+                          api_key_env="FLEET_STUB_KEY", wire_api="responses",
+                          extra={"model_reasoning_effort": '"low"'}, args=["--disable", "plugins"])
+    engine = CodexEngine(config, environ={"FLEET_STUB_KEY": "stub-key-123", "OPENAI_API_KEY": "not-this-one"})
+    ws, scratch = workspace(tmp_path), tmp_path / "scratch"
+    inv = engine.invocation(Task(run_id="run-provider", role=Role.DEV, prompt="Append a line."), workdir=str(ws),
+                            scratch=str(scratch))
+    assert inv.env["FLEET_STUB_KEY"] == "stub-key-123" and "OPENAI_API_KEY" not in inv.env
+    proc, lines = run(inv, ws, scratch)
+    assert proc.returncode == 0, "\n".join(lines[-30:])
+    assert (ws / "greeting.txt").read_text() == "hello\nedited by codex\n"
+    assert stub.authorizations and set(stub.authorizations) == {"Bearer stub-key-123"}
+    assert stub.requests[0].get("reasoning", {}).get("effort") == "low"

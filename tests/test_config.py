@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,81 @@ def test_builtin_pm_is_accepted_for_the_pm_only() -> None:
     assert parse_config('[roles.pm]\nengine = "builtin"\n').roles.pm.engine == "builtin"
     with pytest.raises(ConfigError, match="roles.dev.engine names 'builtin'"):
         parse_config('[roles.dev]\nengine = "builtin"\n')
+
+
+@pytest.mark.parametrize("extra", ["", "approvers = []\n"])
+def test_github_without_approvers_is_refused_with_what_to_set(tmp_path: Path, extra: str) -> None:
+    (tmp_path / "fleet.toml").write_text(extra + '[forge]\nkind = "github"\nrepo = "octo/demo"\n')
+    result = _run_cli("check", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fleet.toml: approvers is empty")
+    assert 'set approvers = ["your-login"]' in lines[0] and "policy.approvers_with_write = true" in lines[0]
+
+
+def test_github_with_write_permission_approvals_needs_no_list(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text('[forge]\nkind = "github"\nrepo = "octo/demo"\n[policy]\napprovers_with_write = true\n')
+    assert load_config(path).policy.approvers_with_write
+    path.write_text('approvers = ["alice"]\n[forge]\nkind = "github"\nrepo = "octo/demo"\n')
+    assert load_config(path).approvers == ["alice"]
+
+
+@pytest.mark.parametrize(("token", "variable"), [("sk-" + "k" * 40, "OPENAI_API_KEY"),
+                                                 ("sk-ant-api03-" + "k" * 40, "ANTHROPIC_API_KEY"),
+                                                 ("ghp_" + "a1B2" * 9, "GITHUB_TOKEN")])
+def test_token_in_config_names_the_right_variable(tmp_path: Path, token: str, variable: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'[engines.x]\nkind = "codex"\nmodel = "{token}"\n')
+    path.chmod(0o600)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"export {variable}" in str(info.value)
+    others = {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GITHUB_TOKEN"} - {variable}
+    assert not any(name in str(info.value) for name in others)
+
+
+def test_engine_strings_take_variables_from_the_environment(tmp_path: Path) -> None:
+    text = ('[policy]\ntest_command = "make test ARGS=${KEEP_FOR_SHELL}"\n'
+            '[engines.local]\nkind = "codex"\nbase_url = "http://${LLM_HOST}/v1"\nargs = ["$$HOME"]\n')
+    config = parse_config(text, environ={"LLM_HOST": "127.0.0.1:8000"})
+    assert config.engines["local"].base_url == "http://127.0.0.1:8000/v1"
+    assert config.engines["local"].args == ["$HOME"]
+    assert config.policy.test_command == "make test ARGS=${KEEP_FOR_SHELL}"  # the shell's, not ours
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "fleet.toml", environ={})
+    assert str(info.value) == ("fleet.toml: engines.local.base_url: ${LLM_HOST} is not set in the environment; "
+                               "export LLM_HOST, or write $$ for a literal $")
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    result = _run_cli("check", cwd=tmp_path)
+    assert result.returncode == 2 and "${LLM_HOST} is not set in the environment" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[engines.x]\nkind = "codex"\nwire_api = "grpc"\n', "engines.x.wire_api must be one of"),
+    ('[engines.x]\nkind = "codex"\nsandbox = "off"\n', "engines.x.sandbox must be one of"),
+    ('[engines.x]\nkind = "codex"\napi_key_env = "MY KEY"\n',
+     "engines.x.api_key_env must be an environment variable name"),
+    ('[engines.x]\nkind = "codex"\nbase_url = "localhost:8000"\n', "engines.x.base_url must be an http(s) URL"),
+])
+def test_engine_settings_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(text)
+
+
+def test_ui_keys_docstring_lists_every_binding_id() -> None:
+    from fleet_tui.config import UiConfig
+    from fleet_tui.tui.actions import ACTIONS
+
+    doc = field_descriptions(UiConfig)["keys"]
+    listed = doc.split("The ids: ", 1)[1].split(".", 1)[0].replace("\n", " ")
+    assert [part.strip() for part in listed.split(",")] == [action.id for action in ACTIONS]
+
+
+def test_readme_toml_examples_load() -> None:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        parse_config(block, "README.md", environ={"MODEL_HOST": "127.0.0.1:8000"})

@@ -68,7 +68,7 @@ def test_missing_engine_cli_has_a_fix(tmp_path: Path) -> None:
 
 
 def test_github_without_token(tmp_path: Path) -> None:
-    (tmp_path / "fleet.toml").write_text('[forge]\nkind = "github"\nrepo = "octo/demo"\nuse_gh_cli = false\n'
+    (tmp_path / "fleet.toml").write_text('approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "octo/demo"\nuse_gh_cli = false\n'
                                          + LOCAL_SCRIPTED)
     result = check(tmp_path)
     assert result.returncode == 1
@@ -84,7 +84,7 @@ def test_github_token_report_and_labels(tmp_path: Path) -> None:
         server.add_user("wide-bot", "wide-token-0123456789", scopes="repo, workflow, delete_repo")
         server.permissions["wide-bot"] = "write"
         (tmp_path / "fleet.toml").write_text(
-            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            f'approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
             + LOCAL_SCRIPTED)
         env = {"GITHUB_TOKEN": "wide-token-0123456789"}
         first = check(tmp_path, env=env)
@@ -103,7 +103,7 @@ def test_github_bad_token(tmp_path: Path) -> None:
 
     with FakeGitHub(tmp_path / "fake", git=False) as server:
         (tmp_path / "fleet.toml").write_text(
-            f'[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
+            f'approvers = ["octo"]\n[forge]\nkind = "github"\nrepo = "{REPO}"\napi_url = "{server.url}"\nuse_gh_cli = false\n'
             + LOCAL_SCRIPTED)
         result = check(tmp_path, env={"GITHUB_TOKEN": "not-a-valid-token-42"})
         assert result.returncode == 1
@@ -144,13 +144,13 @@ def test_docker_image_and_engine_binaries(tmp_path: Path) -> None:
     assert "Docker engine" in result.stdout and "agent image" in result.stdout
     assert "python3" in result.stdout  # the scripted engine's binary, found inside the image
     assert "codex is not in fleet-test:latest" in result.stdout
-    assert "rebuild the image with codex installed" in result.stdout
+    assert "rebuild the image with codex installed: `fleet-tui image build`" in result.stdout
     assert result.returncode == 1
     (repo / "fleet.toml").write_text(DOCKER_RUNNER.format(image="no-such-image:1", dev="scripted"))
     missing = check(repo, "--fix")
     assert missing.returncode == 1
     assert "no-such-image:1 is not on the engine" in missing.stdout
-    assert "docker build -t no-such-image:1 docker/" in missing.stdout
+    assert "run `fleet-tui image build`" in missing.stdout
 
 
 def test_docker_unreachable_has_a_fix(tmp_path: Path) -> None:
@@ -160,3 +160,175 @@ def test_docker_unreachable_has_a_fix(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot reach the Docker engine at tcp://127.0.0.1:9" in result.stdout
     assert 'runner.kind = "local"' in result.stdout
+
+
+# --- what check tells the truth about ----------------------------------------------------------
+
+
+def test_repo_and_config_go_before_or_after_the_command(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(LOCAL_SCRIPTED)
+    env = {"COLUMNS": "200"}
+    for args in (["check", "--repo", str(repo), "--config", str(config)],
+                 ["--repo", str(repo), "--config", str(config), "check"]):
+        result = subprocess.run([sys.executable, "-m", "fleet_tui", *args], cwd=tmp_path, capture_output=True,
+                                text=True, env={**os.environ, **env}, timeout=120)
+        assert f"{repo} (local forge)" in result.stdout, result.stdout + result.stderr
+        assert str(config) in result.stdout
+
+
+def test_not_a_repository_hint_names_the_flag(tmp_path: Path) -> None:
+    (tmp_path / "fleet.toml").write_text(LOCAL_SCRIPTED)
+    result = check(tmp_path)
+    assert "`fleet-tui check --repo PATH`" in result.stdout
+
+
+def test_forge_token_variable_in_an_engine_env_fails(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text(
+        LOCAL_SCRIPTED + '[engines.leaky]\nkind = "command"\ncommand = "true"\nenv = ["OPENAI_API_KEY", "GH_TOKEN"]\n')
+    result = check(repo, "--fix")
+    assert result.returncode == 1
+    assert "engines.leaky.env lists GH_TOKEN: the agents would receive the forge token" in result.stdout
+    assert "remove GH_TOKEN from engines.leaky.env" in result.stdout
+
+
+def test_group_writable_config_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(LOCAL_SCRIPTED)
+    path.chmod(0o664)
+    result = check(tmp_path)
+    assert result.returncode == 2
+    assert "writable by group/others" in result.stderr and f"chmod go-w {path}" in result.stderr
+
+
+def _ui_problems(text: str) -> list[str]:
+    from fleet_tui.config import parse_config
+    from fleet_tui.doctor import ui_problems
+
+    return ui_problems(parse_config(text), theme_dir=None)
+
+
+def test_ui_keys_and_theme_checked_against_the_console() -> None:
+    assert _ui_problems('[ui]\ntheme = "fleet-light"\n[ui.keys]\napprove = "A"\nstop = "ctrl+s"\n') == []
+    assert _ui_problems('[ui]\ntheme = "nord"\n') == []  # a Textual theme
+    unknown = _ui_problems('[ui.keys]\napprov = "A"\n')
+    assert len(unknown) == 1 and "unknown binding id(s) 'approv'" in unknown[0] and "approve" in unknown[0]
+    clash = _ui_problems('[ui.keys]\napprove = "s"\n')
+    assert clash == ["ui.keys: 's' would be bound to approve and stop; give each its own key"]
+    each_other = _ui_problems('[ui.keys]\napprove = "z"\nreject = "z"\n')
+    assert each_other == ["ui.keys: 'z' would be bound to approve and reject; give each its own key"]
+    swapped = _ui_problems('[ui.keys]\napprove = "x"\nreject = "a"\n')
+    assert swapped == []  # a swap collides with nothing
+    quit_taken = _ui_problems('[ui.keys]\nretry = "q"\n')
+    assert quit_taken == ["ui.keys.retry = 'q' takes over q (quit); pick another key"]
+    theme = _ui_problems('[ui]\ntheme = "fleet-purple"\n')
+    assert len(theme) == 1 and theme[0].startswith("ui.theme 'fleet-purple' is not a known theme")
+    assert "fleet-dark" in theme[0]
+
+
+def test_ui_problems_fail_check(tmp_path: Path) -> None:
+    repo = _repo(tmp_path / "repo")
+    (repo / "fleet.toml").write_text('[ui]\ntheme = "nope"\n' + LOCAL_SCRIPTED)
+    result = check(repo, "--fix")
+    assert result.returncode == 1 and "ui.theme 'nope' is not a known theme" in result.stdout
+
+
+class FakeForge:
+    def __init__(self, *, default: str = "main", branches: tuple[str, ...] = ("main",), push_error: str = ""):
+        self.default, self.branches, self.push_error = default, branches, push_error
+
+    async def default_branch(self) -> str:
+        return self.default
+
+    async def branch_exists(self, name: str) -> bool:
+        return name in self.branches
+
+    async def check_push_access(self) -> None:
+        from fleet_tui.forge.base import ForgeError
+
+        if self.push_error:
+            raise ForgeError(self.push_error)
+
+
+def _forge_access(tmp_path: Path, forge: object, base: str = "") -> list[tuple[str, str, str, str]]:
+    import anyio
+
+    from fleet_tui.config import FleetConfig, ForgeConfig
+    from fleet_tui.doctor import Doctor
+
+    config = FleetConfig(forge=ForgeConfig(kind="github", repo="octo/demo", base_branch=base),
+                         approvers=["octo"])
+    doctor = Doctor(config, None, tmp_path, tmp_path)
+    doctor.results = []
+    anyio.run(doctor.forge_access, forge)
+    return [(c.name, c.status, c.detail, c.fix) for c in doctor.results]
+
+
+def test_base_branch_and_push_access(tmp_path: Path) -> None:
+    ok = _forge_access(tmp_path, FakeForge(default="trunk", branches=("trunk",)))
+    assert ok[0][:2] == ("base branch", "ok") and ok[0][2].startswith("trunk (the repository's default branch")
+    assert ok[1][:2] == ("push access", "ok")
+    missing = _forge_access(tmp_path, FakeForge(), base="develop")
+    assert missing[0][:3] == ("base branch", "fail", "develop does not exist on octo/demo")
+    assert "set forge.base_branch to an existing branch" in missing[0][3]
+    denied = _forge_access(tmp_path, FakeForge(push_error="the token cannot push to octo/demo"), base="main")
+    assert denied[0][:2] == ("base branch", "ok")
+    assert denied[1][:3] == ("push access", "fail", "the token cannot push to octo/demo")
+    assert "Contents: read and write" in denied[1][3]
+
+
+def test_a_forge_without_the_checks_is_skipped_not_passed(tmp_path: Path) -> None:
+    rows = _forge_access(tmp_path, object())
+    assert [(name, status) for name, status, *_ in rows] == [("base branch", "skip"), ("push access", "skip")]
+
+
+def test_local_runner_without_bubblewrap_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from fleet_tui import doctor as doctor_module
+    from fleet_tui.config import parse_config
+
+    repo = _repo(tmp_path / "repo")
+    config = parse_config(LOCAL_SCRIPTED)
+    for available, status in ((False, "warn"), (True, "ok")):
+        monkeypatch.setattr(doctor_module, "_local_sandbox_available", lambda a=available: a)
+        doctor = doctor_module.Doctor(config, None, repo, tmp_path / "state", fix=True)
+        rows = {c.name: c for c in anyio.run(doctor.run)}
+        assert rows["local sandbox"].status == status
+    doctor = doctor_module.Doctor(config, None, repo, tmp_path / "state", fix=True)
+    monkeypatch.setattr(doctor_module, "_local_sandbox_available", lambda: False)
+    sandbox = {c.name: c for c in anyio.run(doctor.run)}["local sandbox"]
+    assert "local runs are unsandboxed" in sandbox.detail and "bubblewrap" in sandbox.fix
+
+
+@pytest.mark.docker
+def test_missing_role_network_has_a_fix(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    repo = _repo(tmp_path / "repo")
+    text = DOCKER_RUNNER.format(image="fleet-test:latest", dev="scripted")
+    (repo / "fleet.toml").write_text(text.replace('[roles.qa]', 'network = "fleet-no-such-net"\n[roles.qa]'))
+    result = check(repo, "--fix")
+    assert result.returncode == 1
+    assert "Docker network 'fleet-no-such-net' (dev runs) does not exist" in result.stdout
+    assert "docker network create fleet-no-such-net" in result.stdout
+    assert "roles.dev.network" in result.stdout
+
+
+def test_usd_budget_with_an_unpriced_model_warns(tmp_path: Path) -> None:
+    import anyio
+
+    from fleet_tui.config import parse_config
+    from fleet_tui.doctor import Doctor
+
+    repo = _repo(tmp_path / "repo")
+    text = ('[policy]\nbudget_day_usd = 20.0\n[runner]\nkind = "local"\n[roles.pm]\nengine = "builtin"\n'
+            '[roles.dev]\nengine = "mine"\n[roles.qa]\nengine = "codex"\n'
+            '[engines.mine]\nkind = "codex"\nmodel = "house-model-7"\n')
+    rows = {c.name: c for c in anyio.run(Doctor(parse_config(text), None, repo, tmp_path / "s", fix=True).run)}
+    warning = rows["engine mine prices"]
+    assert warning.status == "warn" and "no price for model house-model-7" in warning.detail
+    assert "price_input_per_mtok" in warning.fix
+    assert "engine codex prices" not in rows  # the CLI default is priced by the table

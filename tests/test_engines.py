@@ -267,8 +267,12 @@ def test_claude_stream_gives_lines_running_usage_and_the_reported_cost(tmp_path:
     assert "I will run the tests." in lines and "$ Bash: pytest -q" in lines
     assert "1 failed" in lines and "Fixed." in lines
     running = usages(out)
-    assert running[0] == Usage(input_tokens=1110, output_tokens=50, cached_tokens=1000)
-    assert running[1] == Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000)
+    # Running usage is priced from the built-in table ("sonnet": $3 in, $15 out per million) until the CLI
+    # reports the run's own cost.
+    assert running[0] == Usage(input_tokens=1110, output_tokens=50, cached_tokens=1000,
+                               cost_usd=pytest.approx((1110 * 3 + 50 * 15) / 1e6))
+    assert running[1] == Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000,
+                               cost_usd=pytest.approx((1115 * 3 + 70 * 15) / 1e6))
     assert running[-1] == Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000, cost_usd=0.0421)
     result = parser.result(0, tmp_path)
     assert result.ok and result.summary == "Fixed the parser; all tests pass." and result.usage == running[-1]
@@ -496,3 +500,94 @@ def test_script_file_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_builtin_demo_script_is_valid() -> None:
     assert validate_script(DEMO_SCRIPT, "demo") is DEMO_SCRIPT
+
+
+# --- engine settings: provider, key, sandbox, extra config, prices -------------------------------
+
+
+def _codex_argv(config: EngineConfig, *, local: bool = False, environ: dict[str, str] | None = None
+                ) -> tuple[list[str], dict[str, str]]:
+    runner = "local" if local else "docker"
+    from fleet_tui.config import RunnerConfig
+
+    fleet = FleetConfig(engines={"e": config}, runner=RunnerConfig(kind=runner))
+    inv = make_engine("e", fleet, environ=environ or {}).invocation(TASK, workdir="/ws", scratch="/s")
+    return list(inv.argv), inv.env
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "-c"]
+
+
+def test_codex_provider_from_base_url_key_variable_and_wire_api() -> None:
+    config = EngineConfig(kind="codex", command="codex", model="m1", base_url="http://127.0.0.1:8000/v1",
+                          api_key_env="LLM_KEY", wire_api="responses")
+    argv, env = _codex_argv(config, environ={"LLM_KEY": "k-1", "OPENAI_API_KEY": "other"})
+    assert _overrides(argv) == [
+        'model_provider="fleet"',
+        'model_providers.fleet.name="fleet engine e"',
+        'model_providers.fleet.base_url="http://127.0.0.1:8000/v1"',
+        'model_providers.fleet.env_key="LLM_KEY"',
+        'model_providers.fleet.wire_api="responses"',
+    ]
+    assert env == {"LLM_KEY": "k-1", "HOME": "/s/home"}  # the key variable is passed without listing it in env
+    assert argv[argv.index("-m") + 1] == "m1"
+
+
+def test_codex_key_variable_alone_keeps_the_openai_url_and_extra_goes_through() -> None:
+    config = EngineConfig(kind="codex", command="codex", api_key_env="WORK_OPENAI_KEY",
+                          extra={"model_reasoning_effort": "high", "model_verbosity": '"low"'})
+    overrides = _overrides(_codex_argv(config)[0])
+    assert 'model_providers.fleet.base_url="https://api.openai.com/v1"' in overrides
+    assert 'model_providers.fleet.env_key="WORK_OPENAI_KEY"' in overrides
+    assert overrides[-2:] == ["model_reasoning_effort=high", 'model_verbosity="low"']
+    plain = _overrides(_codex_argv(EngineConfig(kind="codex", command="codex"))[0])
+    assert plain == []  # nothing set: Codex's own default provider
+
+
+@pytest.mark.parametrize(("sandbox", "local", "expected"), [
+    ("", False, ["--dangerously-bypass-approvals-and-sandbox"]),
+    ("", True, ["--sandbox", "workspace-write", "-c", 'approval_policy="never"']),
+    ("read-only", False, ["--sandbox", "read-only", "-c", 'approval_policy="never"']),
+    ("danger-full-access", True, ["--sandbox", "danger-full-access", "-c", 'approval_policy="never"']),
+])
+def test_codex_sandbox_mode(sandbox: str, local: bool, expected: list[str]) -> None:
+    argv, _ = _codex_argv(EngineConfig(kind="codex", command="codex", sandbox=sandbox), local=local)
+    assert argv[3:3 + len(expected)] == expected
+    assert ("--dangerously-bypass-approvals-and-sandbox" in argv) == (expected[0] != "--sandbox")
+
+
+def test_a_forge_token_as_the_key_variable_is_refused() -> None:
+    config = FleetConfig(engines={"e": EngineConfig(kind="codex", command="codex", api_key_env="GITHUB_TOKEN")})
+    with pytest.raises(EngineConfigError, match="GITHUB_TOKEN"):
+        make_engine("e", config, environ={})
+
+
+def test_claude_base_url_and_key_variable() -> None:
+    config = EngineConfig(kind="claude", command="claude", base_url="https://gateway.example/anthropic",
+                          api_key_env="TEAM_ANTHROPIC_KEY")
+    inv = ClaudeEngine(config, environ={"TEAM_ANTHROPIC_KEY": "sk-team"}).invocation(TASK, workdir="/w", scratch="/s")
+    assert inv.env == {"ANTHROPIC_API_KEY": "sk-team", "ANTHROPIC_BASE_URL": "https://gateway.example/anthropic",
+                       "HOME": "/s/home"}
+
+
+def test_aider_base_url() -> None:
+    config = EngineConfig(kind="aider", command="aider", model="openai/m", base_url="http://127.0.0.1:8000/v1")
+    argv = list(AiderEngine(config, environ={}).invocation(TASK, workdir="/w", scratch="/s").argv)
+    assert argv[argv.index("--openai-api-base") + 1] == "http://127.0.0.1:8000/v1"
+
+
+def test_default_prices_priced_out_of_the_box_and_overridable() -> None:
+    from fleet_tui.engines.prices import default_price, prices_of
+
+    builtin_codex = FleetConfig().engine("codex")
+    assert builtin_codex.model == ""  # the CLI's default model, which is not pinned here
+    assert prices_of(builtin_codex) == (1.25, 10.0)  # USD budgets hold the built-in engine without config
+    assert cost_usd(builtin_codex, 1_000_000, 1_000_000) == pytest.approx(11.25)
+    assert prices_of(EngineConfig(kind="command")) == (0.0, 0.0)
+    assert default_price("claude-sonnet-4-5-20250929") == (3.0, 15.0)
+    assert default_price("openai/gpt-5.1-codex-mini") == (0.25, 2.0)
+    assert default_price("gpt-5.1-codex") == (1.25, 10.0)
+    assert default_price("my-local-model") is None and default_price("") is None
+    own = EngineConfig(kind="codex", model="gpt-5.1-codex", price_input_per_mtok=9.0, price_output_per_mtok=1.0)
+    assert prices_of(own) == (9.0, 1.0)

@@ -62,16 +62,25 @@ class ConfiguredEngine:
         name: str | None = None,
         environ: Mapping[str, str] | None = None,
         forbidden_env: Iterable[str] = FORGE_TOKEN_NAMES,
+        local_runner: bool = False,
     ) -> None:
         self.name = name or self.default_name
         self.config = config
         self._environ = environ
         self._forbidden = frozenset(forbidden_env) | FORGE_TOKEN_NAMES
-        check_env_names(self.name, config.env, self._forbidden)
+        self.local_runner = local_runner  # runs are subprocesses on the host, not containers
+        check_env_names(self.name, self.env_names(), self._forbidden)
+
+    def env_names(self) -> list[str]:
+        """The variables the runs receive: `env`, and `api_key_env` (the provider's key)."""
+        names = list(self.config.env)
+        if self.config.api_key_env and self.config.api_key_env not in names:
+            names.append(self.config.api_key_env)
+        return names
 
     def env(self, scratch: str) -> dict[str, str]:
         """The run's environment: the configured variables that exist, and a HOME inside scratch."""
-        return engine_env(self.name, self.config.env, current_environ(self._environ), scratch, self._forbidden)
+        return engine_env(self.name, self.env_names(), current_environ(self._environ), scratch, self._forbidden)
 
     def prompted(self, argv: list[str], task: Task, scratch: str, *, model_flag: str,
                  stdin_marker: str) -> Invocation:
@@ -190,26 +199,27 @@ def make_engine(name: str, config: FleetConfig, *, environ: Mapping[str, str] | 
         raise EngineConfigError(f"no engine named {name!r} (known: {', '.join(known)})") from None
     forbidden = forbidden_env_names(config)
     kind = engine_config.kind
+    local = config.runner.kind == "local"
     if kind == "codex":
         from fleet_tui.engines.codex import CodexEngine
 
-        return CodexEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+        return CodexEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden, local_runner=local)
     if kind == "claude":
         from fleet_tui.engines.claude import ClaudeEngine
 
-        return ClaudeEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+        return ClaudeEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden, local_runner=local)
     if kind == "aider":
         from fleet_tui.engines.aider import AiderEngine
 
-        return AiderEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+        return AiderEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden, local_runner=local)
     if kind == "command":
         from fleet_tui.engines.command import CommandEngine
 
-        return CommandEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+        return CommandEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden, local_runner=local)
     if kind == "scripted":
         from fleet_tui.engines.scripted import ScriptedEngine
 
-        return ScriptedEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden)
+        return ScriptedEngine(engine_config, name=name, environ=environ, forbidden_env=forbidden, local_runner=local)
     raise EngineConfigError(f"engines.{name}.kind {kind!r} is not known")
 
 

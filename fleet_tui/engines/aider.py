@@ -58,6 +58,8 @@ class AiderEngine(ConfiguredEngine):
         ]
         if self.config.model:
             argv += ["--model", self.config.model]
+        if self.config.base_url:
+            argv += ["--openai-api-base", self.config.base_url]
         argv += self.config.args
         env = self.env(scratch)
         return Invocation(argv=tuple(argv), env=env, files={PROMPT_FILE: task.prompt}, needs_network=True)

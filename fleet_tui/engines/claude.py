@@ -57,6 +57,17 @@ class ClaudeEngine(ConfiguredEngine):
     def parser(self) -> ClaudeParser:
         return ClaudeParser(self.config)
 
+    def env(self, scratch: str) -> dict[str, str]:
+        """The run's environment, with `base_url` as ANTHROPIC_BASE_URL and the key in `api_key_env` given to
+        the CLI as ANTHROPIC_API_KEY (Claude Code reads only those names)."""
+        env = super().env(scratch)
+        key_name = self.config.api_key_env
+        if key_name and key_name != "ANTHROPIC_API_KEY" and key_name in env:
+            env["ANTHROPIC_API_KEY"] = env.pop(key_name)
+        if self.config.base_url:
+            env["ANTHROPIC_BASE_URL"] = self.config.base_url
+        return env
+
 
 def _claude_usage(config: EngineConfig, raw: dict[str, Any], reported_cost: float | None = None) -> Usage:
     cache_read = as_int(raw.get("cache_read_input_tokens"))

@@ -34,8 +34,17 @@ LAST_MESSAGE_FILE = "last_message.txt"
 MAX_OUTPUT_LINES = 60
 
 
+# The id of the model provider an engine with `base_url` / `api_key_env` / `wire_api` defines for Codex.
+PROVIDER_ID = "fleet"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
 class CodexEngine(ConfiguredEngine):
-    """Builds `codex exec` command lines. The container is the sandbox, so Codex's own is bypassed."""
+    """Builds `codex exec` command lines. In a container Codex's own sandbox is bypassed (the container is the
+    sandbox); with the local runner it runs `workspace-write` unless the engine says otherwise.
+
+    Runs get a HOME of their own, so the operator's ~/.codex/config.toml is not read: the model, provider,
+    sandbox and any other option come from the engine's config, as `-c key=value` overrides."""
 
     default_name = "codex"
 
@@ -45,14 +54,13 @@ class CodexEngine(ConfiguredEngine):
             self.config.command or "codex",
             "exec",
             "--json",
-            # Codex's landlock/seccomp sandbox does not work inside an unprivileged container, and it is not
-            # needed: the run's container (limits, network policy, no secrets) is the sandbox.
-            "--dangerously-bypass-approvals-and-sandbox",
+            *self.sandbox_args(),
             "--skip-git-repo-check",
             "-C",
             workdir,
             "-o",
             f"{scratch}/{LAST_MESSAGE_FILE}",
+            *self.config_args(),
         ]
         # Codex reads stdin until EOF even with a prompt argument (the runner gives it /dev/null); "-" makes
         # it take the whole prompt from stdin, used for prompts too long for one argument.
@@ -60,6 +68,34 @@ class CodexEngine(ConfiguredEngine):
 
     def parser(self) -> CodexParser:
         return CodexParser(self.config)
+
+    def sandbox_args(self) -> list[str]:
+        mode = self.config.sandbox or ("workspace-write" if self.local_runner else "")
+        if not mode:
+            # Codex's landlock/seccomp sandbox does not work inside an unprivileged container, and it is not
+            # needed: the run's container (limits, network policy, no secrets) is the sandbox.
+            return ["--dangerously-bypass-approvals-and-sandbox"]
+        # No one answers approval prompts in a headless run.
+        return ["--sandbox", mode, "-c", 'approval_policy="never"']
+
+    def config_args(self) -> list[str]:
+        """`-c` overrides: the engine's own model provider (base_url, api_key_env, wire_api), then `extra`."""
+        config = self.config
+        pairs: list[tuple[str, str]] = []
+        if config.base_url or config.api_key_env or config.wire_api:
+            prefix = f"model_providers.{PROVIDER_ID}"
+            pairs += [
+                ("model_provider", toml_string(PROVIDER_ID)),
+                (f"{prefix}.name", toml_string(f"fleet engine {self.name}")),
+                (f"{prefix}.base_url", toml_string(config.base_url or OPENAI_BASE_URL)),
+                (f"{prefix}.env_key", toml_string(config.api_key_env or "OPENAI_API_KEY")),
+                (f"{prefix}.wire_api", toml_string(config.wire_api or "responses")),
+            ]
+        pairs += sorted(config.extra.items())
+        out: list[str] = []
+        for key, value in pairs:
+            out += ["-c", f"{key}={value}"]
+        return out
 
 
 class CodexParser(JsonLinesParser):
@@ -173,6 +209,13 @@ class CodexParser(JsonLinesParser):
         if not summary and self.errors:
             summary = self.errors[-1]
         return EngineResult(ok=ok, summary=summary, usage=self.usage)
+
+
+def toml_string(value: str) -> str:
+    """`value` as a TOML basic string (what `-c key=value` parses)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(ch if ch >= " " and ch != "\x7f" else f"\\u{ord(ch):04x}" for ch in escaped)
+    return f'"{escaped}"'
 
 
 def _lines(text: str, stream: str, *, prefix: str = "", limit: int | None = None) -> list[Output]:
