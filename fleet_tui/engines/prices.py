@@ -18,6 +18,8 @@ _MTOK = 1_000_000
 # openai/gpt-5.1) is priced by the longest entry it starts with, after any provider prefix.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     # OpenAI (Codex CLI, aider)
+    "gpt-5.4": (2.50, 15.0),
+    "gpt-5.2": (1.75, 14.0),
     "gpt-5.1-codex-max": (1.25, 10.0),
     "gpt-5.1-codex-mini": (0.25, 2.0),
     "gpt-5.1-codex": (1.25, 10.0),
