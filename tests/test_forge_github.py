@@ -103,15 +103,37 @@ async def test_typed_githubkit_models_parse_every_route(tmp_path: Path) -> None:
         assert pulls[0].head.ref == "fleet/3-third" and pulls[0].base.repo.full_name == "octo/demo"
         pr = (await rest.pulls.async_create(OWNER, NAME, title="t", body="b", head="fleet/9-x", base="main")).parsed_data
         assert pr.additions == 1 and pr.changed_files == 1
+        computing = (await rest.pulls.async_get(OWNER, NAME, 4)).parsed_data
+        assert computing.mergeable is None and computing.mergeable_state == "unknown"
         full = (await rest.pulls.async_get(OWNER, NAME, 4)).parsed_data
         assert full.mergeable is True and full.additions == 10
+        assert full.mergeable_state == "unstable"  # a check that is not required failed
+        repo = (await rest.repos.async_get(OWNER, NAME)).parsed_data
+        assert repo.default_branch == "main" and repo.clone_url.startswith("http://localhost:")
+        server.protect("main", contexts=["tests"], strict=True)
+        branch = (await rest.repos.async_get_branch(OWNER, NAME, "main")).parsed_data
+        assert branch.protected and branch.protection.required_status_checks.contexts == ["tests"]
+        required = (await forge._ident(as_operator=True).github.rest.repos.async_get_status_checks_protection(
+            OWNER, NAME, "main")).parsed_data
+        assert required.strict is True and required.contexts == ["tests"]
+        server.add_review_comment(4, OUTSIDER_LOGIN, "why?", "a.py", 3)
+        inline = (await rest.pulls.async_list_review_comments(OWNER, NAME, 4)).parsed_data
+        assert [(c.path, c.line, c.user.login) for c in inline] == [("a.py", 3, OUTSIDER_LOGIN)]
+        await rest.issues.async_update(OWNER, NAME, 1, title="first, renamed", body="new body")
+        renamed = (await rest.issues.async_list_events_for_timeline(OWNER, NAME, 1)).parsed_data[-1]
+        assert renamed.event == "renamed" and renamed.rename.from_ == "first"
+        edits = await forge._ident().github.async_graphql(
+            "query($owner: String!, $name: String!, $number: Int!) { repository(owner: $owner, name: $name) { "
+            "issue(number: $number) { lastEditedAt userContentEdits(last: 50) { nodes { editedAt editor { login "
+            "} } } } } }", {"owner": OWNER, "name": NAME, "number": 1})
+        nodes = edits["repository"]["issue"]["userContentEdits"]["nodes"]
+        assert [n["editor"]["login"] for n in nodes] == [FLEET_LOGIN, OPERATOR_LOGIN]
         files = (await rest.pulls.async_list_files(OWNER, NAME, 4)).parsed_data
         assert [f.filename for f in files] == ["a.py", "b.py"]
         review = (await rest.pulls.async_create_review(OWNER, NAME, 4, body="ok", event="COMMENT",
                                                        commit_id=full.head.sha)).parsed_data
         assert review.state == "COMMENTED"
         assert (await rest.pulls.async_list_reviews(OWNER, NAME, 4)).parsed_data[0].id == review.id
-        assert (await rest.pulls.async_list_review_comments(OWNER, NAME, 4)).parsed_data == []
         status = (await rest.repos.async_get_combined_status_for_ref(OWNER, NAME, full.head.sha)).parsed_data
         assert status.state == "success" and status.total_count == 1
         runs = (await rest.checks.async_list_for_ref(OWNER, NAME, full.head.sha)).parsed_data
