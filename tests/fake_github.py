@@ -1757,15 +1757,16 @@ def _paginate(items: list[Any], query: dict[str, list[str]], host: str, path: st
 async def open_github_forge(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, FakeGitHub]]:
     """A started `GitHubForge` (entered) for "octo/demo" on a fresh fake server, and the server.
 
-    The fleet writes as `fleet-bot` (a separate identity), the approve key acts as `octo-operator`.
+    The fleet writes as `fleet-bot` (a separate identity), the approve key acts as `octo-operator`; git goes to
+    the `clone_url` the API reports (smart HTTP on `localhost`, the token in a header).
     `options` go to `GitHubForge` (e.g. `write_spacing`, `max_wait`); a `server_options` dict goes to the fake.
     """
     from fleet_tui.forge.github import GitHubForge
 
     server = FakeGitHub(Path(tmp_path), **options.pop("server_options", {})).start()
     settings: dict[str, Any] = dict(token=FLEET_TOKEN, operator_token=OPERATOR_TOKEN, base_url=server.url,
-                                    git_url=server.push_url if server.git_dir else None, write_spacing=0.0,
-                                    retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0)
+                                    write_spacing=0.0, retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0,
+                                    settle_s=0.05, readiness_backoff=0.01)
     settings.update(options)
     try:
         forge = GitHubForge(REPO, **settings)
