@@ -1120,7 +1120,7 @@ class FakeGitHub:
                   "editor": {"login": e.editor, "__typename": "Bot" if self.user(e.editor).type == "Bot" else "User"}}
                  for e in reversed(issue.edits)]  # newest first
         return {"data": {"repository": {"issue": {
-            "number": issue.number, "lastEditedAt": iso(issue.last_edited),
+            "number": issue.number, "createdAt": iso(issue.created), "lastEditedAt": iso(issue.last_edited),
             "userContentEdits": {"totalCount": len(nodes), "nodes": nodes}}}}}
 
     def _issue(self, number: str | int) -> IssueRec:

@@ -145,10 +145,13 @@ class Forge(Protocol):
         ...
 
     # pull requests --------------------------------------------------------------------------
-    async def push_branch(self, source: Path, branch: str, *, force: bool = False) -> str:
+    async def push_branch(self, source: Path, branch: str, *, force: bool = False,
+                          expected: str | None = None) -> str:
         """Push `branch` from the workspace repository at `source` to the forge; returns the head sha.
         Done with the forge's credentials, which never enter an agent's environment. `force`: the branch
-        was rebased; replace the forge's copy only if nobody else moved it meanwhile (`--force-with-lease`)."""
+        was rebased; replace the forge's copy only if it still is at `expected` (the head the caller last saw;
+        "" for no branch; None: the head read just before the push), like `--force-with-lease`; otherwise
+        `ForgeError` ("moved")."""
         ...
 
     async def find_pull(self, head: str) -> PullRequest | None:
