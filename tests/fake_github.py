@@ -548,7 +548,7 @@ class FakeGitHub:
             issue = self.add_issue(title, body, user=user)
             issue.is_pull = True
             sha = hashlib.sha1(f"{head}:{issue.number}".encode()).hexdigest()
-            pull = PullRec(issue.number, head, base, sha, self.refs.get(base, "0" * 40), additions, deletions,
+            pull = PullRec(issue.number, head, base, sha, self.branch_sha(base) or "0" * 40, additions, deletions,
                            [(name, additions, deletions, "modified") for name in files])
             self.pulls[issue.number] = pull
             return pull

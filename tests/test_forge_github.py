@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from fleet_tui.forge.base import ForgeError, RateLimitedError, judge_approval, marker, standing_label_event
@@ -22,11 +23,13 @@ from fake_github import (
     APP_LOGIN,
     APP_SLUG,
     FLEET_LOGIN,
+    FLEET_TOKEN,
     INSTALLATION_ID,
     NAME,
     OPERATOR_LOGIN,
     OPERATOR_TOKEN,
     OUTSIDER_LOGIN,
+    OUTSIDER_TOKEN,
     OWNER,
     FakeGitHub,
     open_github_forge,
@@ -729,3 +732,167 @@ async def test_app_report_warns_about_permissions_beyond_need(tmp_path: Path,
         warned = " ".join(report["warnings"])
         assert report["kind"] == "app" and len(report["warnings"]) == 3
         assert "'workflows'" in warned and "'administration'" in warned and "all of octo's" in warned
+
+
+# --- readiness, code access, edits, settling writes, polling cost ---------------------------------
+
+
+async def test_readiness_follows_required_checks_and_mergeable_state(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        server.protect("main", contexts=["build"], strict=True)
+        pull = server.add_pull("p", "fleet/r")
+        sha = pull.head_sha
+        server.add_check_run(sha, "build", status="in_progress", conclusion=None)
+        server.add_status(sha, "failure", context="lint")
+
+        async def readiness() -> tuple[bool | None, str, CIState, str]:
+            got = await forge.get_pull(pull.number)
+            return got.mergeable, got.mergeable_state, got.ci, got.ci_summary
+
+        assert await readiness() == (True, "blocked", CIState.PENDING,
+                                     "0/2 checks passed, 1 failing: lint, 1 pending: build (required: build)")
+        server.set_check_run(sha, "build", conclusion="success")  # lint still fails, but is not required
+        assert (await readiness())[1:3] == ("unstable", CIState.SUCCESS)
+        server.set_check_run(sha, "build", conclusion="failure")
+        assert (await readiness())[1:3] == ("blocked", CIState.FAILURE)
+        server.set_check_run(sha, "build", conclusion="success")
+        server.add_status(sha, "success", context="lint")
+        assert await readiness() == (True, "clean", CIState.SUCCESS, "2/2 checks passed (required: build)")
+        server.move_branch("main")  # strict protection: the branch must be brought up to date
+        assert (await readiness())[:2] == (True, "behind")
+        server.protect("main", contexts=["build", "deploy"])
+        ready = await readiness()
+        assert ready[2] == CIState.PENDING and "1 required not reported: deploy" in ready[3]
+
+
+async def test_reviews_and_inline_comments_of_other_users_are_read(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        server.protect("main", required_reviews=1)
+        pull = server.add_pull("p", "fleet/q")
+        server.add_review(pull.number, OUTSIDER_LOGIN, "CHANGES_REQUESTED", "Not like this.")
+        server.add_review_comment(pull.number, OUTSIDER_LOGIN, "Off by one.", "app.py", 12)
+        got = await forge.get_pull(pull.number)
+        assert [(r.author.login, r.author.type, r.state, r.body) for r in got.reviews] == [
+            (OUTSIDER_LOGIN, "User", "CHANGES_REQUESTED", "Not like this.")]
+        assert [(c.author.login, c.path, c.line, c.body) for c in got.review_comments] == [
+            (OUTSIDER_LOGIN, "app.py", 12, "Off by one.")]
+        assert got.mergeable_state == "blocked"
+
+
+async def test_git_source_is_the_reported_clone_url_with_the_token_in_a_scoped_header(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        source = await forge.git_source()
+        assert source.url == server.reported_clone_url and "localhost" in source.url
+        assert source.url.split("//")[1].split("/")[0] != server.url.split("//")[1].split("/")[0]
+        assert FLEET_TOKEN not in source.url and FLEET_TOKEN not in repr(source)
+        host = source.url.split("/" + OWNER)[0]
+        assert source.env["GIT_CONFIG_KEY_0"] == f"http.{host}/.extraHeader"
+        header = source.env["GIT_CONFIG_VALUE_0"].removeprefix("Authorization: Basic ")
+        assert base64.b64decode(header).decode() == f"x-access-token:{FLEET_TOKEN}"
+    async with open_github_forge(tmp_path / "2", git_url=str(tmp_path / "2" / "fake-github" / "demo.git")
+                                 ) as (forge, server):
+        source = await forge.git_source()
+        assert (source.url, dict(source.env)) == (server.push_url, {})  # forge.push_url wins; no token needed
+    async with open_github_forge(tmp_path / "3", git_url="https://fleet:secret@git.example/o/d.git") as (forge, _):
+        with pytest.raises(ForgeError, match="carries credentials"):
+            await forge.git_source()
+
+
+async def test_check_push_access_says_what_to_fix(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        await forge.check_push_access()
+        assert server.calls(path=r"/info/refs$")[-1].login == FLEET_LOGIN
+    async with open_github_forge(tmp_path / "2", token=OUTSIDER_TOKEN) as (forge, _):
+        with pytest.raises(ForgeError, match="not push .*Contents read/write.*'repo' scope"):
+            await forge.check_push_access()
+    async with open_github_forge(tmp_path / "3") as (forge, server):
+        forge.git_url = server.reported_clone_url.replace("/demo.git", "/nothing-here.git")
+        with pytest.raises(ForgeError, match="no repository at .*forge.push_url"):
+            await forge.check_push_access()
+        forge.git_url = "http://127.0.0.1:9/octo/demo.git"
+        with pytest.raises(ForgeError, match="cannot reach .*network"):
+            await forge.check_push_access()
+        forge._token = "not-a-token"  # what git sees with a revoked token
+        forge.git_url = None
+        forge._ident().token = "not-a-token"
+        with pytest.raises(ForgeError, match="refused the fleet's token") as caught:
+            await forge.check_push_access()
+        assert "not-a-token" not in str(caught.value)
+
+
+async def test_default_branch_is_what_the_repository_says(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path, server_options={"default_branch": "trunk"}) as (forge, server):
+        assert await forge.default_branch() == "trunk"
+        assert await forge.branch_exists("trunk")
+        assert server.calls("GET", rf"/repos/{OWNER}/{NAME}$")
+
+
+async def test_title_and_body_edits_come_from_the_timeline_and_graphql(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        server.add_issue("Proposal", "Do it.", labels=["approved"])
+        server.edit_issue(1, title="Proposal, bigger", user=OUTSIDER_LOGIN)
+        server.edit_issue(1, body="Do it all.", user=OUTSIDER_LOGIN)
+        edits = await forge.text_edits(1)
+        assert [(e.field, e.actor.login) for e in edits] == [("title", OUTSIDER_LOGIN), ("body", OUTSIDER_LOGIN)]
+        assert server.calls("POST", r"/graphql$")
+        with pytest.raises(ForgeError, match="as the fleet or the operator"):
+            await forge.edit_issue(1, title="x", as_user=OUTSIDER_LOGIN)
+
+
+@pytest.mark.parametrize("kind", ["comment", "review"])
+async def test_a_write_that_lands_after_the_client_gave_up_is_not_sent_again(tmp_path: Path, kind: str) -> None:
+    """GitHub applies the write 0.7 s after the request timed out: the look-ups over the settle window find it."""
+    async with open_github_forge(tmp_path, timeout=0.5, settle_s=0.4) as (forge, server):
+        pull = server.add_pull("p", "fleet/s")
+        path = rf"/issues/{pull.number}/comments$" if kind == "comment" else rf"/pulls/{pull.number}/reviews$"
+        server.fault("POST", path, kind="slow", delay=1.2)
+        if kind == "comment":
+            await forge.post_comment(pull.number, "Claimed.", marker("run", "r1"))
+            written = server.issues[pull.number].comments
+        else:
+            await forge.post_review(pull.number, "Looks fine.", pull.head_sha)
+            written = server.pulls[pull.number].reviews
+        assert len(written) == 1
+        assert len(server.calls("POST", path)) == 1
+
+
+async def test_without_settling_the_late_write_is_duplicated(tmp_path: Path) -> None:
+    """The hazard the settle window exists for (settle_s = 0 looks only once, at once)."""
+    async with open_github_forge(tmp_path, timeout=0.5, settle_s=0.0, retry_backoff=0.01) as (forge, server):
+        server.add_issue("x")
+        server.fault("POST", r"/issues/1/comments$", kind="slow", delay=1.2)
+        await forge.post_comment(1, "Claimed.", marker("run", "r1"))
+        written = server.issues[1].comments
+        for _ in range(100):
+            if len(written) == 2:
+                break
+            await anyio.sleep(0.05)
+        assert len(written) == 2
+
+
+async def test_polling_cost_does_not_grow_with_open_pulls(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path, server_options={"git": False}) as (forge, server):
+        humans = [server.add_pull(f"human {n}", f"human/{n}", user=OUTSIDER_LOGIN) for n in range(150)]
+        fleet = [server.add_pull(f"fleet {n}", f"fleet/{n}-x") for n in range(3)]
+        for pull in fleet:
+            server.add_status(pull.head_sha, "success")
+        mine = {p.head for p in fleet}
+        first = await forge.list_pulls(details_for=mine)
+        assert len(first) == 153 and all(p.mergeable is True for p in first if p.head in mine)
+        server.reset_requests()
+        await forge.list_pulls(details_for=mine)
+        idle = server.calls()
+        assert len(idle) <= 8 and {r.status for r in idle} == {304}
+        server.edit_issue(humans[0].number, title="renamed by its author", user=OUTSIDER_LOGIN)
+        server.reset_requests()
+        await forge.list_pulls(details_for=mine)
+        assert [r.status for r in server.calls() if r.status != 304] == [200]  # one changed page, one point
+        server.reset_requests()
+        await forge.list_pulls(details_for=mine)
+        assert {r.status for r in server.calls()} == {304}  # and the cycle after it is free again
+        server.add_review(fleet[0].number, OUTSIDER_LOGIN, "COMMENTED", "hm")
+        server.reset_requests()
+        pulls = {p.number: p for p in await forge.list_pulls(details_for=mine)}
+        assert [r.body for r in pulls[fleet[0].number].reviews] == ["hm"]
+        detailed = {r.path for r in server.calls() if r.status == 200}
+        assert all(f"/pulls/{fleet[0].number}" in p or p.endswith("/pulls") for p in detailed)
