@@ -896,3 +896,13 @@ async def test_polling_cost_does_not_grow_with_open_pulls(tmp_path: Path) -> Non
         assert [r.body for r in pulls[fleet[0].number].reviews] == ["hm"]
         detailed = {r.path for r in server.calls() if r.status == 200}
         assert all(f"/pulls/{fleet[0].number}" in p or p.endswith("/pulls") for p in detailed)
+
+
+async def test_answers_from_the_etag_cache_hand_their_connection_back(tmp_path: Path) -> None:
+    """More 304s than the connection pool holds: each one's connection must go back to the pool."""
+    async with open_github_forge(tmp_path, timeout=3.0, max_retries=0) as (forge, server):
+        server.add_issue("x", "y")
+        for _ in range(130):
+            assert (await forge.get_issue(1)).title == "x"
+        assert len(server.calls(path=r"/issues/1$")) == 130
+        assert {r.status for r in server.calls(path=r"/issues/1$")[1:]} == {304}

@@ -164,6 +164,7 @@ def _metered_transport(meter: _Meter, timeout: float, conditional: bool = True) 
             if not conditional or request.method != "GET":
                 return response
             if response.status_code == 304 and cached is not None:
+                await response.aclose()  # hands the connection back to the pool
                 store.move_to_end(key)
                 headers = httpx.Headers(cached[1])
                 for name, value in response.headers.items():
