@@ -213,6 +213,7 @@ class Protection:
     contexts: list[str] = field(default_factory=list)
     strict: bool = False
     required_reviews: int = 0
+    ruleset: bool = False  # a repository ruleset (`GET /rules/branches/{b}`) instead of classic protection
 
 
 @dataclass
@@ -574,11 +575,12 @@ class FakeGitHub:
             self.default_branch = name
 
     def protect(self, branch: str, *, contexts: list[str] | tuple[str, ...] = (), strict: bool = False,
-                required_reviews: int = 0) -> Protection:
+                required_reviews: int = 0, ruleset: bool = False) -> Protection:
         """Branch protection on `branch`: required status check contexts (statuses or check run names),
-        `strict` (up to date before merging), required approving reviews."""
+        `strict` (up to date before merging), required approving reviews; `ruleset`: the same rules from a
+        repository ruleset (seen through `GET /rules/branches/{b}`, not the branch's protection)."""
         with self.lock:
-            rule = Protection(list(contexts), strict, required_reviews)
+            rule = Protection(list(contexts), strict, required_reviews, ruleset)
             self.protections[branch] = rule
             return rule
 
@@ -1008,6 +1010,7 @@ class FakeGitHub:
             (r"", "GET", self._get_repo),
             (r"/branches/(.+)/protection/required_status_checks", "GET", self._required_checks),
             (r"/branches/(.+)", "GET", self._get_branch),
+            (r"/rules/branches/(.+)", "GET", self._branch_rules),
             (r"/issues", "GET", self._list_issues),
             (r"/issues", "POST", self._create_issue),
             (r"/issues/(\d+)", "GET", self._get_issue),
@@ -1050,6 +1053,8 @@ class FakeGitHub:
         if sha is None:
             raise ApiError(404, "Branch not found")
         rule = self.protections.get(name)
+        if rule is not None and rule.ruleset:
+            rule = None  # rulesets do not show in the branch's protection
         base = f"{API}/repos/{REPO}/branches/{quote(name, safe='')}"
         protection: dict[str, Any] = {"enabled": False, "required_status_checks": {
             "enforcement_level": "off", "contexts": [], "checks": []}}
@@ -1075,12 +1080,28 @@ class FakeGitHub:
             "protection": protection, "protection_url": base + "/protection",
         }, {}
 
+    def _branch_rules(self, login: str, query: dict[str, list[str]], body: Any, name: str
+                      ) -> tuple[int, Any, dict[str, str]]:
+        rule = self.protections.get(name)
+        if rule is None or not rule.ruleset:
+            return 200, [], {}
+        source = {"ruleset_source_type": "Repository", "ruleset_source": REPO, "ruleset_id": 42}
+        rules: list[dict[str, Any]] = [{"type": "required_status_checks", **source, "parameters": {
+            "strict_required_status_checks_policy": rule.strict, "do_not_enforce_on_create": False,
+            "required_status_checks": [{"context": c} for c in rule.contexts]}}]
+        if rule.required_reviews:
+            rules.append({"type": "pull_request", **source, "parameters": {
+                "required_approving_review_count": rule.required_reviews, "dismiss_stale_reviews_on_push": False,
+                "require_code_owner_review": False, "require_last_push_approval": False,
+                "required_review_thread_resolution": False}})
+        return 200, rules, {}
+
     def _required_checks(self, login: str, query: dict[str, list[str]], body: Any, name: str
                          ) -> tuple[int, Any, dict[str, str]]:
         if self.permissions.get(login) != "admin":  # reading protection needs admin rights, as on GitHub
             raise ApiError(403, "Must have admin rights to Repository.")
         rule = self.protections.get(name)
-        if rule is None:
+        if rule is None or rule.ruleset:
             raise ApiError(404, "Branch not protected")
         url = f"{API}/repos/{REPO}/branches/{quote(name, safe='')}/protection/required_status_checks"
         return 200, {"url": url, "strict": rule.strict, "contexts": list(rule.contexts),
@@ -1464,6 +1485,7 @@ _PERMISSION_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"/repos/[^/]+/[^/]+/commits/[^/]+/check-runs", ("checks",)),
     (r"/repos/[^/]+/[^/]+/branches/.+/protection(/.*)?", ("administration",)),
     (r"/repos/[^/]+/[^/]+/branches(/.*)?", ("contents", "metadata")),
+    (r"/repos/[^/]+/[^/]+/rules/branches/.+", ("metadata",)),
     (r"(/api)?/graphql", ("issues", "pull_requests")),
     (r"/repos/[^/]+/[^/]+(/collaborators/.*)?", ("metadata",)),
     (r"/[^/]+/[^/]+\.git/(info/refs|git-upload-pack|git-receive-pack)", ("contents",)),

@@ -119,6 +119,9 @@ async def test_typed_githubkit_models_parse_every_route(tmp_path: Path) -> None:
         required = (await forge._ident(as_operator=True).github.rest.repos.async_get_status_checks_protection(
             OWNER, NAME, "main")).parsed_data
         assert required.strict is True and required.contexts == ["tests"]
+        server.protect("release", contexts=["tests"], strict=True, required_reviews=1, ruleset=True)
+        rules = (await rest.repos.async_get_branch_rules(OWNER, NAME, "release")).parsed_data
+        assert [r.type for r in rules] == ["required_status_checks", "pull_request"]
         server.add_review_comment(4, OUTSIDER_LOGIN, "why?", "a.py", 3)
         inline = (await rest.pulls.async_list_review_comments(OWNER, NAME, 4)).parsed_data
         assert [(c.path, c.line, c.user.login) for c in inline] == [("a.py", 3, OUTSIDER_LOGIN)]
@@ -906,3 +909,16 @@ async def test_answers_from_the_etag_cache_hand_their_connection_back(tmp_path: 
             assert (await forge.get_issue(1)).title == "x"
         assert len(server.calls(path=r"/issues/1$")) == 130
         assert {r.status for r in server.calls(path=r"/issues/1$")[1:]} == {304}
+
+
+async def test_checks_a_ruleset_requires_count_like_protected_ones(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        server.protect("main", contexts=["build"], ruleset=True)
+        pull = server.add_pull("p", "fleet/rules")
+        server.add_status(pull.head_sha, "failure", context="lint")
+        got = await forge.get_pull(pull.number)
+        assert (got.ci, got.mergeable_state) == (CIState.PENDING, "blocked")
+        assert "1 required not reported: build" in got.ci_summary
+        server.set_check_run(pull.head_sha, "build", conclusion="success")
+        got = await forge.get_pull(pull.number)
+        assert (got.ci, got.mergeable_state) == (CIState.SUCCESS, "unstable")

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -925,15 +926,27 @@ class GitHubForge:
     async def branch_exists(self, name: str) -> bool:
         return await self._branch(name) is not None
 
-    async def _branch(self, name: str) -> dict[str, Any] | None:
-        """`GET /branches/{name}`: its head commit and protection summary; None when it does not exist."""
+    async def _branch(self, name: str, *, rules: bool = False) -> dict[str, Any] | None:
+        """`GET /branches/{name}`: its head commit and protection summary; None when it does not exist. With
+        `rules`, also the rules repository rulesets apply to it (`GET /rules/branches/{name}`, readable with
+        read access, unlike classic protection's own endpoint), under the key `fleet_rules`."""
         try:
             response = await self._call(self._rest.repos.async_get_branch, self.owner, self.name, name,
                                         what=f"GET branch {name}")
         except NotFound:
             return None
         data = response.json()
-        return data if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return None
+        if rules:
+            try:
+                data["fleet_rules"] = await self._pages(self._rest.repos.async_get_branch_rules, self.owner,
+                                                        self.name, name, what=f"GET rules of {name}")
+            except ForgeError as exc:  # a server without rulesets (older Enterprise Server)
+                if not isinstance(exc, NotFound) and getattr(exc, "status", None) not in (403, 404):
+                    raise
+                data["fleet_rules"] = []
+        return data
 
     async def git_source(self) -> GitSource:
         """`forge.push_url` when set, else the repository's `clone_url` as the API reports it. For an http(s)
@@ -966,7 +979,8 @@ class GitHubForge:
         from fleet_tui.git import git
 
         with anyio.fail_after(max(self.timeout, 1.0) * 2):
-            return await git("ls-remote", "--heads", source.url, *refs, cwd=Path.cwd(), env=dict(source.env))
+            return await git("ls-remote", "--heads", source.url, *refs, cwd=tempfile.gettempdir(),
+                             env=dict(source.env))
 
     async def check_push_access(self) -> None:
         """`git ls-remote` against `git_source()` with the fleet's credentials, then the token's `push`
@@ -1109,7 +1123,7 @@ class GitHubForge:
                 continue
             base = str(item["base"]["ref"])
             if base not in bases:
-                bases[base] = await self._branch(base)
+                bases[base] = await self._branch(base, rules=True)
             pull = await self._detailed(item, bases[base])
             if pull.mergeable is None:
                 unsettled.append(len(pulls))
@@ -1151,7 +1165,7 @@ class GitHubForge:
         head_sha = str(data["head"]["sha"])
         base = str(data["base"]["ref"])
         if base_info is None and data.get("state") == "open":
-            base_info = await self._branch(base)
+            base_info = await self._branch(base, rules=True)
         key = (str(data.get("updated_at")), head_sha)
         cached = self._pull_details.get(number)
         if cached is not None and cached[0] == key:
@@ -1386,12 +1400,17 @@ def _branch_sha(branch: dict[str, Any] | None) -> str:
 
 
 def _required_checks(branch: dict[str, Any] | None) -> frozenset[str]:
-    """The status contexts and check names the branch's protection requires (none when unprotected)."""
+    """The status contexts and check names the branch's protection or the repository's rulesets require."""
+    names: set[str] = set()
     checks = (((branch or {}).get("protection") or {}).get("required_status_checks") or {})
-    if checks.get("enforcement_level") == "off":
-        return frozenset()
-    names = {str(c) for c in checks.get("contexts") or []}
-    names |= {str(c.get("context")) for c in checks.get("checks") or [] if isinstance(c, dict) and c.get("context")}
+    if checks.get("enforcement_level") != "off":
+        names |= {str(c) for c in checks.get("contexts") or []}
+        names |= {str(c["context"]) for c in checks.get("checks") or [] if isinstance(c, dict) and c.get("context")}
+    for rule in (branch or {}).get("fleet_rules") or []:
+        if isinstance(rule, dict) and rule.get("type") == "required_status_checks":
+            for check in (rule.get("parameters") or {}).get("required_status_checks") or []:
+                if isinstance(check, dict) and check.get("context"):
+                    names.add(str(check["context"]))
     return frozenset(names)
 
 
