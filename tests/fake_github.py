@@ -1332,7 +1332,8 @@ class FakeGitHub:
         page = max(1, int(_q(query, "page", "1")))
         runs = data["check_runs"]
         data["check_runs"] = runs[(page - 1) * per_page: page * per_page]
-        _, headers = _paginate(runs, query, self.url.split("//", 1)[1].rstrip("/"), f"/repos/{REPO}/commits/{ref}/check-runs")
+        host = self.url.split("//", 1)[1].rstrip("/")
+        _, headers = _paginate(runs, query, host, f"/repos/{REPO}/commits/{ref}/check-runs")
         return 200, data, headers
 
     def _permission(self, login: str, query: dict[str, list[str]], body: Any, who: str

@@ -1071,7 +1071,7 @@ class GitHubForge:
         items = response.json()
         if not items:
             return None
-        return await self.get_pull(int(items[0]["number"]))
+        return await self._read_pull(int(items[0]["number"]), base_info=None, tries=1)
 
     async def open_pull(self, *, title: str, body: str, head: str, base: str) -> PullRequest:
         async def create() -> PullRequest:
@@ -1088,7 +1088,8 @@ class GitHubForge:
                     if found is not None:
                         return found
                 raise self._pull_refused(details, head, base) from None
-            return await self.get_pull(int(response.json()["number"]))
+            # a new PR's mergeability is still being computed: the next poll reads it, nobody waits here
+            return await self._read_pull(int(response.json()["number"]), base_info=None, tries=1)
 
         return await self._write_once(create, lambda: self.find_pull(head))
 
