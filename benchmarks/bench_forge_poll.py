@@ -8,6 +8,7 @@ has not settled. Naive: the same forge without ETags, reading every PR in full e
 change is measured together with the idle cycle after it, so a cache that pays twice for one change shows.
 
 Targets: at most 8 requests and 0 points per idle cycle at every size; 1 point per change to a human's PR.
+A second table: polling 2,000 open issues (`list_issues`, 100 a page), idle and with one issue changed.
 Run: `python benchmarks/bench_forge_poll.py [sizes...]` (default 1 50 300).
 """
 
@@ -102,6 +103,40 @@ async def measure(server: FakeGitHub, fleet_heads: set[str], humans: list[int], 
     return results
 
 
+async def measure_issues(count: int) -> dict[str, dict[str, int]]:
+    results: dict[str, dict[str, int]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = FakeGitHub(Path(tmp), git=False, rate_limit=1_000_000)
+        labels = ("proposed", "approved", "bug", "docs")
+        for n in range(count):
+            server.add_issue(f"Issue {n}", f"Body of issue {n}\n" * 5, labels=[labels[n % len(labels)]])
+        server.start()
+        try:
+            for naive in (False, True):
+                forge = GitHubForge(REPO, token=FLEET_TOKEN, base_url=server.url, write_spacing=0.0, timeout=30.0,
+                                    conditional=not naive)
+                async with forge:
+
+                    async def poll() -> dict[str, int]:
+                        before = dict(forge.wire)
+                        await forge.list_issues()
+                        return {key: forge.wire[key] - before[key] for key in before}
+
+                    await poll()
+                    idle = await poll()
+                    server.apply_label(7, "fleet:in-progress", FLEET_LOGIN)
+                    change = plus(await poll(), await poll())
+                    server.unapply_label(7, "fleet:in-progress", FLEET_LOGIN)
+                    await poll()
+                results["naive" if naive else "ours"] = {"idle requests": idle["requests"],
+                                                         "idle points": idle["points"],
+                                                         "change requests": change["requests"],
+                                                         "change points": change["points"]}
+        finally:
+            server.stop()
+    return results
+
+
 async def main(sizes: list[int]) -> None:
     started = time.perf_counter()
     rows = []
@@ -126,6 +161,14 @@ async def main(sizes: list[int]) -> None:
                 continue
             o, n = ours[key], naive[key]
             print(f"{size:>8}  {key:<14}{o['requests']:>15,}{o['points']:>8,}{n['requests']:>17,}{n['points']:>8,}")
+    issues = await measure_issues(2000)
+    print("\nIssue poll: list_issues() over 2,000 open issues (a change measured with the idle cycle after it)\n")
+    head = f"{'poller':<8}{'idle: requests':>16}{'points':>8}{'change: requests':>18}{'points':>8}"
+    print(head)
+    print("-" * len(head))
+    for name, row in issues.items():
+        print(f"{name:<8}{row['idle requests']:>16,}{row['idle points']:>8,}{row['change requests']:>18,}"
+              f"{row['change points']:>8,}")
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
 
