@@ -922,3 +922,18 @@ async def test_checks_a_ruleset_requires_count_like_protected_ones(tmp_path: Pat
         server.set_check_run(pull.head_sha, "build", conclusion="success")
         got = await forge.get_pull(pull.number)
         assert (got.ci, got.mergeable_state) == (CIState.SUCCESS, "unstable")
+
+
+async def test_check_runs_a_token_cannot_read_leave_ci_pending_with_the_reason(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server):
+        pull = server.add_pull("p", "fleet/no-checks")
+        server.add_status(pull.head_sha, "success", context="ci/test")
+        server.fault("GET", r"/check-runs$", status=403, times=10)
+        got = await forge.get_pull(pull.number)
+        assert got.ci == CIState.PENDING  # the unseen check runs may be failing
+        assert "check runs not readable with this token" in got.ci_summary
+        server.protect("main", contexts=["ci/test"])
+        assert (await forge.get_pull(pull.number)).ci == CIState.SUCCESS  # every required check seen green
+        bare = server.add_pull("q", "fleet/nothing-readable")
+        got = await forge.get_pull(bare.number)
+        assert got.ci == CIState.PENDING and "grant Checks" in got.ci_summary  # never "no CI" by mistake

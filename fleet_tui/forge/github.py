@@ -1205,19 +1205,39 @@ class GitHubForge:
         """The head's CI from the combined status and the check runs together, and a one-line summary. When
         the base's protection names required checks, only those count: one failing is FAILURE, one pending
         or not reported yet is PENDING. No status and no check run at all is NONE (GitHub says "pending")."""
-        status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
-                                   sha, what="GET combined status")).json()
         outcomes: dict[str, str] = {}
+        unreadable: list[str] = []
+        try:
+            status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
+                                       sha, what="GET combined status", per_page=self.per_page)).json()
+        except ForgeError as exc:
+            if not _forbidden(exc):
+                raise
+            status = {}
+            unreadable.append("commit statuses")
         for item in status.get("statuses") or []:
             state = str(item.get("state"))
             outcome = "success" if state == "success" else "pending" if state == "pending" else "failure"
             _record(outcomes, str(item.get("context") or "status"), outcome)
-        for run in await self._check_runs(sha):
+        try:
+            runs = await self._check_runs(sha)
+        except ForgeError as exc:
+            if not _forbidden(exc):
+                raise
+            runs = []
+            unreadable.append("check runs")
+        for run in runs:
             if run.get("status") != "completed":
                 outcome = "pending"
             else:
                 outcome = "success" if run.get("conclusion") in _CI_OK else "failure"
             _record(outcomes, str(run.get("name") or "check"), outcome)
+        if unreadable:  # a token without Checks or Commit statuses read: say so rather than fail the poll
+            ci, summary = _ci_verdict(outcomes, required)
+            note = f"{' and '.join(unreadable)} not readable with this token (grant Checks and Commit statuses read)"
+            if ci == CIState.NONE or (ci == CIState.SUCCESS and not required):
+                ci = CIState.PENDING  # what it cannot see may be failing; required checks all seen green is enough
+            return ci, f"{summary}; {note}"
         return _ci_verdict(outcomes, required)
 
     async def _check_runs(self, sha: str) -> list[dict[str, Any]]:
@@ -1413,6 +1433,13 @@ def _required_checks(branch: dict[str, Any] | None) -> frozenset[str]:
                 if isinstance(check, dict) and check.get("context"):
                     names.add(str(check["context"]))
     return frozenset(names)
+
+
+def _forbidden(exc: ForgeError) -> bool:
+    """A 403 that is a missing permission (not a rate limit)."""
+    if isinstance(exc, RateLimitedError):
+        return False
+    return getattr(exc, "status", None) == 403 or "lacks a permission" in str(exc)
 
 
 def _settled(pull: PullRequest) -> bool:
