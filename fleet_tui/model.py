@@ -182,6 +182,7 @@ class PullRequest:
     draft: bool = False
     updated_at: datetime | None = None
     ci_summary: str = ""  # for the console: "2/3 checks passed, 1 pending: build"
+    head_repo: str = ""  # where the head branch lives ("owner/name"); another repository than the forge's: a fork
 
     @property
     def lines_changed(self) -> int:

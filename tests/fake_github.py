@@ -270,6 +270,7 @@ class PullRec:
     mergeable_nulls: int = 0
     computed_for: tuple[str, str] | None = None  # (head sha, base sha) the merge state was computed for
     conflict: bool = False  # PRs without git behind them: set to make them conflict with the base
+    fork: str | None = None  # "owner/name" of the fork the head branch lives in; None: this repository
     reviews: list[ReviewRec] = field(default_factory=list)
     review_comments: list[ReviewCommentRec] = field(default_factory=list)
 
@@ -543,16 +544,26 @@ class FakeGitHub:
                 issue.updated = issue.closed
 
     def add_pull(self, title: str, head: str, *, base: str = "main", body: str = "", user: str = FLEET_LOGIN,
-                 additions: int = 3, deletions: int = 1, files: tuple[str, ...] = ("app.py",)) -> PullRec:
-        """A PR without git behind it (the benchmark's 300 PRs)."""
+                 additions: int = 3, deletions: int = 1, files: tuple[str, ...] = ("app.py",),
+                 fork: str | None = None) -> PullRec:
+        """A PR without git behind it (the benchmark's 300 PRs); `fork`: its head is in that repository."""
         with self.lock:
             issue = self.add_issue(title, body, user=user)
             issue.is_pull = True
             sha = hashlib.sha1(f"{head}:{issue.number}".encode()).hexdigest()
             pull = PullRec(issue.number, head, base, sha, self.branch_sha(base) or "0" * 40, additions, deletions,
                            [(name, additions, deletions, "modified") for name in files])
+            pull.fork = fork
             self.pulls[issue.number] = pull
             return pull
+
+    def push_head(self, number: int) -> str:
+        """A new commit on the head of PR `number` (one without git behind it); returns the new head sha."""
+        with self.lock:
+            pull = self.pulls[number]
+            pull.head_sha = hashlib.sha1(f"{pull.head_sha}:{self.next_id()}".encode()).hexdigest()
+            self.issues[number].updated = self.now()
+            return pull.head_sha
 
     def add_status(self, sha: str, state: str, context: str = "ci/test") -> None:
         with self.lock:
@@ -869,8 +880,16 @@ class FakeGitHub:
         html = f"{WEB}/{REPO}/pull/{pull.number}"
         repo = repo_json(self.owner)
 
-        def side(ref: str, sha: str) -> dict[str, Any]:
-            return {"label": f"{OWNER}:{ref}", "ref": ref, "sha": sha, "user": user_json(self.owner), "repo": repo}
+        def side(ref: str, sha: str, fork: str | None = None) -> dict[str, Any]:
+            if fork is None:
+                return {"label": f"{OWNER}:{ref}", "ref": ref, "sha": sha, "user": user_json(self.owner),
+                        "repo": repo}
+            owner = self.user(fork.split("/")[0])
+            forked = {**repo, "id": 7_000_000 + owner.id, "node_id": f"R_{owner.id}", "name": fork.split("/")[1],
+                      "full_name": fork, "owner": user_json(owner), "fork": True,
+                      "html_url": f"{WEB}/{fork}", "url": f"{API}/repos/{fork}", "clone_url": f"{WEB}/{fork}.git"}
+            return {"label": f"{owner.login}:{ref}", "ref": ref, "sha": sha, "user": user_json(owner),
+                    "repo": forked}
 
         data: dict[str, Any] = {
             "url": base, "id": 20_000 + pull.number, "node_id": f"PR_{pull.number}", "html_url": html,
@@ -884,7 +903,7 @@ class FakeGitHub:
             "active_lock_reason": None, "created_at": iso(issue.created), "updated_at": iso(issue.updated),
             "closed_at": iso(issue.closed), "merged_at": None, "merge_commit_sha": None, "assignee": None,
             "assignees": [], "requested_reviewers": [], "requested_teams": [],
-            "head": side(pull.head, pull.head_sha), "base": side(pull.base, pull.base_sha),
+            "head": side(pull.head, pull.head_sha, pull.fork), "base": side(pull.base, pull.base_sha),
             "_links": {k: {"href": v} for k, v in {
                 "self": base, "html": html, "issue": issue_url, "comments": issue_url + "/comments",
                 "review_comments": base + "/comments",

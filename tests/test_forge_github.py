@@ -937,3 +937,24 @@ async def test_check_runs_a_token_cannot_read_leave_ci_pending_with_the_reason(t
         bare = server.add_pull("q", "fleet/nothing-readable")
         got = await forge.get_pull(bare.number)
         assert got.ci == CIState.PENDING and "grant Checks" in got.ci_summary  # never "no CI" by mistake
+
+
+async def test_a_forks_branch_named_like_the_fleets_gets_no_details(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path, server_options={"git": False}) as (forge, server):
+        ours = server.add_pull("ours", "fleet/1-x")
+        theirs = server.add_pull("theirs", "fleet/1-x", user=OUTSIDER_LOGIN, fork=f"{OUTSIDER_LOGIN}/demo")
+        pulls = {p.number: p for p in await forge.list_pulls(details_for={"fleet/1-x"})}
+        assert pulls[ours.number].head_repo == f"{OWNER}/{NAME}" and pulls[ours.number].files == ("app.py",)
+        assert pulls[theirs.number].head_repo == f"{OUTSIDER_LOGIN}/demo" and pulls[theirs.number].files == ()
+        assert not server.calls("GET", rf"/pulls/{theirs.number}")
+
+
+async def test_a_push_to_a_fleet_pr_is_read_again_until_github_knows_its_mergeability(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path, server_options={"git": False}) as (forge, server):
+        pull = server.add_pull("p", "fleet/2-y")
+        await forge.list_pulls(details_for={"fleet/2-y"})
+        new_sha = server.push_head(pull.number)
+        server.reset_requests()
+        [got] = await forge.list_pulls(details_for={"fleet/2-y"})
+        assert (got.head_sha, got.mergeable, got.mergeable_state) == (new_sha, True, "clean")
+        assert len(server.calls("GET", rf"/pulls/{pull.number}$")) == 2  # null first, then the answer

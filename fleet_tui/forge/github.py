@@ -1119,7 +1119,8 @@ class GitHubForge:
         unsettled: list[int] = []
         for item in items:
             head = str(item["head"]["ref"])
-            if wanted is not None and head not in wanted:
+            fork = _head_repo(item).lower() != self.repo.lower()  # a fork's branch is never the fleet's
+            if wanted is not None and (fork or head not in wanted):
                 pulls.append(_pull_summary(item))
                 continue
             base = str(item["base"]["ref"])
@@ -1195,7 +1196,7 @@ class GitHubForge:
             files=files, mergeable=data.get("mergeable"),
             mergeable_state=str(data.get("mergeable_state") or "unknown"),
             ci=ci, ci_summary=summary, reviews=reviews, review_comments=review_comments,
-            draft=bool(data.get("draft")), updated_at=_time(data.get("updated_at")),
+            draft=bool(data.get("draft")), updated_at=_time(data.get("updated_at")), head_repo=_head_repo(data),
         )
         if pull.state == "open":
             self._pulls[number] = ((head_sha, str(data.get("updated_at")), _branch_sha(base_info)), pull)
@@ -1413,7 +1414,14 @@ def _pull_summary(item: dict[str, Any]) -> PullRequest:
         head=str(item["head"]["ref"]), base=str(item["base"]["ref"]), head_sha=str(item["head"]["sha"]),
         html_url=str(item.get("html_url") or ""), state="closed" if item.get("state") == "closed" else "open",
         author=_actor(item.get("user")), draft=bool(item.get("draft")), updated_at=_time(item.get("updated_at")),
+        head_repo=_head_repo(item),
     )
+
+
+def _head_repo(item: dict[str, Any]) -> str:
+    """The head branch's repository ("owner/name"); "" when GitHub no longer knows it (a deleted fork)."""
+    repo = (item.get("head") or {}).get("repo")
+    return str(repo.get("full_name") or "") if isinstance(repo, dict) else ""
 
 
 def _branch_sha(branch: dict[str, Any] | None) -> str:

@@ -674,7 +674,7 @@ class LocalForge:
             author=Actor(row["author"], type=row["author_type"]),
             additions=stats.additions, deletions=stats.deletions, changed_files=len(stats.files),
             files=stats.files, mergeable=mergeable, mergeable_state=mergeable_state, ci=CIState.NONE,
-            ci_summary="no checks",
+            ci_summary="no checks", head_repo=self.repo,
             reviews=tuple(row["reviews"]), review_comments=(), draft=False,
             updated_at=_time(row["updated_at"]),
         )
@@ -743,7 +743,7 @@ class LocalForge:
             number=row["number"], title=row["title"], body=row["body"], head=row["head"], base=row["base"],
             head_sha=await self._branch_sha(row["head"]) or "", html_url=self._url(row["number"]),
             state=row["state"], author=Actor(row["author"], type=row["author_type"]),
-            updated_at=_time(row["updated_at"]),
+            updated_at=_time(row["updated_at"]), head_repo=self.repo,
         )
 
     async def get_pull(self, number: int) -> PullRequest:
