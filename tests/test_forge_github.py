@@ -844,11 +844,12 @@ async def test_title_and_body_edits_come_from_the_timeline_and_graphql(tmp_path:
 
 @pytest.mark.parametrize("kind", ["comment", "review"])
 async def test_a_write_that_lands_after_the_client_gave_up_is_not_sent_again(tmp_path: Path, kind: str) -> None:
-    """GitHub applies the write 0.7 s after the request timed out: the look-ups over the settle window find it."""
-    async with open_github_forge(tmp_path, timeout=0.5, settle_s=0.4) as (forge, server):
+    """GitHub applies the write 1.5 s after the request timed out (1 s): the look-ups every settle_s (1 s) over a
+    window longer than the timeout find it, and the write is not sent again."""
+    async with open_github_forge(tmp_path, timeout=1.0, settle_s=1.0) as (forge, server):
         pull = server.add_pull("p", "fleet/s")
         path = rf"/issues/{pull.number}/comments$" if kind == "comment" else rf"/pulls/{pull.number}/reviews$"
-        server.fault("POST", path, kind="slow", delay=1.2)
+        server.fault("POST", path, kind="slow", delay=2.5)
         if kind == "comment":
             await forge.post_comment(pull.number, "Claimed.", marker("run", "r1"))
             written = server.issues[pull.number].comments
@@ -861,9 +862,9 @@ async def test_a_write_that_lands_after_the_client_gave_up_is_not_sent_again(tmp
 
 async def test_without_settling_the_late_write_is_duplicated(tmp_path: Path) -> None:
     """The hazard the settle window exists for (settle_s = 0 looks only once, at once)."""
-    async with open_github_forge(tmp_path, timeout=0.5, settle_s=0.0, retry_backoff=0.01) as (forge, server):
+    async with open_github_forge(tmp_path, timeout=1.0, settle_s=0.0, retry_backoff=0.01) as (forge, server):
         server.add_issue("x")
-        server.fault("POST", r"/issues/1/comments$", kind="slow", delay=1.2)
+        server.fault("POST", r"/issues/1/comments$", kind="slow", delay=2.5)
         await forge.post_comment(1, "Claimed.", marker("run", "r1"))
         written = server.issues[1].comments
         for _ in range(100):
