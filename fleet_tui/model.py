@@ -95,6 +95,15 @@ class LabelEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TextEdit:
+    """An edit of an issue's (or PR's) title or body after it was created: who made it and when."""
+
+    field: Literal["title", "body"]
+    at: datetime
+    actor: Actor
+
+
+@dataclass(frozen=True, slots=True)
 class Comment:
     id: str
     author: Actor
@@ -174,6 +183,8 @@ class PullRequest:
     review_comments: tuple[ReviewComment, ...] = ()
     draft: bool = False
     updated_at: datetime | None = None
+    ci_summary: str = ""  # for the console: "2/3 checks passed, 1 pending: build"
+    head_repo: str = ""  # where the head branch lives ("owner/name"); another repository than the forge's: a fork
 
     @property
     def lines_changed(self) -> int:

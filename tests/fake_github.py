@@ -12,6 +12,15 @@ GitHub Apps (`server.register_app(public_key_pem)`): `GET /app` and the installa
 `POST /app/installations/{id}/access_tokens` mints an installation token that acts as `<slug>[bot]`, limited
 to the permissions and repositories it was minted for.
 
+Readiness as GitHub computes it: a full PR read answers `mergeable: null` / `mergeable_state: "unknown"` for
+the first read(s) after its head or its base moved (`mergeable_null_reads`), then `dirty` (conflict), `behind`
+(base moved and the base's protection is `strict`), `blocked` (required checks not green, or required reviews
+missing or changes requested), `unstable` (other checks not green) or `clean`. Branch protection
+(`server.protect(...)`), a default branch other than `main` (`server.set_default_branch("trunk")`), a
+`clone_url` on another host than the API (`localhost` instead of `127.0.0.1`, served over git's smart HTTP),
+`renamed` timeline events on title edits and body edits for GraphQL (`POST /graphql`: `repository.issue`
+`lastEditedAt` / `userContentEdits`).
+
 `open_github_forge(tmp_path, **options)` yields a started `GitHubForge` wired to a fresh fake.
 """
 
@@ -141,12 +150,13 @@ def minimal_repo_json(owner: User) -> dict[str, Any]:
     return data
 
 
-def repo_json(owner: User) -> dict[str, Any]:
+def repo_json(owner: User, *, default_branch: str = "main", clone_url: str = f"{WEB}/{REPO}.git"
+              ) -> dict[str, Any]:
     return {
         **minimal_repo_json(owner), "license": None, "forks": 0, "git_url": f"git://github.example/{REPO}.git",
-        "ssh_url": f"git@github.example:{REPO}.git", "clone_url": f"{WEB}/{REPO}.git", "mirror_url": None,
+        "ssh_url": f"git@github.example:{REPO}.git", "clone_url": clone_url, "mirror_url": None,
         "svn_url": f"{WEB}/{REPO}", "homepage": None, "language": "Python", "forks_count": 0,
-        "stargazers_count": 0, "watchers_count": 0, "size": 10, "default_branch": "main",
+        "stargazers_count": 0, "watchers_count": 0, "size": 10, "default_branch": default_branch,
         "open_issues_count": 0, "has_pages": False, "disabled": False, "archived": False,
         "visibility": "public", "pushed_at": "2024-01-01T00:00:00Z", "created_at": "2020-01-01T00:00:00Z",
         "updated_at": "2024-01-01T00:00:00Z", "open_issues": 0, "watchers": 0,
@@ -182,6 +192,28 @@ class EventRec:
     created: float
     label: str | None = None
     via_app: str | None = None
+    rename: tuple[str, str] | None = None  # a `renamed` event: (from, to)
+
+
+@dataclass
+class EditRec:
+    """One revision of an issue body, as GraphQL's `userContentEdits` lists it."""
+
+    id: int
+    editor: str
+    at: float
+    body: str
+
+
+@dataclass
+class Protection:
+    """Branch protection: required status checks (`strict`: the branch must be up to date with the base)
+    and required approving reviews."""
+
+    contexts: list[str] = field(default_factory=list)
+    strict: bool = False
+    required_reviews: int = 0
+    ruleset: bool = False  # a repository ruleset (`GET /rules/branches/{b}`) instead of classic protection
 
 
 @dataclass
@@ -198,6 +230,8 @@ class IssueRec:
     comments: list[CommentRec] = field(default_factory=list)
     events: list[EventRec] = field(default_factory=list)
     is_pull: bool = False
+    edits: list[EditRec] = field(default_factory=list)
+    last_edited: float | None = None
 
 
 @dataclass
@@ -234,8 +268,9 @@ class PullRec:
     files: list[tuple[str, int, int, str]] = field(default_factory=list)  # name, add, del, status
     from_git: bool = False
     mergeable_nulls: int = 0
-    mergeable: bool = True
-    mergeable_state: str = "clean"
+    computed_for: tuple[str, str] | None = None  # (head sha, base sha) the merge state was computed for
+    conflict: bool = False  # PRs without git behind them: set to make them conflict with the base
+    fork: str | None = None  # "owner/name" of the fork the head branch lives in; None: this repository
     reviews: list[ReviewRec] = field(default_factory=list)
     review_comments: list[ReviewCommentRec] = field(default_factory=list)
 
@@ -329,8 +364,16 @@ class ApiError(Exception):
 class FakeGitHub:
     """The fake server's state and its HTTP front. Start with `start()` (or use as a context manager)."""
 
-    def __init__(self, root: Path, *, rate_limit: int = 5000, git: bool = True) -> None:
+    def __init__(self, root: Path, *, rate_limit: int = 5000, git: bool = True, mergeable_null_reads: int = 1,
+                 default_branch: str = "main") -> None:
+        """`mergeable_null_reads`: full reads of a PR answering `mergeable: null` after its head or base
+        moved (GitHub computes it in the background)."""
         self.root = Path(root)
+        self.mergeable_null_reads = mergeable_null_reads
+        self.default_branch = "main"
+        self.protections: dict[str, Protection] = {}
+        self.refs: dict[str, str] = {"main": "0" * 40}  # branches when there is no git behind the fake
+        self.clone_url: str | None = None  # None: the git smart-HTTP URL on `localhost` (another host)
         self.lock = threading.RLock()
         self.requests: list[Recorded] = []
         self.faults: list[Fault] = []
@@ -362,6 +405,8 @@ class FakeGitHub:
         self.git_dir: Path | None = None
         if git:
             self._init_git()
+        if default_branch != "main":
+            self.set_default_branch(default_branch)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> FakeGitHub:
@@ -403,6 +448,16 @@ class FakeGitHub:
     def git_http_url(self) -> str:
         """The repository over git's smart HTTP, as `https://github.com/owner/name.git` serves it."""
         return f"{self.url}{REPO}.git"
+
+    @property
+    def reported_clone_url(self) -> str:
+        """The `clone_url` the repository's JSON carries: git's smart HTTP on `localhost`, a host other than
+        the API's `127.0.0.1` (as github.com differs from api.github.com), unless a test set `clone_url`."""
+        if self.clone_url is not None:
+            return self.clone_url
+        if self._httpd is None:
+            return f"{WEB}/{REPO}.git"
+        return f"http://localhost:{self._httpd.server_address[1]}/{REPO}.git"
 
     # -- helpers for tests ---------------------------------------------------------------------
     def next_id(self) -> int:
@@ -489,16 +544,26 @@ class FakeGitHub:
                 issue.updated = issue.closed
 
     def add_pull(self, title: str, head: str, *, base: str = "main", body: str = "", user: str = FLEET_LOGIN,
-                 additions: int = 3, deletions: int = 1, files: tuple[str, ...] = ("app.py",)) -> PullRec:
-        """A PR without git behind it (the benchmark's 300 PRs)."""
+                 additions: int = 3, deletions: int = 1, files: tuple[str, ...] = ("app.py",),
+                 fork: str | None = None) -> PullRec:
+        """A PR without git behind it (the benchmark's 300 PRs); `fork`: its head is in that repository."""
         with self.lock:
             issue = self.add_issue(title, body, user=user)
             issue.is_pull = True
             sha = hashlib.sha1(f"{head}:{issue.number}".encode()).hexdigest()
-            pull = PullRec(issue.number, head, base, sha, "0" * 40, additions, deletions,
+            pull = PullRec(issue.number, head, base, sha, self.branch_sha(base) or "0" * 40, additions, deletions,
                            [(name, additions, deletions, "modified") for name in files])
+            pull.fork = fork
             self.pulls[issue.number] = pull
             return pull
+
+    def push_head(self, number: int) -> str:
+        """A new commit on the head of PR `number` (one without git behind it); returns the new head sha."""
+        with self.lock:
+            pull = self.pulls[number]
+            pull.head_sha = hashlib.sha1(f"{pull.head_sha}:{self.next_id()}".encode()).hexdigest()
+            self.issues[number].updated = self.now()
+            return pull.head_sha
 
     def add_status(self, sha: str, state: str, context: str = "ci/test") -> None:
         with self.lock:
@@ -508,6 +573,81 @@ class FakeGitHub:
         with self.lock:
             self.check_runs.setdefault(sha, []).append(CheckRunRec(self.next_id(), name, status, conclusion,
                                                                    self.now()))
+
+    def set_default_branch(self, name: str) -> None:
+        """Make `name` the repository's default branch (created at the current default's head if missing)."""
+        with self.lock:
+            if self.git_dir is not None:
+                if self.branch_sha(name) is None:
+                    self._git("branch", name, f"refs/heads/{self.default_branch}")
+                self._git("symbolic-ref", "HEAD", f"refs/heads/{name}")
+            else:
+                self.refs.setdefault(name, self.refs.get(self.default_branch, "0" * 40))
+            self.default_branch = name
+
+    def protect(self, branch: str, *, contexts: list[str] | tuple[str, ...] = (), strict: bool = False,
+                required_reviews: int = 0, ruleset: bool = False) -> Protection:
+        """Branch protection on `branch`: required status check contexts (statuses or check run names),
+        `strict` (up to date before merging), required approving reviews; `ruleset`: the same rules from a
+        repository ruleset (seen through `GET /rules/branches/{b}`, not the branch's protection)."""
+        with self.lock:
+            rule = Protection(list(contexts), strict, required_reviews, ruleset)
+            self.protections[branch] = rule
+            return rule
+
+    def move_branch(self, name: str, sha: str | None = None) -> str:
+        """Move branch `name` (a fake branch without git, or a new commit on it in git); returns its sha."""
+        with self.lock:
+            if self.git_dir is None:
+                self.refs[name] = sha or hashlib.sha1(f"{name}:{self.next_id()}".encode()).hexdigest()
+                return self.refs[name]
+        return self.create_branch(name, {f"moved-{self.next_id()}.txt": "moved\n"}, base=name)
+
+    def set_check_run(self, sha: str, name: str, status: str = "completed", conclusion: str | None = "success"
+                      ) -> None:
+        """A new run of check `name` on `sha` (the latest run of a name is the one that counts)."""
+        self.add_check_run(sha, name, status, conclusion)
+
+    def add_review(self, number: int, user: str, state: str = "CHANGES_REQUESTED", body: str = "",
+                   commit_id: str | None = None) -> ReviewRec:
+        """A review by `user`: state APPROVED, CHANGES_REQUESTED or COMMENTED."""
+        event = {"APPROVED": "APPROVE", "CHANGES_REQUESTED": "REQUEST_CHANGES", "COMMENTED": "COMMENT"}[state]
+        with self.lock:
+            pull = self.pulls[number]
+            review = ReviewRec(self.next_id(), user, body, event, commit_id or pull.head_sha, self.now())
+            pull.reviews.append(review)
+            self.issues[number].updated = self.now()
+            return review
+
+    def add_review_comment(self, number: int, user: str, body: str, path: str, line: int | None = 1
+                           ) -> ReviewCommentRec:
+        """An inline review comment on `path` at `line` of the PR's head."""
+        with self.lock:
+            pull = self.pulls[number]
+            comment = ReviewCommentRec(self.next_id(), None, user, body, path, line, pull.head_sha, self.now())
+            pull.review_comments.append(comment)
+            self.issues[number].updated = self.now()
+            return comment
+
+    def edit_issue(self, number: int, *, title: str | None = None, body: str | None = None,
+                   user: str = OPERATOR_LOGIN) -> None:
+        """What `PATCH /issues/{n}` with a title or body does for `user`: a `renamed` event for a new title, a
+        body revision for GraphQL's `userContentEdits`."""
+        with self.lock:
+            issue = self.issues[number]
+            if title is not None and title != issue.title:
+                issue.events.append(EventRec(self.next_id(), "renamed", user, self.now(),
+                                             rename=(issue.title, title)))
+                issue.title = title
+                issue.updated = self.now()
+            if body is not None and body != issue.body:
+                at = self.now()
+                if not issue.edits:  # GitHub keeps the original as the first revision once it is edited
+                    issue.edits.append(EditRec(self.next_id(), issue.user, issue.created, issue.body))
+                issue.edits.append(EditRec(self.next_id(), user, at, body))
+                issue.body = body
+                issue.last_edited = at
+                issue.updated = at
 
     def set_mergeable_pending(self, number: int, reads: int) -> None:
         """`mergeable: null` for the next `reads` reads of the PR, as while GitHub computes it."""
@@ -564,6 +704,53 @@ class FakeGitHub:
             raise RuntimeError(f"git {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout.strip()
 
+    def merge_state(self, pull: PullRec) -> tuple[bool, str]:
+        """(mergeable, mergeable_state) as GitHub computes them for the PR's current head and base."""
+        base_sha = self.branch_sha(pull.base) or pull.base_sha
+        conflict = pull.conflict
+        behind = False
+        if pull.from_git and self.git_dir is not None and base_sha and pull.head_sha:
+            tree = subprocess.run(["git", "merge-tree", "--write-tree", base_sha, pull.head_sha],
+                                  cwd=str(self.git_dir), capture_output=True, check=False)
+            conflict = conflict or tree.returncode == 1
+            ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", base_sha, pull.head_sha],
+                                      cwd=str(self.git_dir), capture_output=True, check=False)
+            behind = ancestor.returncode != 0
+        elif not pull.from_git:
+            behind = base_sha != pull.base_sha
+        if conflict:
+            return False, "dirty"
+        rule = self.protections.get(pull.base)
+        if rule is not None and rule.strict and behind:
+            return True, "behind"
+        results = self.check_results(pull.head_sha)
+        required = set(rule.contexts) if rule else set()
+        if any(results.get(name) != "success" for name in required):
+            return True, "blocked"
+        if rule is not None and rule.required_reviews:
+            latest: dict[str, str] = {}
+            for review in pull.reviews:
+                if review.event in ("APPROVE", "REQUEST_CHANGES"):
+                    latest[review.user] = review.event
+            approvals = sum(1 for v in latest.values() if v == "APPROVE")
+            if "REQUEST_CHANGES" in latest.values() or approvals < rule.required_reviews:
+                return True, "blocked"
+        if any(state != "success" for name, state in results.items() if name not in required):
+            return True, "unstable"
+        return True, "clean"
+
+    def check_results(self, sha: str) -> dict[str, str]:
+        """Each status context's and check run name's latest outcome on `sha`: success, pending or failure."""
+        results: dict[str, str] = {}
+        for status in self.statuses.get(sha, []):
+            results[status.context] = {"success": "success", "pending": "pending"}.get(status.state, "failure")
+        for run in self.check_runs.get(sha, []):
+            if run.status != "completed":
+                results[run.name] = "pending"
+            else:
+                results[run.name] = "success" if run.conclusion in ("success", "neutral", "skipped") else "failure"
+        return results
+
     def _init_git(self) -> None:
         self.git_dir = self.root / "fake-github" / f"{NAME}.git"
         work = self.root / "fake-github" / "work"
@@ -592,7 +779,7 @@ class FakeGitHub:
 
     def branch_sha(self, name: str) -> str | None:
         if self.git_dir is None:
-            return None
+            return self.refs.get(name)
         try:
             return self._git("rev-parse", "--verify", "-q", f"refs/heads/{name}")
         except RuntimeError:
@@ -670,6 +857,8 @@ class FakeGitHub:
         if event.label is not None:
             label = self.labels.get(event.label)
             data["label"] = {"name": event.label, "color": label.color if label else "ededed"}
+        if event.rename is not None:
+            data["rename"] = {"from": event.rename[0], "to": event.rename[1]}
         if event.event == "closed":
             data["state_reason"] = "completed"  # what real GitHub adds and the typed events model rejects
         return data
@@ -691,8 +880,16 @@ class FakeGitHub:
         html = f"{WEB}/{REPO}/pull/{pull.number}"
         repo = repo_json(self.owner)
 
-        def side(ref: str, sha: str) -> dict[str, Any]:
-            return {"label": f"{OWNER}:{ref}", "ref": ref, "sha": sha, "user": user_json(self.owner), "repo": repo}
+        def side(ref: str, sha: str, fork: str | None = None) -> dict[str, Any]:
+            if fork is None:
+                return {"label": f"{OWNER}:{ref}", "ref": ref, "sha": sha, "user": user_json(self.owner),
+                        "repo": repo}
+            owner = self.user(fork.split("/")[0])
+            forked = {**repo, "id": 7_000_000 + owner.id, "node_id": f"R_{owner.id}", "name": fork.split("/")[1],
+                      "full_name": fork, "owner": user_json(owner), "fork": True,
+                      "html_url": f"{WEB}/{fork}", "url": f"{API}/repos/{fork}", "clone_url": f"{WEB}/{fork}.git"}
+            return {"label": f"{owner.login}:{ref}", "ref": ref, "sha": sha, "user": user_json(owner),
+                    "repo": forked}
 
         data: dict[str, Any] = {
             "url": base, "id": 20_000 + pull.number, "node_id": f"PR_{pull.number}", "html_url": html,
@@ -706,7 +903,7 @@ class FakeGitHub:
             "active_lock_reason": None, "created_at": iso(issue.created), "updated_at": iso(issue.updated),
             "closed_at": iso(issue.closed), "merged_at": None, "merge_commit_sha": None, "assignee": None,
             "assignees": [], "requested_reviewers": [], "requested_teams": [],
-            "head": side(pull.head, pull.head_sha), "base": side(pull.base, pull.base_sha),
+            "head": side(pull.head, pull.head_sha, pull.fork), "base": side(pull.base, pull.base_sha),
             "_links": {k: {"href": v} for k, v in {
                 "self": base, "html": html, "issue": issue_url, "comments": issue_url + "/comments",
                 "review_comments": base + "/comments",
@@ -715,8 +912,12 @@ class FakeGitHub:
             "author_association": "MEMBER", "auto_merge": None, "draft": False,
         }
         if full:
-            mergeable: bool | None = pull.mergeable
-            state = pull.mergeable_state
+            key = (pull.head_sha, self.branch_sha(pull.base) or pull.base_sha)
+            if pull.computed_for != key:  # a push or a base change: GitHub recomputes in the background
+                pull.computed_for = key
+                pull.mergeable_nulls = max(pull.mergeable_nulls, self.mergeable_null_reads)
+            mergeable: bool | None
+            mergeable, state = self.merge_state(pull)
             if pull.mergeable_nulls > 0:
                 pull.mergeable_nulls -= 1
                 mergeable, state = None, "unknown"
@@ -786,8 +987,10 @@ class FakeGitHub:
             "url": f"{API}/repos/{REPO}/commits/{sha}/status",
         }
 
-    def check_runs_json(self, sha: str) -> dict[str, Any]:
+    def check_runs_json(self, sha: str, *, latest: bool = True) -> dict[str, Any]:
         runs = self.check_runs.get(sha, [])
+        if latest:  # GitHub's default filter: the most recent run of each check name
+            runs = list({run.name: run for run in runs}.values())
         return {"total_count": len(runs), "check_runs": [{
             "id": run.id, "head_sha": sha, "node_id": f"CR_{run.id}", "external_id": "",
             "url": f"{API}/repos/{REPO}/check-runs/{run.id}", "html_url": f"{WEB}/{REPO}/runs/{run.id}",
@@ -808,6 +1011,8 @@ class FakeGitHub:
             core = self._rate_json()
             return 200, {"resources": {"core": core, "search": {**core, "limit": 30, "remaining": 30, "used": 0},
                                        "graphql": core}, "rate": core}, {}
+        if path in ("/graphql", "/api/graphql") and method == "POST":
+            return 200, self.graphql(body if isinstance(body, dict) else {}), {}
         if not path.startswith(prefix):
             raise ApiError(404, "Not Found")
         rest = path[len(prefix):]
@@ -821,6 +1026,10 @@ class FakeGitHub:
 
     def _routes(self) -> list[tuple[str, str, Callable[..., tuple[int, Any, dict[str, str]]]]]:
         return [
+            (r"", "GET", self._get_repo),
+            (r"/branches/(.+)/protection/required_status_checks", "GET", self._required_checks),
+            (r"/branches/(.+)", "GET", self._get_branch),
+            (r"/rules/branches/(.+)", "GET", self._branch_rules),
             (r"/issues", "GET", self._list_issues),
             (r"/issues", "POST", self._create_issue),
             (r"/issues/(\d+)", "GET", self._get_issue),
@@ -845,6 +1054,114 @@ class FakeGitHub:
             (r"/commits/([^/]+)/check-runs", "GET", self._check_runs),
             (r"/collaborators/([^/]+)/permission", "GET", self._permission),
         ]
+
+    def _get_repo(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        permission = self.permissions.get(login, "read")
+        data = repo_json(self.owner, default_branch=self.default_branch, clone_url=self.reported_clone_url)
+        data.update(has_issues=True, has_projects=False, has_wiki=False, has_discussions=False,
+                    subscribers_count=1, network_count=0, allow_forking=True, is_template=False, topics=[],
+                    temp_clone_token=None)
+        data["permissions"] = {"admin": permission == "admin", "maintain": permission in ("admin", "maintain"),
+                               "push": permission in ("admin", "maintain", "write"),
+                               "triage": permission != "read", "pull": True}
+        return 200, data, {}
+
+    def _get_branch(self, login: str, query: dict[str, list[str]], body: Any, name: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        sha = self.branch_sha(name)
+        if sha is None:
+            raise ApiError(404, "Branch not found")
+        rule = self.protections.get(name)
+        if rule is not None and rule.ruleset:
+            rule = None  # rulesets do not show in the branch's protection
+        base = f"{API}/repos/{REPO}/branches/{quote(name, safe='')}"
+        protection: dict[str, Any] = {"enabled": False, "required_status_checks": {
+            "enforcement_level": "off", "contexts": [], "checks": []}}
+        if rule is not None:
+            protection = {"enabled": True, "required_status_checks": {
+                "enforcement_level": "non_admins", "contexts": list(rule.contexts),
+                "checks": [{"context": c, "app_id": None} for c in rule.contexts]}}
+        commit_url = f"{API}/repos/{REPO}/commits/{sha}"
+        author = user_json(self.owner)
+        return 200, {
+            "name": name, "commit": {
+                "sha": sha, "node_id": f"C_{sha[:12]}", "url": commit_url, "html_url": f"{WEB}/{REPO}/commit/{sha}",
+                "comments_url": commit_url + "/comments", "author": author, "committer": author, "parents": [],
+                "commit": {"url": f"{API}/repos/{REPO}/git/commits/{sha}", "message": "change",
+                           "author": {"name": "Fake", "email": "fake@example.invalid",
+                                      "date": "2024-01-01T00:00:00Z"},
+                           "committer": {"name": "Fake", "email": "fake@example.invalid",
+                                         "date": "2024-01-01T00:00:00Z"},
+                           "tree": {"sha": "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
+                                    "url": f"{API}/repos/{REPO}/git/trees/4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+                           "comment_count": 0, "verification": None}},
+            "_links": {"self": base, "html": f"{WEB}/{REPO}/tree/{name}"}, "protected": rule is not None,
+            "protection": protection, "protection_url": base + "/protection",
+        }, {}
+
+    def _branch_rules(self, login: str, query: dict[str, list[str]], body: Any, name: str
+                      ) -> tuple[int, Any, dict[str, str]]:
+        rule = self.protections.get(name)
+        if rule is None or not rule.ruleset:
+            return 200, [], {}
+        source = {"ruleset_source_type": "Repository", "ruleset_source": REPO, "ruleset_id": 42}
+        rules: list[dict[str, Any]] = [{"type": "required_status_checks", **source, "parameters": {
+            "strict_required_status_checks_policy": rule.strict, "do_not_enforce_on_create": False,
+            "required_status_checks": [{"context": c} for c in rule.contexts]}}]
+        if rule.required_reviews:
+            rules.append({"type": "pull_request", **source, "parameters": {
+                "required_approving_review_count": rule.required_reviews, "dismiss_stale_reviews_on_push": False,
+                "require_code_owner_review": False, "require_last_push_approval": False,
+                "required_review_thread_resolution": False}})
+        return 200, rules, {}
+
+    def _required_checks(self, login: str, query: dict[str, list[str]], body: Any, name: str
+                         ) -> tuple[int, Any, dict[str, str]]:
+        if self.permissions.get(login) != "admin":  # reading protection needs admin rights, as on GitHub
+            raise ApiError(403, "Must have admin rights to Repository.")
+        rule = self.protections.get(name)
+        if rule is None or rule.ruleset:
+            raise ApiError(404, "Branch not protected")
+        url = f"{API}/repos/{REPO}/branches/{quote(name, safe='')}/protection/required_status_checks"
+        return 200, {"url": url, "strict": rule.strict, "contexts": list(rule.contexts),
+                     "checks": [{"context": c, "app_id": None} for c in rule.contexts],
+                     "contexts_url": url + "/contexts"}, {}
+
+    def graphql(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The one query shape served: `repository(owner, name) { issue(number) { lastEditedAt
+        userContentEdits(...) { nodes { editedAt editor { login } } } } }`, with variables or literals."""
+        query = str(body.get("query") or "")
+        variables = body.get("variables") if isinstance(body.get("variables"), dict) else {}
+
+        def arg(name: str) -> str | None:
+            literal = re.search(rf"\b{name}\s*:\s*(\"[^\"]*\"|\d+|\$\w+)", query)
+            if literal is None:
+                return None
+            value = literal.group(1)
+            if value.startswith("$"):
+                found = variables.get(value[1:])
+                return None if found is None else str(found)
+            return value.strip('"')
+
+        if "repository" not in query or "issue" not in query:
+            return {"errors": [{"message": "The fake serves only repository.issue edit history"}]}
+        owner, name, number = arg("owner"), arg("name"), arg("number")
+        if f"{owner}/{name}" != REPO:
+            return {"data": {"repository": None}, "errors": [{
+                "type": "NOT_FOUND", "path": ["repository"],
+                "message": f"Could not resolve to a Repository with the name '{owner}/{name}'."}]}
+        issue = self.issues.get(int(number)) if number and number.isdigit() else None
+        if issue is None or issue.is_pull:
+            return {"data": {"repository": {"issue": None}}, "errors": [{
+                "type": "NOT_FOUND", "path": ["repository", "issue"],
+                "message": f"Could not resolve to an Issue with the number of {number}."}]}
+        nodes = [{"id": f"UCE_{e.id}", "editedAt": iso(e.at), "createdAt": iso(e.at), "updatedAt": iso(e.at),
+                  "deletedAt": None, "diff": e.body,
+                  "editor": {"login": e.editor, "__typename": "Bot" if self.user(e.editor).type == "Bot" else "User"}}
+                 for e in reversed(issue.edits)]  # newest first
+        return {"data": {"repository": {"issue": {
+            "number": issue.number, "createdAt": iso(issue.created), "lastEditedAt": iso(issue.last_edited),
+            "userContentEdits": {"totalCount": len(nodes), "nodes": nodes}}}}}
 
     def _issue(self, number: str | int) -> IssueRec:
         issue = self.issues.get(int(number))
@@ -894,10 +1211,8 @@ class FakeGitHub:
             issue.state, issue.closed = "open", None
             issue.events.append(EventRec(self.next_id(), "reopened", login, self.now()))
             issue.updated = self.now()
-        for key in ("title", "body"):
-            if key in body:
-                setattr(issue, key, str(body[key] or ""))
-                issue.updated = self.now()
+        self.edit_issue(issue.number, title=str(body["title"] or "") if "title" in body else None,
+                        body=str(body["body"] or "") if "body" in body else None, user=login)
         return 200, self.issue_json(issue), {}
 
     def _list_comments(self, login: str, query: dict[str, list[str]], body: Any, number: str
@@ -1031,7 +1346,14 @@ class FakeGitHub:
 
     def _check_runs(self, login: str, query: dict[str, list[str]], body: Any, ref: str
                     ) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.check_runs_json(ref), {}
+        data = self.check_runs_json(ref, latest=_q(query, "filter", "latest") == "latest")
+        per_page = max(1, min(100, int(_q(query, "per_page", "30"))))
+        page = max(1, int(_q(query, "page", "1")))
+        runs = data["check_runs"]
+        data["check_runs"] = runs[(page - 1) * per_page: page * per_page]
+        host = self.url.split("//", 1)[1].rstrip("/")
+        _, headers = _paginate(runs, query, host, f"/repos/{REPO}/commits/{ref}/check-runs")
+        return 200, data, headers
 
     def _permission(self, login: str, query: dict[str, list[str]], body: Any, who: str
                     ) -> tuple[int, Any, dict[str, str]]:
@@ -1181,6 +1503,10 @@ _PERMISSION_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"/repos/[^/]+/[^/]+/pulls(/.*)?", ("pull_requests",)),
     (r"/repos/[^/]+/[^/]+/commits/[^/]+/status", ("statuses",)),
     (r"/repos/[^/]+/[^/]+/commits/[^/]+/check-runs", ("checks",)),
+    (r"/repos/[^/]+/[^/]+/branches/.+/protection(/.*)?", ("administration",)),
+    (r"/repos/[^/]+/[^/]+/branches(/.*)?", ("contents", "metadata")),
+    (r"/repos/[^/]+/[^/]+/rules/branches/.+", ("metadata",)),
+    (r"(/api)?/graphql", ("issues", "pull_requests")),
     (r"/repos/[^/]+/[^/]+(/collaborators/.*)?", ("metadata",)),
     (r"/[^/]+/[^/]+\.git/(info/refs|git-upload-pack|git-receive-pack)", ("contents",)),
     (r"/rate_limit", ()),
@@ -1473,15 +1799,16 @@ def _paginate(items: list[Any], query: dict[str, list[str]], host: str, path: st
 async def open_github_forge(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, FakeGitHub]]:
     """A started `GitHubForge` (entered) for "octo/demo" on a fresh fake server, and the server.
 
-    The fleet writes as `fleet-bot` (a separate identity), the approve key acts as `octo-operator`.
+    The fleet writes as `fleet-bot` (a separate identity), the approve key acts as `octo-operator`; git goes to
+    the `clone_url` the API reports (smart HTTP on `localhost`, the token in a header).
     `options` go to `GitHubForge` (e.g. `write_spacing`, `max_wait`); a `server_options` dict goes to the fake.
     """
     from fleet_tui.forge.github import GitHubForge
 
     server = FakeGitHub(Path(tmp_path), **options.pop("server_options", {})).start()
     settings: dict[str, Any] = dict(token=FLEET_TOKEN, operator_token=OPERATOR_TOKEN, base_url=server.url,
-                                    git_url=server.push_url if server.git_dir else None, write_spacing=0.0,
-                                    retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0)
+                                    write_spacing=0.0, retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0,
+                                    settle_s=0.05, readiness_backoff=0.01)
     settings.update(options)
     try:
         forge = GitHubForge(REPO, **settings)

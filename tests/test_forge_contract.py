@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fleet_tui.forge.base import Forge, NotFound, judge_approval, marker, standing_label_event
+from fleet_tui.forge.base import Forge, ForgeError, NotFound, judge_approval, marker, standing_label_event
 from fleet_tui.forge.local import LocalForge
 from fleet_tui.git import git_sync
 
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.anyio
 BranchMaker = Callable[[str, dict[str, str]], Awaitable[str]]
 _branch_makers: dict[int, BranchMaker] = {}
 _bases: dict[int, str] = {}
+_workspaces: dict[int, Path] = {}
+_base_movers: dict[int, Callable[[dict[str, str]], None]] = {}
 
 
 @pytest.fixture
@@ -60,6 +62,11 @@ async def make_branch(forge: Forge, name: str, files: dict[str, str]) -> str:
 
 def base_of(forge: Forge) -> str:
     return _bases[id(forge)]
+
+
+def move_base(forge: Forge, files: dict[str, str]) -> None:
+    """Someone else commits `files` on the base branch, where the forge sees it."""
+    _base_movers[id(forge)](files)
 
 
 def _open_github_factory() -> Any:
@@ -110,13 +117,21 @@ async def forge(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
                 commit_branch(workspace, name, files)
                 return await local.push_branch(workspace, name)
 
+            def move(files: dict[str, str]) -> None:
+                for rel, text in files.items():
+                    (repo / rel).write_text(text)
+                git_sync("add", "-A", cwd=repo)
+                git_sync("commit", "-q", "-m", "base moves", cwd=repo)
+
             _branch_makers[id(local)] = make
             _bases[id(local)] = "main"
+            _workspaces[id(local)] = workspace
+            _base_movers[id(local)] = move
             try:
                 yield local
             finally:
-                _branch_makers.pop(id(local), None)
-                _bases.pop(id(local), None)
+                for table in (_branch_makers, _bases, _workspaces, _base_movers):
+                    table.pop(id(local), None)
         return
 
     factory = _open_github_factory()
@@ -126,11 +141,13 @@ async def forge(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     async with factory(tmp_path) as (github, server):
         _branch_makers[id(github)] = _github_branch_maker(github, server, tmp_path / "workspace")
         _bases[id(github)] = "main"
+        _workspaces[id(github)] = tmp_path / "workspace"
+        _base_movers[id(github)] = lambda files: server.create_branch("main", files, base="main")
         try:
             yield github
         finally:
-            _branch_makers.pop(id(github), None)
-            _bases.pop(id(github), None)
+            for table in (_branch_makers, _bases, _workspaces, _base_movers):
+                table.pop(id(github), None)
 
 
 # issues -----------------------------------------------------------------------------------------
@@ -345,3 +362,88 @@ async def test_no_backend_offers_the_fleet_a_merge_or_approve(forge: Forge) -> N
     allowed = {"merge_as_human"} if forge.kind == "local" else set()
     public = [n for n in dir(forge) if not n.startswith("_")]
     assert [n for n in public if ("merge" in n.lower() or "approve" in n.lower()) and n not in allowed] == []
+
+
+# code ------------------------------------------------------------------------------------------
+
+
+async def test_default_branch_and_which_branches_exist(forge: Forge) -> None:
+    base = base_of(forge)
+    assert await forge.default_branch() == base
+    assert await forge.branch_exists(base)
+    assert not await forge.branch_exists("fleet/404-never-pushed")
+    await make_branch(forge, "fleet/5-exists", {"new.txt": "new\n"})
+    assert await forge.branch_exists("fleet/5-exists")
+
+
+async def test_git_source_reaches_the_repository_with_credentials_only_in_env(forge: Forge, tmp_path: Path) -> None:
+    source = await forge.git_source()
+    listed = git_sync("ls-remote", "--heads", source.url, cwd=tmp_path, env=dict(source.env))
+    assert f"refs/heads/{base_of(forge)}" in listed
+    assert "token" not in source.url and "@" not in source.url.split("//")[-1]
+    assert all(v not in repr(source) for k, v in source.env.items())  # what a log line could show
+    await forge.check_push_access()
+
+
+async def test_a_rebased_branch_is_force_pushed_only_under_its_lease(forge: Forge) -> None:
+    workspace = _workspaces[id(forge)]
+    first = await make_branch(forge, "fleet/6-rebase", {"a.txt": "one\n"})
+    git_sync("commit", "-q", "--amend", "-m", "rebased", cwd=workspace)
+    with pytest.raises(ForgeError, match="moved"):
+        await forge.push_branch(workspace, "fleet/6-rebase", force=True, expected="1" * 40)
+    second = await forge.push_branch(workspace, "fleet/6-rebase", force=True, expected=first)
+    assert second != first
+    pull = await forge.open_pull(title="R", body="", head="fleet/6-rebase", base=base_of(forge))
+    assert pull.head_sha == second
+
+
+async def test_opening_a_pr_against_a_missing_base_names_the_branch(forge: Forge) -> None:
+    await make_branch(forge, "fleet/10-orphan", {"o.txt": "o\n"})
+    with pytest.raises(ForgeError, match="does not exist") as caught:
+        await forge.open_pull(title="O", body="", head="fleet/10-orphan", base="no-such-base")
+    assert "no-such-base" in str(caught.value)
+
+
+async def test_a_fresh_pr_is_mergeable_and_clean_and_a_conflict_makes_it_dirty(forge: Forge) -> None:
+    await make_branch(forge, "fleet/11-clean", {"app.py": "def main():\n    return 11\n"})
+    opened = await forge.open_pull(title="C", body="", head="fleet/11-clean", base=base_of(forge))
+    pull = await forge.get_pull(opened.number)
+    assert (pull.mergeable, pull.mergeable_state) == (True, "clean")
+    assert pull.ci.value == "none" and pull.ci_summary == "no checks"
+    move_base(forge, {"app.py": "def main():\n    return 99\n"})
+    moved = await forge.get_pull(opened.number)
+    assert (moved.mergeable, moved.mergeable_state) == (False, "dirty")
+
+
+async def test_list_pulls_reads_details_only_for_the_named_heads(forge: Forge) -> None:
+    base = base_of(forge)
+    mine_sha = await make_branch(forge, "fleet/12-mine", {"m.txt": "m\n"})
+    theirs_sha = await make_branch(forge, "human/theirs", {"t.txt": "t\n"})
+    mine = await forge.open_pull(title="Mine", body="", head="fleet/12-mine", base=base)
+    theirs = await forge.open_pull(title="Theirs", body="", head="human/theirs", base=base)
+    pulls = {p.number: p for p in await forge.list_pulls(details_for={"fleet/12-mine"})}
+    assert set(pulls) == {mine.number, theirs.number}
+    assert pulls[mine.number].files == ("m.txt",) and pulls[mine.number].head_sha == mine_sha
+    assert pulls[theirs.number].files == () and pulls[theirs.number].head_sha == theirs_sha
+    assert (pulls[theirs.number].head, pulls[theirs.number].title) == ("human/theirs", "Theirs")
+    everything = {p.number: p for p in await forge.list_pulls()}
+    assert everything[theirs.number].files == ("t.txt",)
+
+
+# edits -----------------------------------------------------------------------------------------
+
+
+async def test_edits_of_title_and_body_are_reported_with_who_and_when(forge: Forge) -> None:
+    operator = await forge.operator_identity()
+    issue = await forge.create_issue("Add a flag", "Add --verbose.", ["proposed"])
+    assert await forge.text_edits(issue.number) == []
+    await forge.edit_issue(issue.number, title="Add a flag", body="Add --verbose.", as_user=operator.login)
+    assert await forge.text_edits(issue.number) == []  # nothing changed, nothing recorded
+    await forge.edit_issue(issue.number, title="Add two flags", as_user=operator.login)
+    await forge.edit_issue(issue.number, body="Add --verbose and --quiet.", as_user=operator.login)
+    edits = await forge.text_edits(issue.number)
+    assert [(e.field, e.actor.login) for e in edits] == [("title", operator.login), ("body", operator.login)]
+    assert edits[0].at <= edits[1].at and edits[0].at >= (issue.created_at or edits[0].at)
+    read = await forge.get_issue(issue.number)
+    assert (read.title, read.body) == ("Add two flags", "Add --verbose and --quiet.")
+    assert [e.kind for e in await forge.label_events(issue.number)] == ["labeled"]

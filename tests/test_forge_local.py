@@ -255,3 +255,36 @@ async def test_a_bare_repository_works_and_a_rename_counts_as_one_file(tmp_path:
         merged = await forge.merge_as_human(pull.number)
         assert git_sync("rev-parse", "main", cwd=bare) == merged
         assert git_sync("ls-tree", "--name-only", "main", cwd=bare).split() == ["main.py"]
+
+
+async def test_edits_are_recorded_with_their_editor_and_survive_a_restart(repo: Path) -> None:
+    async with LocalForge(repo, operator="alice") as forge:
+        issue = await forge.create_issue("Proposal", "Do one thing.", ["approved"])
+        await forge.edit_issue(issue.number, title="Proposal, widened", as_user="bob")
+        await forge.edit_issue(issue.number, body="Do two things.")
+        with pytest.raises(NotFound):
+            await forge.edit_issue(999, title="x")
+    async with LocalForge(repo, operator="alice") as again:
+        edits = await again.text_edits(issue.number)
+        assert [(e.field, e.actor.login, e.actor.type) for e in edits] == [
+            ("title", "bob", "User"), ("body", "fleet", "Bot")]
+        assert [e.kind for e in await again.label_events(issue.number)] == ["labeled"]  # renames are not labels
+        read = await again.get_issue(issue.number)
+        assert (read.title, read.body) == ("Proposal, widened", "Do two things.")
+        assert read.updated_at is not None and read.updated_at >= edits[-1].at
+
+
+async def test_default_branch_is_the_one_checked_out(repo: Path) -> None:
+    git_sync("checkout", "-q", "-b", "trunk", cwd=repo)
+    async with LocalForge(repo) as forge:
+        assert await forge.default_branch() == "trunk"
+        source = await forge.git_source()
+        assert Path(source.url) == repo.resolve() and dict(source.env) == {}
+
+
+async def test_a_forced_push_without_a_lease_replaces_the_branch(repo: Path, workspace: Path) -> None:
+    async with LocalForge(repo) as forge:
+        number = await open_pr(forge, workspace, "fleet/3-rebase", {"x.py": "x = 1\n"}, "")
+        git_sync("commit", "-q", "--amend", "-m", "rebased", cwd=workspace)
+        new = await forge.push_branch(workspace, "fleet/3-rebase", force=True)
+        assert new == sha(workspace, "fleet/3-rebase") == (await forge.get_pull(number)).head_sha

@@ -6,7 +6,8 @@ human merges. `judge_approval` decides whether the approval label was applied by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -20,6 +21,7 @@ from fleet_tui.model import (
     PullRequest,
     RateLimit,
     Review,
+    TextEdit,
 )
 
 Permission = Literal["admin", "maintain", "write", "triage", "read", "none"]
@@ -43,6 +45,19 @@ class RateLimitedError(ForgeError):
     def __init__(self, message: str, until: datetime | None = None) -> None:
         super().__init__(message)
         self.until = until
+
+
+@dataclass(frozen=True, slots=True)
+class GitSource:
+    """Where git fetches from and pushes to, and the extra environment a git command needs for it.
+
+    `env` carries the credentials (on GitHub, an `http.<url>.extraHeader` through `GIT_CONFIG_COUNT` /
+    `GIT_CONFIG_KEY_n` / `GIT_CONFIG_VALUE_n`), so they never appear in a URL, an argument, a file or a log:
+    pass it to the git process's environment only, never to an agent's. It is left out of `repr`.
+    """
+
+    url: str
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @runtime_checkable
@@ -101,10 +116,42 @@ class Forge(Protocol):
         (then that one is returned): a retried call never posts twice."""
         ...
 
+    async def edit_issue(self, number: int, *, title: str | None = None, body: str | None = None,
+                         as_user: str | None = None) -> None:
+        """Change an issue's title and/or body (None: unchanged). The edit is recorded with its author and
+        time, so `text_edits` reports it. `as_user`: who edits (the local forge records that login; GitHub
+        can only act as the fleet, or as the operator when `as_user` is the operator's login)."""
+        ...
+
+    async def text_edits(self, number: int) -> list[TextEdit]:
+        """Every edit of the issue's title or body since it was created, oldest first, with who made it and
+        when (the original text is no edit). Raises `ForgeError` when the forge cannot tell."""
+        ...
+
+    # code ---------------------------------------------------------------------------------------
+    async def git_source(self) -> GitSource:
+        """The URL git fetches bases from and pushes branches to, with the environment that authenticates it."""
+        ...
+
+    async def default_branch(self) -> str:
+        """The repository's default branch (GitHub's `default_branch`; locally, the branch checked out)."""
+        ...
+
+    async def branch_exists(self, name: str) -> bool: ...
+
+    async def check_push_access(self) -> None:
+        """Prove the fleet's credentials reach the repository with git (without pushing anything); raise
+        `ForgeError` whose message says what to fix (token scope, push URL, network)."""
+        ...
+
     # pull requests --------------------------------------------------------------------------
-    async def push_branch(self, source: Path, branch: str) -> str:
+    async def push_branch(self, source: Path, branch: str, *, force: bool = False,
+                          expected: str | None = None) -> str:
         """Push `branch` from the workspace repository at `source` to the forge; returns the head sha.
-        Done with the forge's credentials, which never enter an agent's environment."""
+        Done with the forge's credentials, which never enter an agent's environment. `force`: the branch
+        was rebased; replace the forge's copy only if it still is at `expected` (the head the caller last saw;
+        "" for no branch; None: the head read just before the push), like `--force-with-lease`; otherwise
+        `ForgeError` ("moved")."""
         ...
 
     async def find_pull(self, head: str) -> PullRequest | None:
@@ -112,11 +159,14 @@ class Forge(Protocol):
         ...
 
     async def open_pull(self, *, title: str, body: str, head: str, base: str) -> PullRequest:
-        """Open a PR for `head`, or return the open one that already exists for it."""
+        """Open a PR for `head`, or return the open one that already exists for it. A base or head branch
+        that does not exist raises `ForgeError` naming it."""
         ...
 
-    async def list_pulls(self) -> list[PullRequest]:
-        """Open PRs with size, files, mergeable state, CI state, reviews and review comments."""
+    async def list_pulls(self, *, details_for: Collection[str] | None = None) -> list[PullRequest]:
+        """Every open PR. Those whose head branch is in `details_for` (all when None) come with size, files,
+        mergeable state, CI state and summary, reviews and review comments; the others carry only what the
+        forge's list gives (number, title, body, head, base, head sha, author, draft, updated_at)."""
         ...
 
     async def get_pull(self, number: int) -> PullRequest: ...

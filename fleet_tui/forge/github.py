@@ -1,7 +1,7 @@
 """The GitHub forge: the `Forge` protocol over GitHub's REST API through githubkit.
 
 Owns the request queue (serial, writes spaced, rate limits obeyed by pausing rather than sleeping),
-conditional requests (githubkit's hishel cache revalidates with ETags, so an unchanged poll is a free 304),
+conditional requests (an ETag cache of its own in the transport, so an unchanged poll is a free 304),
 the two identities (fleet and operator), GitHub App installation auth (a JWT signed with the App's key buys
 short-lived installation tokens; githubkit renews them), pushing branches with the fleet's credentials, and the
 token report for `fleet-tui check`. The fleet can comment on a pull request; nothing here can accept or land one.
@@ -15,16 +15,19 @@ import math
 import os
 import re
 import stat
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 
-from fleet_tui.forge.base import ForgeError, NotFound, Permission, RateLimitedError
+from fleet_tui.forge.base import ForgeError, GitSource, NotFound, Permission, RateLimitedError
 from fleet_tui.model import (
     Actor,
     CIState,
@@ -35,6 +38,7 @@ from fleet_tui.model import (
     RateLimit,
     Review,
     ReviewComment,
+    TextEdit,
 )
 
 if TYPE_CHECKING:
@@ -132,16 +136,59 @@ class _Meter:
         return self.requests - self.not_modified
 
 
-def _metered_transport(meter: _Meter, timeout: float) -> httpx.AsyncBaseTransport:
+_CACHE_ENTRIES = 20_000
+
+
+def _metered_transport(meter: _Meter, timeout: float, conditional: bool = True) -> httpx.AsyncBaseTransport:
+    """The wire: every request counted (`meter`), and with `conditional` an ETag cache for GETs: a stored
+    reply's ETag goes out as `If-None-Match`, and a 304 is answered from the store (with the 304's fresh
+    headers), costing no rate-limit point.
+
+    This replaces githubkit's hishel cache, which costs a second point per change: after a changed reply (a
+    200 to a conditional request) hishel 1.x keeps the old entry beside the new one, and when the next 304
+    comes it can match stored entries only by a strong ETag or a single entry; GitHub's ETags are weak
+    (`W/"..."`), so it drops both and fetches the same URL again unconditionally."""
     import httpx
 
-    # The http cache rebuilds requests without the client's timeout extension; put it back here.
     timeouts = httpx.Timeout(timeout).as_dict()
+    store: OrderedDict[tuple[str, str], tuple[str, httpx.Headers, bytes]] = OrderedDict()
 
     class MeteredTransport(httpx.AsyncHTTPTransport):
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             if not request.extensions.get("timeout"):
                 request.extensions = {**request.extensions, "timeout": timeouts}
+            key = (str(request.url), request.headers.get("accept", ""))
+            cached = store.get(key) if conditional and request.method == "GET" else None
+            if cached is not None:
+                request.headers["If-None-Match"] = cached[0]
+            response = await self._send(request)
+            if not conditional or request.method != "GET":
+                return response
+            if response.status_code == 304 and cached is not None:
+                await response.aclose()  # hands the connection back to the pool
+                store.move_to_end(key)
+                headers = httpx.Headers(cached[1])
+                for name, value in response.headers.items():
+                    if name.lower() not in ("content-length", "content-encoding", "transfer-encoding"):
+                        headers[name] = value
+                return httpx.Response(200, headers=headers, content=cached[2], request=request,
+                                      extensions={"fleet_not_modified": True})
+            etag = response.headers.get("etag")
+            if response.status_code == 200 and etag:
+                content = await response.aread()
+                headers = httpx.Headers(response.headers)
+                for name in ("content-encoding", "transfer-encoding"):
+                    headers.pop(name, None)
+                store[key] = (etag, headers, content)
+                store.move_to_end(key)
+                while len(store) > _CACHE_ENTRIES:
+                    store.popitem(last=False)
+                return httpx.Response(200, headers=headers, content=content, request=request)
+            if response.status_code in (404, 410):
+                store.pop(key, None)
+            return response
+
+        async def _send(self, request: httpx.Request) -> httpx.Response:
             response = await super().handle_async_request(request)
             meter.requests += 1
             if request.method == "GET":
@@ -196,12 +243,18 @@ class GitHubForge:
         git_url: str | None = None,
         clock: Callable[[], float] = time.time,
         conditional: bool = True,
+        settle_s: float = 5.0,
+        readiness_reads: int = 3,
+        readiness_backoff: float = 1.0,
     ) -> None:
         """`write_spacing`: seconds between two writes. `max_wait`: longest rate-limit pause a call sits
         out; a longer one raises `RateLimitedError` and pauses the queue. `max_retries` / `retry_backoff`:
         5xx and timeouts. `secondary_backoff`: first wait on a secondary limit without `retry-after`,
-        doubled each time in a row. `git_url`: where `push_branch` pushes (derived from `base_url`).
-        `clock`: wall time, for tests. `conditional=False` sends no ETags (for comparison only)."""
+        doubled each time in a row. `git_url`: where git fetches and pushes (`forge.push_url`; None: the
+        repository's `clone_url` from the API). `clock`: wall time, for tests. `conditional=False` sends no
+        ETags (for comparison only). `settle_s`: after a write timed out, how often to look for it before
+        writing again. `readiness_reads` / `readiness_backoff`: extra reads of a PR (first wait, doubled)
+        while GitHub still computes its mergeability."""
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
             raise ValueError(f"repo must be 'owner/name', got {repo!r}")
         if token is None and app is None:
@@ -219,7 +272,10 @@ class GitHubForge:
         self.max_wait = max_wait
         self.max_pause = max_pause
         self.per_page = per_page
-        self.git_url = git_url or self._default_git_url()
+        self.git_url = git_url or None
+        self.settle_s = settle_s
+        self.readiness_reads = readiness_reads
+        self.readiness_backoff = readiness_backoff
         self._clock = clock
         self.conditional = conditional
         self._token = token
@@ -236,6 +292,7 @@ class GitHubForge:
         self._listeners: list[RateListener] = []
         self._pull_details: dict[int, tuple[tuple[str, str], tuple[tuple[str, ...], tuple[Review, ...],
                                                                    tuple[ReviewComment, ...]]]] = {}
+        self._pulls: dict[int, tuple[tuple[str, str, str], PullRequest]] = {}  # last full read, by its key
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -250,13 +307,9 @@ class GitHubForge:
                 raise ForgeError("forge.app_id is set but forge.app_private_key_path is empty: point it at the "
                                  "App's private key (.pem, chmod 600)")
             app = AppCredentials(forge.app_id, forge.app_installation_id, load_app_key(forge.app_private_key_path))
-        settings: dict[str, Any] = {"base_url": forge.api_url, "timeout": forge.timeout_s, **options}
+        settings: dict[str, Any] = {"base_url": forge.api_url, "timeout": forge.timeout_s,
+                                    "git_url": forge.push_url or None, "settle_s": forge.settle_s, **options}
         return cls(forge.repo, token=None if app else token, app=app, operator_token=operator_token, **settings)
-
-    def _default_git_url(self) -> str:
-        host = self.base_url.split("//", 1)[-1].split("/", 1)[0]
-        web = "github.com" if host == "api.github.com" else host
-        return f"https://{web}/{self.repo}.git"
 
     def _client(self, token: str | None, app: AppCredentials | None) -> _Identity:
         from githubkit import AppInstallationAuthStrategy, GitHub, TokenAuthStrategy
@@ -273,9 +326,10 @@ class GitHubForge:
         else:
             auth = TokenAuthStrategy(token or "")
         github = GitHub(
-            auth, base_url=self.base_url, timeout=self.timeout, auto_retry=False, http_cache=self.conditional,
-            cache_strategy=MemCacheStrategy(),  # one cache per identity: cached replies never cross tokens
-            async_transport=_metered_transport(meter, self.timeout), user_agent="fleet-tui",
+            auth, base_url=self.base_url, timeout=self.timeout, auto_retry=False, http_cache=False,
+            cache_strategy=MemCacheStrategy(),
+            # the ETag cache lives in the transport, one per identity: cached replies never cross tokens
+            async_transport=_metered_transport(meter, self.timeout, self.conditional), user_agent="fleet-tui",
         )
         return _Identity(github, meter, token, app)
 
@@ -817,8 +871,12 @@ class GitHubForge:
 
     async def _write_once(self, create: Callable[[], Awaitable[T]], lookup: Callable[[], Awaitable[T | None]],
                           *, check_first: bool = True) -> T:
-        """A non-idempotent write: look first, and after a failure that may have landed, look again
-        before retrying, so a retried call never writes twice."""
+        """A non-idempotent write: look first, and after a failure that may have landed, look again before
+        retrying, so a retried call never writes twice.
+
+        GitHub can apply a write well after the request timed out. So after a timeout or a 5xx the look-up is
+        repeated every `settle_s` over a window longer than the request timeout before the write is sent
+        again."""
         if check_first:
             found = await lookup()
             if found is not None:
@@ -829,29 +887,159 @@ class GitHubForge:
                 return await create()
             except _Transient as exc:
                 attempt += 1
-                found = await lookup()
+                found = await self._settle(lookup)
                 if found is not None:
                     return found
                 if attempt > self.max_retries:
                     raise ForgeError(f"{exc}; gave up after {attempt} tries, the next poll tries again") from None
                 await anyio.sleep(self.retry_backoff * 2 ** (attempt - 1))
 
-    # --- pull requests ---------------------------------------------------------------------------
-    async def push_branch(self, source: Path, branch: str) -> str:
-        """`git push` with the fleet's token in an http.extraheader passed through the environment: never
-        on the command line, in the remote URL or in a config file."""
+    async def _settle(self, lookup: Callable[[], Awaitable[T | None]]) -> T | None:
+        """Look for a write that may still land: at once, then every `settle_s` until a window of
+        `timeout + settle_s` has passed (at least twice). `settle_s` 0: one look only."""
+        found = await lookup()
+        if found is not None or self.settle_s <= 0:
+            return found
+        deadline = time.monotonic() + self.timeout + self.settle_s
+        looks = 1
+        while looks < 2 or time.monotonic() < deadline:
+            await anyio.sleep(self.settle_s)
+            found = await lookup()
+            looks += 1
+            if found is not None:
+                return found
+        return None
+
+    # --- code ------------------------------------------------------------------------------------
+    async def _repository(self) -> dict[str, Any]:
+        """The repository as the API reports it (revalidated with its ETag: free when unchanged)."""
+        response = await self._call(self._rest.repos.async_get, self.owner, self.name, what=f"GET {self.repo}")
+        data = response.json()
+        return data if isinstance(data, dict) else {}
+
+    async def default_branch(self) -> str:
+        branch = str((await self._repository()).get("default_branch") or "")
+        if not branch:
+            raise ForgeError(f"GitHub GET {self.repo}: no default_branch in the answer (an empty repository?)")
+        return branch
+
+    async def branch_exists(self, name: str) -> bool:
+        return await self._branch(name) is not None
+
+    async def _branch(self, name: str, *, rules: bool = False) -> dict[str, Any] | None:
+        """`GET /branches/{name}`: its head commit and protection summary; None when it does not exist. With
+        `rules`, also the rules repository rulesets apply to it (`GET /rules/branches/{name}`, readable with
+        read access, unlike classic protection's own endpoint), under the key `fleet_rules`."""
+        try:
+            response = await self._call(self._rest.repos.async_get_branch, self.owner, self.name, name,
+                                        what=f"GET branch {name}")
+        except NotFound:
+            return None
+        data = response.json()
+        if not isinstance(data, dict):
+            return None
+        if rules:
+            try:
+                data["fleet_rules"] = await self._pages(self._rest.repos.async_get_branch_rules, self.owner,
+                                                        self.name, name, what=f"GET rules of {name}")
+            except ForgeError as exc:  # a server without rulesets (older Enterprise Server)
+                if not isinstance(exc, NotFound) and getattr(exc, "status", None) not in (403, 404):
+                    raise
+                data["fleet_rules"] = []
+        return data
+
+    async def git_source(self) -> GitSource:
+        """`forge.push_url` when set, else the repository's `clone_url` as the API reports it. For an http(s)
+        URL the token goes into `env` as an `Authorization` header scoped to that URL's host (git's
+        `http.<url>.extraHeader`, set through `GIT_CONFIG_COUNT`): never in the URL, argv or a file."""
+        url = self.git_url or str((await self._repository()).get("clone_url") or "")
+        if not url:
+            raise ForgeError(f"GitHub GET {self.repo}: no clone_url in the answer; set forge.push_url")
+        parts = urlsplit(url)
+        if parts.password or (parts.username and parts.scheme in ("http", "https")):
+            raise ForgeError("forge.push_url carries credentials; remove them (the fleet sends its token in a "
+                             "header of its own)")
+        if parts.scheme not in ("http", "https"):
+            return GitSource(url, {})
+        token = await self._push_token()
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        scope = f"{parts.scheme}://{parts.netloc}/"
+        return GitSource(url, {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{scope}.extraHeader",
+                               "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"})
+
+    def _redact(self, text: str, source: GitSource) -> str:
+        for secret in [self._token or "", *(v for k, v in source.env.items() if k.startswith("GIT_CONFIG_VALUE"))]:
+            if secret:
+                text = text.replace(secret, "***")
+        if self._fleet is not None and self._fleet.push_token is not None:
+            text = text.replace(self._fleet.push_token[0], "***")
+        return text
+
+    async def _ls_remote(self, source: GitSource, *refs: str) -> str:
+        from fleet_tui.git import git
+
+        with anyio.fail_after(max(self.timeout, 1.0) * 2):
+            return await git("ls-remote", "--heads", source.url, *refs, cwd=tempfile.gettempdir(),
+                             env=dict(source.env))
+
+    async def check_push_access(self) -> None:
+        """`git ls-remote` against `git_source()` with the fleet's credentials, then the token's `push`
+        permission on the repository from the API; nothing is pushed."""
+        from fleet_tui.git import GitError
+
+        source = await self.git_source()
+        where = source.url
+        try:
+            await self._ls_remote(source)
+        except TimeoutError:
+            raise ForgeError(f"git cannot reach {where} (no answer): check the network or proxy, or "
+                             "forge.push_url") from None
+        except GitError as exc:
+            stderr = self._redact(exc.stderr, source)
+            low = stderr.lower()
+            if any(s in low for s in ("authentication failed", "could not read username", "401", "403",
+                                      "permission", "denied", "invalid username or password")):
+                raise ForgeError(f"git at {where} refused the fleet's token: give it Contents read/write "
+                                 "(fine-grained token or App) or the 'repo' scope (classic token), or check "
+                                 f"forge.push_url ({stderr.strip()[-200:]})") from None
+            if "not found" in low or "does not appear to be a git repository" in low or "404" in low:
+                raise ForgeError(f"git finds no repository at {where}: check forge.push_url (or forge.repo), "
+                                 "and that the token can see the repository") from None
+            if any(s in low for s in ("could not resolve", "connection refused", "timed out", "unable to access",
+                                      "network", "ssl")):
+                raise ForgeError(f"git cannot reach {where}: check the network or proxy, or forge.push_url "
+                                 f"({stderr.strip()[-200:]})") from None
+            raise ForgeError(f"git ls-remote {where} failed: {stderr.strip()[-300:]}") from None
+        permissions = (await self._repository()).get("permissions")
+        if isinstance(permissions, dict) and permissions.get("push") is False:
+            raise ForgeError(f"the fleet's token can read {self.repo} but not push to it: give it Contents "
+                             "read/write (fine-grained token or App) or the 'repo' scope (classic token)")
+
+    async def push_branch(self, source: Path, branch: str, *, force: bool = False,
+                          expected: str | None = None) -> str:
+        """`git push` to `git_source()` with the fleet's credentials in the environment only. `force`: a
+        rebased branch, pushed with `--force-with-lease` against `expected` (the head the caller last saw on
+        the forge), or when None the forge's head read just before the push."""
         from fleet_tui.git import GitError, git
 
-        token = await self._push_token()
-        header = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        env = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraheader",
-               "GIT_CONFIG_VALUE_0": f"Authorization: Basic {header}"}
+        target = await self.git_source()
+        args = ["push", "--quiet"]
         try:
-            await git("push", "--quiet", self.git_url, f"refs/heads/{branch}:refs/heads/{branch}", cwd=source,
-                      env=env)
+            if force:
+                if expected is None:
+                    listed = await self._ls_remote(target, f"refs/heads/{branch}")
+                    expected = listed.split("\t", 1)[0].strip() if listed.strip() else ""
+                args.append(f"--force-with-lease=refs/heads/{branch}:{expected}")
+            await git(*args, target.url, f"refs/heads/{branch}:refs/heads/{branch}", cwd=source,
+                      env=dict(target.env))
             return await git("rev-parse", f"refs/heads/{branch}", cwd=source)
+        except TimeoutError:
+            raise ForgeError(f"pushing {branch} to {self.repo}: no answer from {target.url}") from None
         except GitError as exc:
-            stderr = exc.stderr.replace(token, "***")
+            stderr = self._redact(exc.stderr, target)
+            if force and ("stale info" in stderr or "rejected" in stderr):
+                raise ForgeError(f"pushing {branch} to {self.repo}: the branch moved on the forge since the fleet "
+                                 "read it; not overwritten") from None
             raise ForgeError(f"pushing {branch} to {self.repo} failed: {stderr[-300:]}") from None
 
     async def _push_token(self) -> str:
@@ -876,13 +1064,14 @@ class GitHubForge:
         ident.push_token = (token, (expires - timedelta(minutes=10)).timestamp())
         return token
 
+    # --- pull requests ---------------------------------------------------------------------------
     async def find_pull(self, head: str) -> PullRequest | None:
         response = await self._call(self._rest.pulls.async_list, self.owner, self.name, what="GET pulls (head)",
                                     state="open", head=f"{self.owner}:{head}", per_page=10)
         items = response.json()
         if not items:
             return None
-        return await self.get_pull(int(items[0]["number"]))
+        return await self._read_pull(int(items[0]["number"]), base_info=None, tries=1)
 
     async def open_pull(self, *, title: str, body: str, head: str, base: str) -> PullRequest:
         async def create() -> PullRequest:
@@ -891,32 +1080,94 @@ class GitHubForge:
                                             what=f"open PR for {head}", retry_transient=False, title=title,
                                             body=body, head=head, base=base)
             except ForgeError as exc:
-                if getattr(exc, "status", None) == 422 and "already exists" in str(getattr(exc, "details", "")):
+                if getattr(exc, "status", None) != 422:
+                    raise
+                details = getattr(exc, "details", {}) or {}
+                if "already exists" in str(details):
                     found = await self.find_pull(head)
                     if found is not None:
                         return found
-                raise
-            return await self.get_pull(int(response.json()["number"]))
+                raise self._pull_refused(details, head, base) from None
+            # a new PR's mergeability is still being computed: the next poll reads it, nobody waits here
+            return await self._read_pull(int(response.json()["number"]), base_info=None, tries=1)
 
         return await self._write_once(create, lambda: self.find_pull(head))
 
-    async def list_pulls(self) -> list[PullRequest]:
+    def _pull_refused(self, details: dict[str, Any], head: str, base: str) -> ForgeError:
+        """GitHub's 422 on opening a PR, in words: which branch is missing, or what else it said."""
+        errors = details.get("errors") if isinstance(details, dict) else None
+        fields = {str(e.get("field")) for e in errors or [] if isinstance(e, dict)}
+        messages = [str(e.get("message")) for e in errors or [] if isinstance(e, dict) and e.get("message")]
+        if "base" in fields:
+            return ForgeError(f"cannot open a PR for {head}: the base branch {base!r} does not exist on {self.repo} "
+                              "(check forge.base_branch)")
+        if "head" in fields:
+            return ForgeError(f"cannot open a PR: the branch {head!r} does not exist on {self.repo} (push it first)")
+        said = "; ".join(messages) or str(details.get("message") or "Validation Failed")
+        return ForgeError(f"GitHub refused to open a PR from {head} into {base}: {said}")
+
+    async def list_pulls(self, *, details_for: Collection[str] | None = None) -> list[PullRequest]:
+        """Every open PR from the list call (revalidated page by page: an idle poll is all 304s). PRs whose head
+        is in `details_for` (all when None) are read in full, but only when their list entry changed (head
+        sha, updated_at), their base branch moved, or their state has not settled (mergeable unknown, CI
+        pending); otherwise the last full read is reused."""
         items = await self._pages(self._rest.pulls.async_list, self.owner, self.name, what="GET pulls",
                                   state="open", sort="created", direction="asc")
-        pulls = []
+        wanted = None if details_for is None else set(details_for)
+        bases: dict[str, dict[str, Any] | None] = {}
+        pulls: list[PullRequest] = []
+        unsettled: list[int] = []
         for item in items:
-            pulls.append(await self.get_pull(int(item["number"])))
-        live = {p.number for p in pulls}
-        for number in list(self._pull_details):
-            if number not in live:
-                del self._pull_details[number]
+            head = str(item["head"]["ref"])
+            fork = _head_repo(item).lower() != self.repo.lower()  # a fork's branch is never the fleet's
+            if wanted is not None and (fork or head not in wanted):
+                pulls.append(_pull_summary(item))
+                continue
+            base = str(item["base"]["ref"])
+            if base not in bases:
+                bases[base] = await self._branch(base, rules=True)
+            pull = await self._detailed(item, bases[base])
+            if pull.mergeable is None:
+                unsettled.append(len(pulls))
+            pulls.append(pull)
+        if unsettled:  # GitHub computes mergeability after the first read: one more look, a moment later
+            await anyio.sleep(self.readiness_backoff)
+            for index in unsettled:
+                pull = pulls[index]
+                pulls[index] = await self._read_pull(pull.number, base_info=bases.get(pull.base), tries=1)
+        live = {int(item["number"]) for item in items}
+        for cache in (self._pull_details, self._pulls):
+            for number in [n for n in cache if n not in live]:
+                del cache[number]
         return pulls
 
+    async def _detailed(self, item: dict[str, Any], base_info: dict[str, Any] | None) -> PullRequest:
+        number = int(item["number"])
+        key = (str(item["head"]["sha"]), str(item.get("updated_at")), _branch_sha(base_info))
+        cached = self._pulls.get(number)
+        if cached is not None and cached[0] == key and _settled(cached[1]):
+            return cached[1]
+        return await self._read_pull(number, base_info=base_info, tries=1)
+
     async def get_pull(self, number: int) -> PullRequest:
-        response = await self._call(self._rest.pulls.async_get, self.owner, self.name, number,
-                                    what=f"GET PR #{number}")
-        data = response.json()
-        head_sha = data["head"]["sha"]
+        """One PR in full. While GitHub still computes mergeability (`mergeable: null`) it is read again a
+        few times with a short backoff; if it is still unknown then, `mergeable` is None (ask again later)."""
+        return await self._read_pull(number, base_info=None, tries=1 + self.readiness_reads)
+
+    async def _read_pull(self, number: int, *, base_info: dict[str, Any] | None, tries: int) -> PullRequest:
+        data: dict[str, Any] = {}
+        for attempt in range(max(1, tries)):
+            if attempt:
+                await anyio.sleep(self.readiness_backoff * 2 ** (attempt - 1))
+            response = await self._call(self._rest.pulls.async_get, self.owner, self.name, number,
+                                        what=f"GET PR #{number}")
+            data = response.json()
+            if data.get("mergeable") is not None or data.get("state") != "open":
+                break
+        head_sha = str(data["head"]["sha"])
+        base = str(data["base"]["ref"])
+        if base_info is None and data.get("state") == "open":
+            base_info = await self._branch(base, rules=True)
         key = (str(data.get("updated_at")), head_sha)
         cached = self._pull_details.get(number)
         if cached is not None and cached[0] == key:
@@ -932,40 +1183,63 @@ class GitHubForge:
                                               self.name, number, what=f"GET review comments of PR #{number}")
             review_comments = tuple(_review_comment(c) for c in comment_items)
             self._pull_details[number] = (key, (files, reviews, review_comments))
-        ci = await self._ci_state(head_sha) if data.get("state") == "open" else CIState.NONE
-        return PullRequest(
+        ci, summary = CIState.NONE, ""
+        if data.get("state") == "open":
+            ci, summary = await self._ci(head_sha, _required_checks(base_info))
+        pull = PullRequest(
             number=number, title=str(data.get("title") or ""), body=str(data.get("body") or ""),
-            head=str(data["head"]["ref"]), base=str(data["base"]["ref"]), head_sha=head_sha,
+            head=str(data["head"]["ref"]), base=base, head_sha=head_sha,
             html_url=str(data.get("html_url") or ""),
             state="merged" if data.get("merged") else ("closed" if data.get("state") == "closed" else "open"),
             author=_actor(data.get("user")), additions=int(data.get("additions") or 0),
             deletions=int(data.get("deletions") or 0), changed_files=int(data.get("changed_files") or 0),
-            files=files, mergeable=data.get("mergeable"), mergeable_state=str(data.get("mergeable_state") or
-                                                                              "unknown"),
-            ci=ci, reviews=reviews, review_comments=review_comments, draft=bool(data.get("draft")),
-            updated_at=_time(data.get("updated_at")),
+            files=files, mergeable=data.get("mergeable"),
+            mergeable_state=str(data.get("mergeable_state") or "unknown"),
+            ci=ci, ci_summary=summary, reviews=reviews, review_comments=review_comments,
+            draft=bool(data.get("draft")), updated_at=_time(data.get("updated_at")), head_repo=_head_repo(data),
         )
+        if pull.state == "open":
+            self._pulls[number] = ((head_sha, str(data.get("updated_at")), _branch_sha(base_info)), pull)
+        return pull
 
-    async def _ci_state(self, sha: str) -> CIState:
-        """Combined status and check runs together; neither at all is NONE (GitHub calls that "pending")."""
-        status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
-                                   sha, what="GET combined status")).json()
-        runs = await self._check_runs(sha)
-        states: list[CIState] = []
-        if int(status.get("total_count") or 0) > 0:
-            states.append({"success": CIState.SUCCESS, "pending": CIState.PENDING}.get(status.get("state"),
-                                                                                     CIState.FAILURE))
+    async def _ci(self, sha: str, required: frozenset[str]) -> tuple[CIState, str]:
+        """The head's CI from the combined status and the check runs together, and a one-line summary. When
+        the base's protection names required checks, only those count: one failing is FAILURE, one pending
+        or not reported yet is PENDING. No status and no check run at all is NONE (GitHub says "pending")."""
+        outcomes: dict[str, str] = {}
+        unreadable: list[str] = []
+        try:
+            status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
+                                       sha, what="GET combined status", per_page=self.per_page)).json()
+        except ForgeError as exc:
+            if not _forbidden(exc):
+                raise
+            status = {}
+            unreadable.append("commit statuses")
+        for item in status.get("statuses") or []:
+            state = str(item.get("state"))
+            outcome = "success" if state == "success" else "pending" if state == "pending" else "failure"
+            _record(outcomes, str(item.get("context") or "status"), outcome)
+        try:
+            runs = await self._check_runs(sha)
+        except ForgeError as exc:
+            if not _forbidden(exc):
+                raise
+            runs = []
+            unreadable.append("check runs")
         for run in runs:
             if run.get("status") != "completed":
-                states.append(CIState.PENDING)
+                outcome = "pending"
             else:
-                states.append(CIState.SUCCESS if run.get("conclusion") in _CI_OK else CIState.FAILURE)
-        if not states:
-            return CIState.NONE
-        for state in (CIState.FAILURE, CIState.PENDING):
-            if state in states:
-                return state
-        return CIState.SUCCESS
+                outcome = "success" if run.get("conclusion") in _CI_OK else "failure"
+            _record(outcomes, str(run.get("name") or "check"), outcome)
+        if unreadable:  # a token without Checks or Commit statuses read: say so rather than fail the poll
+            ci, summary = _ci_verdict(outcomes, required)
+            note = f"{' and '.join(unreadable)} not readable with this token (grant Checks and Commit statuses read)"
+            if ci == CIState.NONE or (ci == CIState.SUCCESS and not required):
+                ci = CIState.PENDING  # what it cannot see may be failing; required checks all seen green is enough
+            return ci, f"{summary}; {note}"
+        return _ci_verdict(outcomes, required)
 
     async def _check_runs(self, sha: str) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
@@ -998,6 +1272,66 @@ class GitHubForge:
             return _review(response.json())
 
         return await self._write_once(create, lookup, check_first=False)
+
+    # --- edits ---------------------------------------------------------------------------------
+    async def edit_issue(self, number: int, *, title: str | None = None, body: str | None = None,
+                         as_user: str | None = None) -> None:
+        """PATCH the issue's title and/or body, as the fleet, or as the operator when `as_user` is the
+        operator's login. GitHub records the edit itself (a `renamed` event; the body's edit history)."""
+        fields = {k: v for k, v in (("title", title), ("body", body)) if v is not None}
+        if not fields:
+            return
+        as_operator = False
+        if as_user is not None and as_user.lower() != (await self.fleet_identity()).login.lower():
+            if self._operator is None or as_user.lower() != (await self.operator_identity()).login.lower():
+                raise ForgeError(f"GitHub can edit #{number} only as the fleet or the operator, not as {as_user}")
+            as_operator = True
+        rest = self._ident(as_operator).github.rest
+        await self._call(rest.issues.async_update, self.owner, self.name, number, method="PATCH",
+                         what=f"edit #{number}", **fields)
+
+    async def text_edits(self, number: int) -> list[TextEdit]:
+        """Title edits from the timeline's `renamed` events; body edits from GraphQL's `userContentEdits`
+        (the original text left out), or the issue's `lastEditedAt` when GitHub lists no edit."""
+        edits: list[TextEdit] = []
+        items = await self._pages(self._rest.issues.async_list_events_for_timeline, self.owner, self.name,
+                                  number, what=f"GET timeline of #{number}")
+        for item in items:
+            if isinstance(item, dict) and item.get("event") == "renamed":
+                at = _time(item.get("created_at"))
+                if at is not None:
+                    edits.append(TextEdit("title", at, _actor(item.get("actor"), item.get("performed_via_github_app"))))
+        issue = await self._graphql(_EDITS_QUERY, {"owner": self.owner, "name": self.name, "number": number},
+                                    what=f"edit history of #{number}")
+        node = ((issue.get("repository") or {}).get("issue") or {}) if isinstance(issue, dict) else {}
+        created = _time(node.get("createdAt"))
+        bodies: list[TextEdit] = []
+        for entry in ((node.get("userContentEdits") or {}).get("nodes") or []):
+            at = _time((entry or {}).get("editedAt"))
+            if at is None or (created is not None and at <= created):
+                continue  # the original text, which GitHub lists as the first revision
+            editor = entry.get("editor") or {}
+            bodies.append(TextEdit("body", at, Actor(str(editor.get("login") or "ghost"),
+                                                     str(editor.get("__typename") or "User"))))
+        last = _time(node.get("lastEditedAt"))
+        if not bodies and last is not None and (created is None or last > created):
+            bodies.append(TextEdit("body", last, Actor("ghost")))
+        edits.extend(bodies)
+        edits.sort(key=lambda e: e.at)
+        return edits
+
+    async def _graphql(self, query: str, variables: dict[str, Any], *, what: str) -> dict[str, Any]:
+        from githubkit.exception import GraphQLFailed
+
+        github = self._ident().github
+        try:
+            data = await self._call(github.async_graphql, query, variables, method="GRAPHQL",
+                                    what=f"GraphQL {what}")
+        except GraphQLFailed as exc:
+            errors = getattr(exc.response, "errors", None) or []
+            said = "; ".join(str(getattr(e, "message", e)) for e in errors) or str(exc)
+            raise ForgeError(f"GitHub GraphQL {what}: {said}") from None
+        return data if isinstance(data, dict) else {}
 
     # --- access --------------------------------------------------------------------------------
     async def permission(self, login: str) -> Permission:
@@ -1058,3 +1392,102 @@ def _review_comment(data: dict[str, Any]) -> ReviewComment:
     line = data.get("line")
     return ReviewComment(id=str(data["id"]), author=_actor(data.get("user")), body=str(data.get("body") or ""),
                          path=str(data.get("path") or ""), line=int(line) if line is not None else None)
+
+
+_EDITS_QUERY = """
+query($owner: String!, $name: String!, $number: Int!) {
+  repository(owner: $owner, name: $name) {
+    issue(number: $number) {
+      createdAt
+      lastEditedAt
+      userContentEdits(first: 100) { nodes { editedAt editor { login __typename } } }
+    }
+  }
+}
+"""
+
+
+def _pull_summary(item: dict[str, Any]) -> PullRequest:
+    """A PR as the list call gives it: no size, files, mergeability, CI or reviews."""
+    return PullRequest(
+        number=int(item["number"]), title=str(item.get("title") or ""), body=str(item.get("body") or ""),
+        head=str(item["head"]["ref"]), base=str(item["base"]["ref"]), head_sha=str(item["head"]["sha"]),
+        html_url=str(item.get("html_url") or ""), state="closed" if item.get("state") == "closed" else "open",
+        author=_actor(item.get("user")), draft=bool(item.get("draft")), updated_at=_time(item.get("updated_at")),
+        head_repo=_head_repo(item),
+    )
+
+
+def _head_repo(item: dict[str, Any]) -> str:
+    """The head branch's repository ("owner/name"); "" when GitHub no longer knows it (a deleted fork)."""
+    repo = (item.get("head") or {}).get("repo")
+    return str(repo.get("full_name") or "") if isinstance(repo, dict) else ""
+
+
+def _branch_sha(branch: dict[str, Any] | None) -> str:
+    return str(((branch or {}).get("commit") or {}).get("sha") or "")
+
+
+def _required_checks(branch: dict[str, Any] | None) -> frozenset[str]:
+    """The status contexts and check names the branch's protection or the repository's rulesets require."""
+    names: set[str] = set()
+    checks = (((branch or {}).get("protection") or {}).get("required_status_checks") or {})
+    if checks.get("enforcement_level") != "off":
+        names |= {str(c) for c in checks.get("contexts") or []}
+        names |= {str(c["context"]) for c in checks.get("checks") or [] if isinstance(c, dict) and c.get("context")}
+    for rule in (branch or {}).get("fleet_rules") or []:
+        if isinstance(rule, dict) and rule.get("type") == "required_status_checks":
+            for check in (rule.get("parameters") or {}).get("required_status_checks") or []:
+                if isinstance(check, dict) and check.get("context"):
+                    names.add(str(check["context"]))
+    return frozenset(names)
+
+
+def _forbidden(exc: ForgeError) -> bool:
+    """A 403 that is a missing permission (not a rate limit)."""
+    if isinstance(exc, RateLimitedError):
+        return False
+    return getattr(exc, "status", None) == 403 or "lacks a permission" in str(exc)
+
+
+def _settled(pull: PullRequest) -> bool:
+    """Nothing left for GitHub to compute: mergeability known and CI not pending."""
+    return pull.mergeable is not None and pull.mergeable_state != "unknown" and pull.ci != CIState.PENDING
+
+
+_OUTCOME_RANK = {"success": 0, "pending": 1, "failure": 2}
+
+
+def _record(outcomes: dict[str, str], name: str, outcome: str) -> None:
+    """A check's outcome; a name reported twice (a status and a check run) keeps the worse one."""
+    if _OUTCOME_RANK[outcome] >= _OUTCOME_RANK.get(outcomes.get(name, "success"), 0) or name not in outcomes:
+        outcomes[name] = outcome
+
+
+def _ci_verdict(outcomes: dict[str, str], required: frozenset[str]) -> tuple[CIState, str]:
+    """CI state and summary from each check's outcome; with required checks, only those decide."""
+    if not outcomes and not required:
+        return CIState.NONE, "no checks"
+    passed = sorted(n for n, o in outcomes.items() if o == "success")
+    failing = sorted(n for n, o in outcomes.items() if o == "failure")
+    pending = sorted(n for n, o in outcomes.items() if o == "pending")
+    missing = sorted(required - set(outcomes))
+    parts = [f"{len(passed)}/{len(outcomes)} checks passed"]
+    if failing:
+        parts.append(f"{len(failing)} failing: {', '.join(failing)}")
+    if pending:
+        parts.append(f"{len(pending)} pending: {', '.join(pending)}")
+    if missing:
+        parts.append(f"{len(missing)} required not reported: {', '.join(missing)}")
+    summary = ", ".join(parts)
+    if required:
+        decisive = {n: outcomes.get(n, "pending") for n in required}
+        summary += f" (required: {', '.join(sorted(required))})"
+    else:
+        decisive = outcomes
+    states = set(decisive.values())
+    if "failure" in states:
+        return CIState.FAILURE, summary
+    if "pending" in states:
+        return CIState.PENDING, summary
+    return CIState.SUCCESS, summary

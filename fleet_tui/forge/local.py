@@ -18,7 +18,7 @@ import re
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from fleet_tui.forge.base import ForgeError, NotFound, Permission
+from fleet_tui.forge.base import ForgeError, GitSource, NotFound, Permission
 from fleet_tui.git import GitError, git, git_env
 from fleet_tui.model import (
     Actor,
@@ -38,6 +38,7 @@ from fleet_tui.model import (
     PullRequest,
     RateLimit,
     Review,
+    TextEdit,
 )
 
 __all__ = ["FLEET_ACTOR", "LocalForge", "db_path_for"]
@@ -107,6 +108,17 @@ CREATE TABLE IF NOT EXISTS reviews (
     submitted_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS reviews_number ON reviews(number);
+CREATE TABLE IF NOT EXISTS edits (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    number     INTEGER NOT NULL REFERENCES items(number),
+    field      TEXT NOT NULL,                 -- title | body
+    before     TEXT NOT NULL,
+    after      TEXT NOT NULL,
+    actor      TEXT NOT NULL,
+    actor_type TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS edits_number ON edits(number);
 """
 
 # GitHub's closing keywords: "Closes #12", "fixes: #3", ...
@@ -380,6 +392,50 @@ class LocalForge:
 
         await self._db(write)
 
+    def _actor_named(self, login: str | None) -> Actor:
+        if login is None or login.lower() == FLEET_ACTOR.login:
+            return FLEET_ACTOR
+        if login.lower() == self._operator.login.lower():
+            return self._operator
+        return Actor(login, type="User")
+
+    async def edit_issue(self, number: int, *, title: str | None = None, body: str | None = None,
+                         as_user: str | None = None) -> None:
+        """Change the title and/or body of issue or PR `number`, recording each change (who, when, before and
+        after) for `text_edits`; a new title also leaves a `renamed` event, as on GitHub. `as_user`: the
+        editor's login (None: the fleet)."""
+        actor = self._actor_named(as_user)
+
+        def write(conn: sqlite3.Connection) -> None:
+            row = self._item(conn, number)
+            now = _now()
+            changed = False
+            for name, value in (("title", title), ("body", body)):
+                if value is None or value == row[name]:
+                    continue
+                conn.execute(f"UPDATE items SET {name} = ? WHERE number = ?", (value, number))
+                conn.execute("INSERT INTO edits (number, field, before, after, actor, actor_type, created_at) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", (number, name, row[name], value, actor.login,
+                                                              actor.type, now))
+                if name == "title":
+                    conn.execute("INSERT INTO label_events (number, kind, label, actor, actor_type, created_at) "
+                                 "VALUES (?, 'renamed', ?, ?, ?, ?)", (number, value, actor.login, actor.type,
+                                                                       now))
+                changed = True
+            if changed:
+                conn.execute("UPDATE items SET updated_at = ? WHERE number = ?", (now, number))
+
+        await self._db(write)
+
+    async def text_edits(self, number: int) -> list[TextEdit]:
+        def read(conn: sqlite3.Connection) -> list[TextEdit]:
+            self._item(conn, number)
+            return [TextEdit(r["field"], datetime.fromisoformat(r["created_at"]),
+                             Actor(r["actor"], type=r["actor_type"]))
+                    for r in conn.execute("SELECT * FROM edits WHERE number = ? ORDER BY id", (number,))]
+
+        return await self._db(read, write=False)
+
     async def add_labels(self, number: int, labels: Sequence[str], *, as_operator: bool = False) -> None:
         actor = self._operator if as_operator else FLEET_ACTOR
 
@@ -410,7 +466,8 @@ class LocalForge:
                 LabelEvent(event_id=str(r["id"]), kind=r["kind"], label=r["label"],
                            actor=Actor(r["actor"], type=r["actor_type"]),
                            created_at=datetime.fromisoformat(r["created_at"]))
-                for r in conn.execute("SELECT * FROM label_events WHERE number = ? ORDER BY id", (number,))
+                for r in conn.execute("SELECT * FROM label_events WHERE number = ? AND kind IN ('labeled', "
+                                      "'unlabeled') ORDER BY id", (number,))
             ]
 
         return await self._db(read, write=False)
@@ -486,8 +543,42 @@ class LocalForge:
         if probe.returncode != 0 or not branch or branch.startswith("-"):
             raise ForgeError(f"{branch!r} is not a valid branch name")
 
-    async def push_branch(self, source: Path, branch: str) -> str:
+    async def git_source(self) -> GitSource:
+        """The repository itself (its worktree, or the git dir of a bare one); no credentials needed."""
+        self._require_open()
+        return GitSource(str(self._cwd), {})
+
+    async def default_branch(self) -> str:
+        """The branch checked out in the repository (HEAD); the configured base branch when HEAD is detached."""
+        head = await git("symbolic-ref", "--quiet", "--short", "HEAD", cwd=self._cwd, check=False)
+        return head.strip() or self.base_branch
+
+    async def branch_exists(self, name: str) -> bool:
+        self._require_open()
+        return await self._branch_sha(name) is not None
+
+    async def check_push_access(self) -> None:
+        """The repository is readable with git and its git directory writable (where branches land)."""
+        self._require_open()
+        try:
+            await git("rev-parse", "--git-dir", cwd=self._cwd)
+        except GitError as exc:
+            raise ForgeError(f"{self._cwd} is no longer a git repository: {exc.stderr.strip()[-200:]}") from exc
+        for place in (self._git_dir, self._git_dir / "refs" / "heads"):
+            if place.exists() and not os.access(place, os.W_OK | os.X_OK):
+                raise ForgeError(f"the fleet cannot write to {place}: give this user write access to the "
+                                 "repository's git directory")
+
+    async def push_branch(self, source: Path, branch: str, *, force: bool = False,
+                          expected: str | None = None) -> str:
+        """Bring `branch` from `source` into the repository. `force` with `expected` (the head the caller last
+        saw here; "" for none) refuses to replace a branch that moved since."""
         await self._check_branch_name(branch)
+        if force and expected is not None:
+            current = await self._branch_sha(branch) or ""
+            if current != expected:
+                raise ForgeError(f"pushing {branch}: the branch moved in {self.repo} since the fleet read it; "
+                                 "not overwritten")
         source = Path(source)
         try:
             source_common = (source / await git("rev-parse", "--git-common-dir", cwd=source)).resolve()
@@ -583,6 +674,7 @@ class LocalForge:
             author=Actor(row["author"], type=row["author_type"]),
             additions=stats.additions, deletions=stats.deletions, changed_files=len(stats.files),
             files=stats.files, mergeable=mergeable, mergeable_state=mergeable_state, ci=CIState.NONE,
+            ci_summary="no checks", head_repo=self.repo,
             reviews=tuple(row["reviews"]), review_comments=(), draft=False,
             updated_at=_time(row["updated_at"]),
         )
@@ -638,9 +730,21 @@ class LocalForge:
         rows = await self._db(write)
         return await self._pull(rows[0])
 
-    async def list_pulls(self) -> list[PullRequest]:
+    async def list_pulls(self, *, details_for: Collection[str] | None = None) -> list[PullRequest]:
+        """Open PRs, newest first; in full for heads in `details_for` (all when None), else their head, base,
+        head sha, title, body and author only."""
         rows = await self._db(lambda conn: self._pull_rows(conn, "i.state = 'open'", ()), write=False)
-        return [await self._pull(row) for row in rows]
+        wanted = None if details_for is None else set(details_for)
+        return [await self._pull(row) if wanted is None or row["head"] in wanted else await self._summary(row)
+                for row in rows]
+
+    async def _summary(self, row: dict[str, Any]) -> PullRequest:
+        return PullRequest(
+            number=row["number"], title=row["title"], body=row["body"], head=row["head"], base=row["base"],
+            head_sha=await self._branch_sha(row["head"]) or "", html_url=self._url(row["number"]),
+            state=row["state"], author=Actor(row["author"], type=row["author_type"]),
+            updated_at=_time(row["updated_at"]), head_repo=self.repo,
+        )
 
     async def get_pull(self, number: int) -> PullRequest:
         rows = await self._db(lambda conn: self._pull_rows(conn, "i.number = ?", (number,)), write=False)
