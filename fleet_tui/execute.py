@@ -266,10 +266,10 @@ class ActionExecutor:
 
     async def _do_openpr(self, action: OpenPR) -> None:
         issue = await self.ctx.forge.get_issue(action.issue)
-        rewritten = bool(self.ctx.extras(action.run_id).get("rewritten"))
-        if rewritten:  # a rebased branch replaces the old head; the lease keeps anyone else's push safe
-            head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch,
-                                                    force=True)  # type: ignore[call-arg]
+        extras = self.ctx.extras(action.run_id)
+        if extras.get("rewritten"):  # a rebased branch replaces the head it was cut from, and only that one
+            head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch, force=True,
+                                                    expected=extras.get("fixes_head") or None)
         else:
             head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch)
         pull = await self.ctx.forge.find_pull(action.branch)

@@ -112,8 +112,12 @@ class ForgeObserver:
         them apart, so an idle poll does not grow with the PRs humans have open."""
         list_pulls = self.ctx.forge.list_pulls
         if "details_for" in inspect.signature(list_pulls).parameters:
-            return await list_pulls(details_for=fleet_heads)  # type: ignore[call-arg]
-        return await list_pulls()  # a forge that always reads every PR in full
+            pulls = await list_pulls(details_for=fleet_heads)
+        else:
+            pulls = await list_pulls()  # a forge that always reads every PR in full
+        # a fork's branch may carry a fleet branch's name: only the repository's own branches are the fleet's
+        repo = self.ctx.forge.repo.lower()
+        return [p for p in pulls if not getattr(p, "head_repo", "") or p.head_repo.lower() == repo]
 
     async def _last_edit(self, issue: Issue) -> datetime | None:
         """When the issue's title or body was last edited (None when never, or when the forge cannot say),

@@ -80,7 +80,7 @@ def test_github_token_report_and_labels(tmp_path: Path) -> None:
     """Against the fake GitHub over loopback: who the token is, an excess scope warned about, labels created."""
     from tests.fake_github import REPO, FakeGitHub
 
-    with FakeGitHub(tmp_path / "fake", git=False) as server:
+    with FakeGitHub(tmp_path / "fake", git=True) as server:
         server.add_user("wide-bot", "wide-token-0123456789", scopes="repo, workflow, delete_repo")
         server.permissions["wide-bot"] = "write"
         (tmp_path / "fleet.toml").write_text(
