@@ -23,6 +23,7 @@ from fleet_tui.reconcile import (
     DispatchQA,
     Kill,
     ClearHold,
+    EDITED_AFTER_APPROVAL,
     DispatchUpdate,
     MarkNeedsHuman,
     OpenPR,
@@ -148,7 +149,7 @@ class ActionExecutor:
         issue = await self.ctx.forge.get_issue(number)
         pins = [p for p in self.ctx.journal.approval_pins(number) if p.event_id == event_id]
         if not pins or not pins[0].matches(issue.title, issue.body):
-            await self._do_markneedshuman(MarkNeedsHuman(number, "edited after approval: approve again"))
+            await self._do_markneedshuman(MarkNeedsHuman(number, EDITED_AFTER_APPROVAL, event_id=event_id))
             return None
         return issue
 
@@ -303,8 +304,8 @@ class ActionExecutor:
         await self.ctx.forge.post_comment(
             action.issue, f"The fleet stopped on this issue and needs a human: {action.reason}.",
             dev_role.needs_human_marker(action.issue, f"{key}-{len(self.ctx.journal.approval_pins(action.issue))}"))
-        self.ctx.journal.set_kv(f"nh:{action.issue}", {"reason": action.reason,
-                                                       "at": self.ctx.clock().isoformat()})
+        self.ctx.journal.set_kv(f"nh:{action.issue}", {"reason": action.reason, "at": self.ctx.clock().isoformat(),
+                                                       "event_id": action.event_id})
         self.ctx.needs_human_raised += 1
         self.ctx.journal.append_event("needs_human", {"issue": action.issue, "pr": action.pr, "reason": action.reason})
         self.ctx.flagged.add(action.issue)

@@ -144,7 +144,8 @@ class ForgeObserver:
             value = self.ctx.journal.get_kv(f"nh:{number}")
             if isinstance(value, dict):
                 with contextlib.suppress(KeyError, ValueError, TypeError):
-                    holds[number] = Hold(value["reason"], datetime.fromisoformat(value["at"]))
+                    holds[number] = Hold(value["reason"], datetime.fromisoformat(value["at"]),
+                                         str(value.get("event_id", "")))
             elif value:  # written before holds had a time: any fresh approval is newer
                 holds[number] = Hold(str(value), datetime.min.replace(tzinfo=UTC))
         return holds

@@ -97,6 +97,7 @@ class Hold:
 
     reason: str
     at: datetime
+    event_id: str = ""  # the approval it held: any other (newer) approval lifts an edit hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,7 @@ class MarkNeedsHuman:
     issue: int
     reason: str
     pr: int | None = None
+    event_id: str = ""  # the approval the stop holds (an edit after it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,11 +450,11 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             pulls_by_issue[number] = pull
     flagged: set[int] = set()
 
-    def needs_human(issue: int, reason: str, pr: int | None = None) -> None:
+    def needs_human(issue: int, reason: str, pr: int | None = None, event_id: str = "") -> None:
         if issue in flagged or issue in snapshot.handled:
             return
         flagged.add(issue)
-        actions.append(MarkNeedsHuman(issue, reason, pr))
+        actions.append(MarkNeedsHuman(issue, reason, pr, event_id))
 
     # work on approved issues, in approval order ------------------------------------------------------
     approved: list[tuple[datetime, int, Approval]] = []
@@ -464,7 +466,9 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             continue  # an unverified approval is reported, never acted on
         if issue.has_label(labels.needs_human):
             hold = snapshot.holds.get(number)
-            if hold is not None and hold.reason == EDITED_AFTER_APPROVAL and approval.event.created_at > hold.at:
+            if hold is not None and hold.reason == EDITED_AFTER_APPROVAL and (
+                    approval.event.event_id != hold.event_id if hold.event_id
+                    else approval.event.created_at > hold.at):
                 actions.append(ClearHold(number))  # approved again after the edit: the new text stands
             continue
         actor = approval.event.actor.login.lower()
@@ -481,7 +485,7 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
         edited = snapshot.edits.get(number)
         if (pin is not None and (pin.title_sha != text_sha(issue.title) or pin.body_sha != text_sha(issue.body))
                 or (edited is not None and edited > approval.event.created_at)):
-            needs_human(number, EDITED_AFTER_APPROVAL)
+            needs_human(number, EDITED_AFTER_APPROVAL, event_id=event_id)
             continue
         claim = snapshot.claims.get(number)
         if claim is not None and claim.event_id == event_id and not claim.confirmed:

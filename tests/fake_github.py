@@ -777,6 +777,21 @@ class FakeGitHub:
         self._git("push", "-q", "-f", "origin", f"HEAD:refs/heads/{name}", cwd=work)
         return self._git("rev-parse", "HEAD", cwd=work)
 
+    def merge_pull(self, number: int, user: str = OPERATOR_LOGIN) -> str:
+        """A human merging PR `number` on the web page: a merge commit of its head into its base, the PR
+        closed (the API never merges for the fleet: `PUT /merge` is refused). Returns the merge commit."""
+        with self.lock:
+            pull = self.pulls[number]
+            work = self._work
+            self._git("fetch", "-q", "origin", cwd=work)
+            self._git("checkout", "-q", "-B", pull.base, f"origin/{pull.base}", cwd=work)
+            self._git("merge", "-q", "--no-ff", "-m", f"Merge pull request #{number} from {pull.head}",
+                      f"origin/{pull.head}", cwd=work)
+            self._git("push", "-q", "origin", f"HEAD:refs/heads/{pull.base}", cwd=work)
+            sha = self._git("rev-parse", "HEAD", cwd=work)
+        self.close(number, user)
+        return sha
+
     def branch_sha(self, name: str) -> str | None:
         if self.git_dir is None:
             return self.refs.get(name)

@@ -244,7 +244,7 @@ def test_edited_after_approval_is_held_and_flagged() -> None:
     i = issue(1, LABELS.approved)
     pins = {(1, "ev1"): Pin(1, "ev1", text_sha("Fix it"), text_sha("the approved body"))}
     actions = reconcile(base(i, pins=pins, claims=claimed(1)), CONFIG)
-    assert actions == [MarkNeedsHuman(1, "edited after approval: approve again")]
+    assert actions == [MarkNeedsHuman(1, "edited after approval: approve again", event_id="ev1")]
 
 
 def test_an_approval_by_the_fleet_itself_never_triggers_work() -> None:
@@ -447,7 +447,7 @@ def test_human_change_requests_count_against_the_round_cap() -> None:
 def test_an_edit_after_the_approval_holds_the_issue_and_a_fresh_approval_lifts_the_hold() -> None:
     i = issue(1, LABELS.approved)
     edited = base(i, edits={1: NOW - timedelta(minutes=5)})  # approval was an hour ago
-    assert reconcile(edited, CONFIG) == [MarkNeedsHuman(1, rc.EDITED_AFTER_APPROVAL)]
+    assert reconcile(edited, CONFIG) == [MarkNeedsHuman(1, rc.EDITED_AFTER_APPROVAL, event_id="ev1")]
     before = base(i, edits={1: NOW - timedelta(hours=2)})
     assert isinstance(reconcile(before, CONFIG)[0], Claim)
     held = issue(1, LABELS.approved, LABELS.needs_human)
@@ -457,6 +457,11 @@ def test_an_edit_after_the_approval_holds_the_issue_and_a_fresh_approval_lifts_t
     assert reconcile(base(held, holds=hold, approvals=fresh), CONFIG) == [rc.ClearHold(1)]
     other = {1: rc.Hold("QA asked for changes 3 rounds (cap 3)", NOW - timedelta(minutes=30))}
     assert reconcile(base(held, holds=other, approvals=fresh), CONFIG) == []  # only edit holds lift this way
+    # the forge's clock may differ from ours: a hold that names its approval is lifted by any other one
+    by_event = {1: rc.Hold(rc.EDITED_AFTER_APPROVAL, NOW + timedelta(days=1), "ev1")}
+    assert reconcile(base(held, holds=by_event), CONFIG) == []
+    newer = {1: approval(1, event_id="ev2", minutes=-600)}
+    assert reconcile(base(held, holds=by_event, approvals=newer), CONFIG) == [rc.ClearHold(1)]
 
 
 def test_binary_files_and_bytes_count_in_the_size_policy() -> None:
