@@ -246,6 +246,7 @@ class GitHubForge:
         settle_s: float = 5.0,
         readiness_reads: int = 3,
         readiness_backoff: float = 1.0,
+        ci_rechecks: int = 1,
     ) -> None:
         """`write_spacing`: seconds between two writes. `max_wait`: longest rate-limit pause a call sits
         out; a longer one raises `RateLimitedError` and pauses the queue. `max_retries` / `retry_backoff`:
@@ -276,6 +277,7 @@ class GitHubForge:
         self.settle_s = settle_s
         self.readiness_reads = readiness_reads
         self.readiness_backoff = readiness_backoff
+        self.ci_rechecks = ci_rechecks  # settled PRs whose CI each poll reads again (round robin)
         self._clock = clock
         self.conditional = conditional
         self._token = token
@@ -292,7 +294,8 @@ class GitHubForge:
         self._listeners: list[RateListener] = []
         self._pull_details: dict[int, tuple[tuple[str, str], tuple[tuple[str, ...], tuple[Review, ...],
                                                                    tuple[ReviewComment, ...]]]] = {}
-        self._pulls: dict[int, tuple[tuple[str, str, str], PullRequest]] = {}  # last full read, by its key
+        self._pulls: dict[int, tuple[tuple[Any, ...], PullRequest]] = {}  # last full read, by its key
+        self._ci_checked: dict[int, float] = {}  # when each PR's CI was last read
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -1135,19 +1138,38 @@ class GitHubForge:
             for index in unsettled:
                 pull = pulls[index]
                 pulls[index] = await self._read_pull(pull.number, base_info=bases.get(pull.base), tries=1)
+        await self._recheck_ci(pulls, bases)
         live = {int(item["number"]) for item in items}
-        for cache in (self._pull_details, self._pulls):
+        for cache in (self._pull_details, self._pulls, self._ci_checked):
             for number in [n for n in cache if n not in live]:
                 del cache[number]
         return pulls
 
     async def _detailed(self, item: dict[str, Any], base_info: dict[str, Any] | None) -> PullRequest:
         number = int(item["number"])
-        key = (str(item["head"]["sha"]), str(item.get("updated_at")), _branch_sha(base_info))
+        key = (str(item["head"]["sha"]), str(item.get("updated_at")), _branch_sha(base_info),
+               tuple(sorted(_required_checks(base_info))))
         cached = self._pulls.get(number)
         if cached is not None and cached[0] == key and _settled(cached[1]):
             return cached[1]
         return await self._read_pull(number, base_info=base_info, tries=1)
+
+    async def _recheck_ci(self, pulls: list[PullRequest], bases: dict[str, dict[str, Any] | None]) -> None:
+        """A check re-run or a late status on a settled head moves nothing in the PR list, so the CI of
+        `ci_rechecks` settled PRs, longest unchecked first, is read again each poll (two conditional
+        requests each, free while nothing changed): an idle poll's cost stays flat however many PRs there are,
+        and every PR's CI is seen again within as many polls as the fleet has PRs."""
+        settled = [(self._ci_checked.get(p.number, 0.0), i) for i, p in enumerate(pulls)
+                   if p.number in self._pulls and self._pulls[p.number][1] is p]
+        for _, index in sorted(settled)[:self.ci_rechecks]:
+            pull = pulls[index]
+            ci, summary = await self._ci(pull.head_sha, _required_checks(bases.get(pull.base)))
+            if (ci, summary) != (pull.ci, pull.ci_summary):
+                pull = dataclasses.replace(pull, ci=ci, ci_summary=summary)
+                key = self._pulls[pull.number][0]
+                self._pulls[pull.number] = (key, pull)
+                pulls[index] = pull
+            self._ci_checked[pull.number] = time.monotonic()
 
     async def get_pull(self, number: int) -> PullRequest:
         """One PR in full. While GitHub still computes mergeability (`mergeable: null`) it is read again a
@@ -1199,7 +1221,9 @@ class GitHubForge:
             draft=bool(data.get("draft")), updated_at=_time(data.get("updated_at")), head_repo=_head_repo(data),
         )
         if pull.state == "open":
-            self._pulls[number] = ((head_sha, str(data.get("updated_at")), _branch_sha(base_info)), pull)
+            self._pulls[number] = ((head_sha, str(data.get("updated_at")), _branch_sha(base_info),
+                                    tuple(sorted(_required_checks(base_info)))), pull)
+            self._ci_checked[number] = time.monotonic()
         return pull
 
     async def _ci(self, sha: str, required: frozenset[str]) -> tuple[CIState, str]:
