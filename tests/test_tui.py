@@ -472,6 +472,61 @@ async def test_log_search_and_fullscreen(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("term", ["[/]x", "[@click=app.bell]ring[/]", "[b", "$var"])
+async def test_a_search_term_shows_as_typed_and_never_as_markup(tmp_path: Path, term: str) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("plain", f"has {term} in it")))
+        await wait_for(pilot, lambda: log_of(app).line_count == 2)
+        await pilot.press("f", "slash", *term, "enter")
+        await pilot.pause()
+        subtitle = app.main.query_one(LogPane)._border_subtitle
+        assert subtitle is not None and "line 2 of 2" in subtitle.plain
+        await pilot.press("escape")
+        await pilot.press("slash", *("nomatch" + term), "enter")
+        await pilot.pause()
+        subtitle = app.main.query_one(LogPane)._border_subtitle
+        assert subtitle is not None and ("nomatch" + term.lower())[:29] in subtitle.plain
+        assert not any(span.style and "@click" in str(span.style) for span in subtitle.spans)
+        assert app.is_running and app.bells == 0 and not app.errors
+
+
+@pytest.mark.anyio
+async def test_a_run_id_with_markup_titles_the_log_pane_as_text(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        from fleet_tui.model import RunChanged
+
+        evil_id = "run-[@click=app.quit]x[/]"
+        fake.push(RunChanged(at=NOW, run=AgentRun(evil_id, Role.DEV, 31, RunState.RUNNING, started_at=NOW)))
+        await wait_for(pilot, lambda: evil_id in pane(app, "agents").rows)
+        app.show_run(evil_id)
+        await pilot.pause()
+        title = app.main.query_one(LogPane)._border_title
+        assert title is not None and evil_id in title.plain
+        assert app.is_running
+
+
+@pytest.mark.anyio
+async def test_a_huge_hostile_body_opens_without_freezing_the_console(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    body = "x" + " " * 300_000 + "<!-- fleet:run=r1 -->\n" + "\x1b]52;c;" + "A" * 200_000 + "\nvisible tail"
+    fake.details[(12, None)] = replace(sample_detail(), pull=None, issue=replace(fake.snapshot.proposals[0],
+                                                                                 body=body))
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        start = time.monotonic()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded, timeout=10)
+        assert time.monotonic() - start < 5
+        content = str(app.screen.query_one("#detail-content").render())
+        assert "\x1b" not in content and "more characters not shown" in content
+
+
+@pytest.mark.anyio
 async def test_finished_run_history_comes_from_its_log_file(tmp_path: Path) -> None:
     fake = FakeFleet()
     log_file = tmp_path / "run-5b91.log"

@@ -699,7 +699,7 @@ class FleetApp(App[None]):
         return (live or runs or [None])[-1]
 
     def refresh_panes(self) -> None:
-        if not self.main.is_mounted:
+        if self.main.table_if_present("ready") is None:  # not composed yet, or being torn down
             return
         now = self.now()
         styles = self.cell_styles
@@ -724,13 +724,17 @@ class FleetApp(App[None]):
             self.header.repo = self.control.repo  # a deferred control learns its repository once started
             self.header.forge_kind = self.control.forge_kind
             self.header.needs_human = len(self.inbox)
-            self.main.query_one(HeaderBar).update(header_text(self.header, self.config, self.now(), self.cell_styles))
+            try:
+                bar = self.main.query_one(HeaderBar)
+            except NoMatches:  # the screen is being torn down (the clock can tick during shut-down)
+                return
+            bar.update(header_text(self.header, self.config, self.now(), self.cell_styles))
 
     def _tick(self) -> None:
         self._update_header()
-        if any(run.state.live for run in self.runs.values()) and self.main.is_mounted:
-            self.main.table("agents").sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(),
-                                                      self.cell_styles))
+        agents = self.main.table_if_present("agents")
+        if agents is not None and any(run.state.live for run in self.runs.values()):
+            agents.sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(), self.cell_styles))
 
     # --- operator intents: each one a worker; errors surface in on_worker_state_changed --------
 
@@ -786,7 +790,7 @@ class FleetApp(App[None]):
         except Exception as exc:
             screen.show_error(f"Could not load: {exc}")
             raise
-        screen.show_detail(detail)
+        await screen.load(detail)
 
     def open_inbox(self) -> None:
         if not isinstance(self.screen, InboxScreen):

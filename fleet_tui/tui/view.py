@@ -32,9 +32,12 @@ from fleet_tui.untrusted import line_for_terminal
 Clock = Callable[[], datetime]
 
 # The verdict marker QA puts in its review body, and the finding bullets that follow a `changes` verdict.
+# Review bodies come from strangers: blanks stay within a line and quantifiers are possessive, so each line
+# is scanned once (`^\s*...` with MULTILINE rescans runs of blank lines and spaces: quadratic).
 _VERDICT_MARKER_RE = re.compile(r"<!-- fleet:verdict=(pass|changes) round=(\d+) -->")
-_VERDICT_LINE_RE = re.compile(r"^\s*\**\s*VERDICT\s*\**\s*:\s*\**\s*(pass|changes)\b", re.IGNORECASE | re.MULTILINE)
-_FINDING_RE = re.compile(r"^\s*(?:[-*]|\d+[.)])\s+\S", re.MULTILINE)
+_VERDICT_LINE_RE = re.compile(r"^[ \t]*+\**+[ \t]*+VERDICT[ \t]*+\**+[ \t]*+:[ \t]*+\**+[ \t]*+(pass|changes)\b",
+                              re.IGNORECASE | re.MULTILINE)
+_FINDING_RE = re.compile(r"^[ \t]*+(?:[-*]|\d++[.)])[ \t]++\S", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.content import Content
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.reactive import reactive
@@ -48,7 +49,7 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
         self.filter_text = ""
         self._columns_spec = columns
         self._total = 0
-        self.border_title = title
+        self.border_title = Content(title)
 
     def on_mount(self) -> None:
         for label, key, width in self._columns_spec:
@@ -97,8 +98,8 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
     def _retitle(self) -> None:
         shown = self.row_count
         count = f"{shown}/{self._total}" if self.filter_text else str(self._total)
-        self.border_title = f"{self.title} ({count})"
-        self.border_subtitle = Text(f"filter: {clean(self.filter_text, 40)}") if self.filter_text else ""
+        self.border_title = Content(f"{self.title} ({count})")
+        self.border_subtitle = Content(f"filter: {clean(self.filter_text, 40)}") if self.filter_text else None
 
 
 class PaneFilter(Input):
@@ -143,7 +144,7 @@ class LogPane(Vertical):
         return self.query_one("#log", Log)
 
     def on_mount(self) -> None:
-        self.border_title = "Log"
+        self.border_title = Content("Log")
         self.watch(self.log_widget, "scroll_y", self._scrolled, init=False)
         self._retitle()
 
@@ -172,10 +173,12 @@ class LogPane(Vertical):
 
     def _retitle(self) -> None:
         label = clean(self.run_label, 80) or "no run selected"
-        self.border_title = f"Log · {label}"
+        # Content, never a markup string: the label and the search term are data (`[/]` or `[@click=...]`
+        # in them must show as typed).
+        self.border_title = Content(f"Log · {label}")
         mode = "following" if self.following else "paused: scroll to the end to follow"
         note = f" · {self._search_note}" if self._search_note else ""
-        self.border_subtitle = f"{mode}{note}"
+        self.border_subtitle = Content(f"{mode}{note}")
 
     # --- search ---------------------------------------------------------------------------------
 
