@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +19,11 @@ from textual.pilot import Pilot
 from textual.widgets import Log
 
 from fleet_tui.config import FleetConfig, UiConfig
+from fleet_tui.control import DeferredFleet
 from fleet_tui.model import (
     AgentRun,
     Issue,
+    LoopState,
     NeedsHuman,
     Notice,
     Role,
@@ -29,7 +32,7 @@ from fleet_tui.model import (
 )
 from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
 from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
-from fleet_tui.tui.widgets import LinkBar, LogPane, PaneTable
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable
 
 SIZE = (120, 36)
 
@@ -614,6 +617,104 @@ async def test_run_changed_and_inbox_reasons_are_sanitized(tmp_path: Path) -> No
         svg = app.export_screenshot()
         _assert_inert(svg)
         assert "Y1&#160;" in svg
+
+
+# --- the loop: the header tells the truth -----------------------------------------------------------
+
+
+class LoopFleet(FakeFleet):
+    """A fake whose `run()` fails (an exception) or returns (None) the first times it is called."""
+
+    def __init__(self, outcomes: list[BaseException | None]) -> None:
+        super().__init__()
+        self.outcomes = outcomes
+        self.starts = 0
+
+    async def run(self) -> None:
+        self.starts += 1
+        if self.outcomes:
+            outcome = self.outcomes.pop(0)
+            if outcome is not None:
+                raise outcome
+            return
+        await super().run()
+
+
+def header_of(app: FleetApp) -> str:
+    return str(app.main.query_one(HeaderBar).render())
+
+
+@pytest.mark.anyio
+async def test_a_failed_loop_says_stopped_with_its_reason_and_r_restarts_it(tmp_path: Path) -> None:
+    fake = LoopFleet([RuntimeError("cannot reach the Docker engine at unix:///var/run/docker.sock")])
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: "■ stopped" in header_of(app))
+        assert "cannot reach the Docker engine" in header_of(app) and "running" not in header_of(app)
+        assert app.main.check_action("restart_loop", ()) is True
+        assert app.main.check_action("run_pm", ()) is None  # nothing would answer it
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == []
+        await pilot.press("R")
+        await wait_for(pilot, lambda: fake.running and "▶ running" in header_of(app))
+        assert fake.starts == 2 and "stopped" not in header_of(app)
+        assert app.main.check_action("restart_loop", ()) is None  # greyed out while the loop runs
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+
+
+@pytest.mark.anyio
+async def test_a_loop_that_returns_is_stopped_too(tmp_path: Path) -> None:
+    fake = LoopFleet([None])
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: "■ stopped: the fleet loop returned" in header_of(app))
+
+
+@pytest.mark.anyio
+async def test_loop_state_events_drive_the_header(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        assert "▶ running" in header_of(app)
+        retry_at = NOW + timedelta(seconds=30)
+        fake.push(LoopState(at=NOW, state="stopped", reason="the Docker engine does not answer", retry_at=retry_at))
+        await wait_for(pilot, lambda: "■ stopped" in header_of(app))
+        assert "the Docker engine does not answer" in header_of(app)
+        assert f"restarting at {retry_at.astimezone().strftime('%H:%M:%S')}" in header_of(app)
+        assert "running" not in header_of(app).replace("restarting", "")
+        fake.push(LoopState(at=NOW, state="starting"))
+        await wait_for(pilot, lambda: "… starting" in header_of(app))
+        fake.push(LoopState(at=NOW, state="running"))
+        await wait_for(pilot, lambda: "▶ running" in header_of(app))
+
+
+@pytest.mark.anyio
+async def test_a_deferred_fleet_restarts_with_a_fresh_fleet_and_says_why_it_stopped(tmp_path: Path) -> None:
+    built: list[LoopFleet] = []
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[LoopFleet]:
+        fleet = LoopFleet([RuntimeError("the journal is locked")] if not built else [])
+        built.append(fleet)
+        yield fleet
+
+    control = DeferredFleet(factory, repo="acme/widgets", forge_kind="github")
+    app = make_app(control, FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux")
+    async with app.run_test(size=(160, 36)) as pilot:
+        await wait_for(pilot, lambda: "■ stopped: the journal is locked" in header_of(app))
+        with pytest.raises(RuntimeError, match="not running .the journal is locked"):
+            await control.run_pm()
+        await pilot.press("R")
+        await wait_for(pilot, lambda: len(built) == 2 and built[1].running and "▶ running" in header_of(app))
+        await pilot.press("p")
+        await settle(pilot)
+        assert built[1].called("run_pm") == [None] and built[0].called("run_pm") == []
 
 
 # --- themes ---------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from fleet_tui.errors import leaf_error
 from fleet_tui.model import (
     AgentRun,
     Issue,
+    LoopState,
     NeedsHuman,
     Notice,
     PullRequest,
@@ -51,6 +52,7 @@ from fleet_tui.tui.messages import (
     HistoryLoaded,
     HumanNeeded,
     LogLinesPending,
+    LoopStateArrived,
     NoticeArrived,
     RateLimitArrived,
     RunUpdated,
@@ -60,6 +62,7 @@ from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, Inbox
 from fleet_tui.tui.view import (
     Clock,
     HeaderState,
+    LoopStatus,
     Styles,
     agent_rows,
     clean,
@@ -80,6 +83,7 @@ LAST_LINE_S = 0.5  # the Agents pane's "last line" column is a glance: refreshed
 PANES = ("proposals", "agents", "qa", "ready")
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
 _ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
+_LOOP_ACTIONS = {"restart_loop", "run_pm", "pause"}  # apply (or not) by the state of the fleet loop
 
 
 def history_line(raw: str) -> str:
@@ -171,7 +175,8 @@ class MainScreen(Screen[None]):
         yield LogPane(self.log_lines, id="logpane")
         yield LinkBar(id="linkbar", classes="hidden")
         yield PaneFilter(placeholder="filter this pane (enter: keep, escape: done)", id="filter", classes="hidden")
-        yield Footer(compact=True)
+        # The palette (ctrl+p) is listed on the help screen: the footer's width goes to the operator's keys.
+        yield Footer(compact=True, show_command_palette=False)
 
     def table(self, pane: str) -> PaneTable:
         return self.query_one(f"#{pane}", PaneTable)
@@ -225,6 +230,11 @@ class MainScreen(Screen[None]):
     # --- which keys apply ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _LOOP_ACTIONS:
+            state = self.fleet.header.loop.state
+            if action == "restart_loop":
+                return True if state == "stopped" else None
+            return None if state in ("stopped", "unconfigured") else True
         if action not in _ROW_ACTIONS:
             return True
         local = self.fleet.control.forge_kind == "local"
@@ -253,7 +263,7 @@ class MainScreen(Screen[None]):
 
     def update_keys(self) -> None:
         """Refresh the footer, but only when the set of keys that apply changed (a footer rebuild costs a frame)."""
-        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS))
+        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS | _LOOP_ACTIONS))
         if signature != self._keys_signature:
             self._keys_signature = signature
             self.refresh_bindings()
@@ -316,6 +326,9 @@ class MainScreen(Screen[None]):
 
     def action_run_pm(self) -> None:
         self.fleet.run_pm_now()
+
+    def action_restart_loop(self) -> None:
+        self.fleet.restart_loop()
 
     def action_pause(self) -> None:
         self.fleet.toggle_pause()
@@ -444,6 +457,8 @@ class FleetApp(App[None]):
         self.shown_run: str | None = None
         self.errors: list[str] = []
         self.bells = 0
+        self._loop_worker: Worker[None] | None = None
+        self._quitting = False
         self.cell_styles = Styles()
         self.main = MainScreen(config.ui.log_lines)
         loaded, self.theme_problems = themes.load_themes(theme_dir if theme_dir is not None
@@ -479,8 +494,21 @@ class FleetApp(App[None]):
         self.call_after_refresh(self._start_fleet)
 
     def _start_fleet(self) -> None:
-        self._host_loop()
+        self.restart_loop()
+
+    def restart_loop(self) -> None:
+        """(Re)start the worker hosting `fleet.run()`, and the event reader with it."""
+        if self._quitting:
+            return
+        self._set_loop(LoopStatus("starting"))
+        self._loop_worker = self._host_loop()
         self._consume_events()
+
+    def _set_loop(self, status: LoopStatus) -> None:
+        self.header.loop = status
+        self._update_header()
+        if self.main.is_mounted:
+            self.main.update_keys()
 
     def _theme_changed(self, theme: Any) -> None:
         self._styles_from_theme()
@@ -501,6 +529,7 @@ class FleetApp(App[None]):
 
     async def quit_console(self) -> None:
         """Stop the loop (live agents keep running and are re-attached next start), then leave."""
+        self._quitting = True
         with anyio.move_on_after(5):
             try:
                 await self.control.shutdown()
@@ -511,11 +540,11 @@ class FleetApp(App[None]):
     async def action_quit(self) -> None:
         await self.quit_console()
 
-    @work(group="fleet-loop", exit_on_error=False, description="The fleet loop")
+    @work(exclusive=True, group="fleet-loop", exit_on_error=False, description="The fleet loop")
     async def _host_loop(self) -> None:
         await self.control.run()
 
-    @work(group="fleet-events", exit_on_error=False, description="Reading fleet events")
+    @work(exclusive=True, group="fleet-events", exit_on_error=False, description="Reading fleet events")
     async def _consume_events(self) -> None:
         post = self.post_message
         async for event in self.control.events():
@@ -539,16 +568,25 @@ class FleetApp(App[None]):
                 post(NoticeArrived(event))
             elif isinstance(event, RateLimited):
                 post(RateLimitArrived(event))
+            elif isinstance(event, LoopState):
+                post(LoopStateArrived(event))
         post(EventsEnded("the event stream ended"))
 
     # --- the one place worker errors are shown ------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        detail = ""
         if event.state is WorkerState.ERROR:
             error = leaf_error(worker.error) if worker.error is not None else None
-            detail = clean(str(error), 300) if error is not None else "unknown error"
-            self.report_error(f"{worker.description or worker.name} failed: {detail or type(error).__name__}")
+            detail = (clean(str(error), 300) or type(error).__name__) if error is not None else "unknown error"
+            self.report_error(f"{worker.description or worker.name} failed: {detail}")
+        if worker is self._loop_worker and not self._quitting:
+            # The header tells the truth: whatever the fleet last said, a loop whose host ended is stopped.
+            if event.state is WorkerState.ERROR:
+                self._set_loop(LoopStatus("stopped", detail))
+            elif event.state is WorkerState.SUCCESS:
+                self._set_loop(LoopStatus("stopped", "the fleet loop returned"))
 
     def report_error(self, message: str) -> None:
         self.errors.append(message)
@@ -566,6 +604,8 @@ class FleetApp(App[None]):
         self.pulls = {pull.number: pull for pull in snap.pulls if pull.state == "open"}
         self.inbox = list(snap.needs_human)
         self.paused = snap.paused
+        if self.header.loop.state == "starting":
+            self.header.loop = LoopStatus("running")  # a snapshot means the loop ticked
         for run_id in list(self._history):
             if run_id not in self.runs and run_id != self.shown_run:
                 del self._history[run_id]
@@ -600,8 +640,15 @@ class FleetApp(App[None]):
         self.notify(f"Rate limited: {clean(message.event.reason, 200)}", severity="warning", markup=False)
         self._update_header()
 
+    def on_loop_state_arrived(self, message: LoopStateArrived) -> None:
+        event = message.event
+        if self.header.loop.state == "stopped" and self._loop_worker is not None and self._loop_worker.is_finished:
+            return  # the host worker ended: its reason stands until the operator restarts it
+        self._set_loop(LoopStatus(event.state, event.reason, event.retry_at))
+
     def on_events_ended(self, message: EventsEnded) -> None:
-        self.notify(f"The fleet stopped: {message.reason}", severity="warning", markup=False)
+        if self.header.loop.state != "stopped" and not self._quitting:
+            self.notify(f"The fleet's events stopped: {message.reason}", severity="warning", markup=False)
 
     def ring(self) -> None:
         if self.config.ui.bell:
@@ -831,7 +878,7 @@ class FleetApp(App[None]):
         if self.screen is not self.main:
             return
         if self.main.check_action(action_id, ()) is not True:
-            self.notify(f"{ACTIONS_BY_ID[action_id].description}: not available for the selected row",
+            self.notify(f"{ACTIONS_BY_ID[action_id].name}: not available for the selected row",
                         severity="warning", markup=False)
             return
         await self.main.run_action(action_id)

@@ -23,7 +23,7 @@ class FleetCommands(Provider):
         entries = []
         for action in ACTIONS:
             key = app.key_for(action.id)
-            entries.append((f"{action.description} ({KEY_DISPLAY.get(key, key)})", action.help, action.id))
+            entries.append((f"{action.name} ({KEY_DISPLAY.get(key, key)})", action.help, action.id))
         return entries
 
     async def discover(self) -> Hits:

@@ -252,7 +252,7 @@ class HelpScreen(ModalScreen[None]):
         table: DataTable[Text] = DataTable(id="help-table", cursor_type="row", show_cursor=False)
         with Vertical(id="help-box") as box:
             box.border_title = Content("Keys")
-            box.border_subtitle = Content("escape to close · remap in fleet.toml [ui.keys] by id")
+            box.border_subtitle = Content("escape to close · ctrl+p: command palette · remap in fleet.toml [ui.keys] by id")
             yield table
 
     def on_mount(self) -> None:

@@ -260,6 +260,16 @@ def inbox_rows(items: list[NeedsHuman], now: datetime, styles: Styles) -> list[R
 # --- header ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class LoopStatus:
+    """What the header says about the fleet loop: `starting`, `running`, `stopped` (with why, and when the
+    fleet restarts it by itself), or `unconfigured` (nothing can run until set-up is done)."""
+
+    state: str = "starting"
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
 @dataclass(slots=True)
 class HeaderState:
     repo: str = ""
@@ -268,6 +278,7 @@ class HeaderState:
     snapshot: SnapshotPublished | None = None
     rate_limited_until: datetime | None = None
     needs_human: int = 0
+    loop: LoopStatus = field(default_factory=LoopStatus)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -301,10 +312,23 @@ def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: 
         text.append_text(sep)
         text.append(f"rate-limited {short_duration(limited - now)}", style=styles.warn)
     text.append_text(sep)
-    if snap is not None and snap.paused:
-        text.append("⏸ paused", style=styles.warn)
-    else:
-        text.append("▶ running", style=styles.ok)
+    text.append_text(loop_text(state.loop, snap is not None and snap.paused, styles))
     text.append_text(sep)
     text.append(f"needs-human {state.needs_human}", style=styles.bad if state.needs_human else styles.dim)
     return text
+
+
+def loop_text(loop: LoopStatus, paused: bool, styles: Styles) -> Text:
+    """The header's word on the loop: "▶ running" only while it runs."""
+    if loop.state == "running":
+        return Text("⏸ paused", style=styles.warn) if paused else Text("▶ running", style=styles.ok)
+    if loop.state == "starting":
+        return Text("… starting", style=styles.dim)
+    if loop.state == "unconfigured":
+        return Text("■ not set up", style=styles.warn)
+    out = Text("■ stopped", style=styles.bad)
+    if loop.reason:
+        out.append(f": {clean(loop.reason, 70)}", style=styles.bad)
+    if loop.retry_at is not None:
+        out.append(f" · restarting at {loop.retry_at.astimezone().strftime('%H:%M:%S')}", style=styles.warn)
+    return out
