@@ -31,7 +31,8 @@ from fleet_tui.model import (
     RunState,
 )
 from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
-from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
+from fleet_tui.tui.view import SetupItem
 from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable
 
 SIZE = (120, 36)
@@ -715,6 +716,36 @@ async def test_a_deferred_fleet_restarts_with_a_fresh_fleet_and_says_why_it_stop
         await pilot.press("p")
         await settle(pilot)
         assert built[1].called("run_pm") == [None] and built[0].called("run_pm") == []
+
+
+# --- first run -------------------------------------------------------------------------------------
+
+FIRST_RUN = [
+    SetupItem("config", "missing", "no fleet.toml here or in the user config folder", "fleet-tui init"),
+    SetupItem("agent image", "missing", "fleet-agent:latest is not on the Docker engine", "fleet-tui image build"),
+    SetupItem("engine API key", "missing", "OPENAI_API_KEY: not set", "export OPENAI_API_KEY=…"),
+]
+
+
+@pytest.mark.anyio
+async def test_a_first_run_shows_what_is_missing_and_starts_nothing(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    app = make_app(fake, FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux", first_run=lambda: FIRST_RUN)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SetupScreen) and app.screen.checked)
+        shown = str(app.screen.query_one("#setup-content").render())
+        for command in ("fleet-tui init", "fleet-tui image build", "fleet-tui check", "export OPENAI_API_KEY"):
+            assert command in shown
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+        assert "not set up" in header_of(app) and "running" not in header_of(app)
+        for action in ("restart_loop", "run_pm", "pause"):
+            assert app.main.check_action(action, ()) is None
+        await pilot.press("R", "p")
+        await settle(pilot)
+        assert not fake.running and fake.called("run_pm") == [] and "running" not in header_of(app)
 
 
 # --- themes ---------------------------------------------------------------------------------------

@@ -58,11 +58,13 @@ from fleet_tui.tui.messages import (
     RunUpdated,
     SnapshotArrived,
 )
-from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
 from fleet_tui.tui.view import (
     Clock,
     HeaderState,
     LoopStatus,
+    SetupItem,
+    SetupProbe,
     Styles,
     agent_rows,
     clean,
@@ -177,6 +179,9 @@ class MainScreen(Screen[None]):
         yield PaneFilter(placeholder="filter this pane (enter: keep, escape: done)", id="filter", classes="hidden")
         # The palette (ctrl+p) is listed on the help screen: the footer's width goes to the operator's keys.
         yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.fleet.refresh_panes)  # the header and panes as soon as they exist
 
     def table(self, pane: str) -> PaneTable:
         return self.query_one(f"#{pane}", PaneTable)
@@ -428,8 +433,10 @@ class FleetApp(App[None]):
 
     def __init__(self, control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
                  state_dir: Path | None = None, theme_dir: Path | None = None,
-                 environ: Mapping[str, str] | None = None, platform: str | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, platform: str | None = None,
+                 first_run: SetupProbe | None = None) -> None:
         super().__init__()
+        self.first_run = first_run
         self.control = control
         self.config = config
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -489,16 +496,29 @@ class FleetApp(App[None]):
         self.push_screen(self.main)
         self.refresh_panes()
         self.set_interval(1.0, self._tick, name="header clock")
+        if self.first_run is not None:
+            # Nothing can run without a config: say what is missing instead of starting a fleet that fails.
+            self._set_loop(LoopStatus("unconfigured", "no config file"))
+            setup = SetupScreen([SetupItem("setup", "checking", "looking at the config, Docker and the engine's "
+                                           "key…")], self.cell_styles)
+            self.push_screen(setup)
+            self._probe_setup(setup, self.first_run)
+            return
         # The fleet starts once the first frame is on screen: its set-up (imports, the forge, the demo's
         # repository) never delays what the operator sees first.
         self.call_after_refresh(self._start_fleet)
+
+    @work(thread=True, exclusive=True, group="setup", exit_on_error=False, description="Checking the set-up")
+    def _probe_setup(self, screen: SetupScreen, probe: SetupProbe) -> None:
+        items = probe()  # Docker and the environment: blocking calls, so a thread
+        self.call_from_thread(screen.show_items, items)
 
     def _start_fleet(self) -> None:
         self.restart_loop()
 
     def restart_loop(self) -> None:
         """(Re)start the worker hosting `fleet.run()`, and the event reader with it."""
-        if self._quitting:
+        if self._quitting or self.header.loop.state == "unconfigured":
             return
         self._set_loop(LoopStatus("starting"))
         self._loop_worker = self._host_loop()
@@ -886,11 +906,15 @@ class FleetApp(App[None]):
 
 def make_app(control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
              state_dir: Path | None = None, theme_dir: Path | None = None,
-             environ: Mapping[str, str] | None = None, platform: str | None = None) -> FleetApp:
+             environ: Mapping[str, str] | None = None, platform: str | None = None,
+             first_run: SetupProbe | None = None) -> FleetApp:
     """The console for `control`. `state_dir` holds ui.json (the remembered theme); `theme_dir` the user's theme
-    files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests."""
+    files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests.
+
+    `first_run` (no config file was found) opens the set-up screen instead of starting the fleet: the probe,
+    run in a thread, says what is missing (config, agent image, engine API key)."""
     return FleetApp(control, config, clock=clock, state_dir=state_dir if state_dir is not None else user_state_dir(),
-                    theme_dir=theme_dir, environ=environ, platform=platform)
+                    theme_dir=theme_dir, environ=environ, platform=platform, first_run=first_run)
 
 
 def run_app(control: FleetControl, config: FleetConfig) -> None:

@@ -19,7 +19,7 @@ from textual.widgets import Button, DataTable, Footer, Static
 
 from fleet_tui.control import Detail
 from fleet_tui.tui.actions import ACTIONS, KEY_DISPLAY
-from fleet_tui.tui.view import clean, inbox_rows
+from fleet_tui.tui.view import SetupItem, Styles, clean, inbox_rows, setup_text
 from fleet_tui.tui.widgets import PaneTable
 from fleet_tui.untrusted import for_terminal, strip_fleet_markers
 
@@ -341,6 +341,35 @@ class InboxScreen(Screen[None]):
         item = self._selected()
         if item is not None and item.issue is not None:
             self.on_retry(item.issue)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class SetupScreen(Screen[None]):
+    """The first run: what is missing (config, agent image, engine API key) and the commands that fix it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "app.quit", "Quit", id="setup_quit"),
+        Binding("escape", "close", "Look at the console", id="setup_close"),
+    ]
+
+    def __init__(self, items: list[SetupItem], styles: Styles) -> None:
+        super().__init__()
+        self.items = items
+        self.cell_styles = styles
+        self.checked = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Set up fleet-tui", style="bold"), id="setup-title")
+        with VerticalScroll(id="setup-body"):
+            yield Static(setup_text(self.items, self.cell_styles), id="setup-content")
+        yield Footer()
+
+    def show_items(self, items: list[SetupItem]) -> None:
+        self.items = items
+        self.checked = True
+        self.query_one("#setup-content", Static).update(setup_text(items, self.cell_styles))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -289,7 +289,9 @@ def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: 
     text.append(clean(state.repo, 80), style=styles.accent)
     text.append(f" ({clean(state.forge_kind, 20)})", style=styles.dim)
     text.append_text(sep)
-    if state.polled_at is None:
+    if state.loop.state == "unconfigured":
+        text.append("no config: see the set-up screen (fleet-tui init)", style=styles.warn)
+    elif state.polled_at is None:
         text.append("waiting for the first poll", style=styles.dim)
     else:
         text.append(f"polled {short_duration(now - state.polled_at)} ago")
@@ -331,4 +333,48 @@ def loop_text(loop: LoopStatus, paused: bool, styles: Styles) -> Text:
         out.append(f": {clean(loop.reason, 70)}", style=styles.bad)
     if loop.retry_at is not None:
         out.append(f" · restarting at {loop.retry_at.astimezone().strftime('%H:%M:%S')}", style=styles.warn)
+    return out
+
+
+# --- first run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetupItem:
+    """One thing a first run needs: whether it is there, what was found, and the command that provides it."""
+
+    name: str
+    status: str  # ok | missing | warn | checking
+    detail: str = ""
+    command: str = ""
+
+
+SetupProbe = Callable[[], list[SetupItem]]
+
+_RUN = " " * 14 + "run  "  # a command lines up under the item's detail
+_SETUP_MARKS = {"ok": ("✓", "ok"), "missing": ("✗", "bad"), "warn": ("!", "warn"), "checking": ("…", "dim")}
+
+
+def setup_text(items: list[SetupItem], styles: Styles) -> Text:
+    """The setup screen's body: what is missing, and the exact commands, in the order to run them."""
+    out = Text()
+    out.append("fleet-tui is not set up here yet", style=styles.bold)
+    out.append("\nNo fleet can run until these are in place; nothing has been started.\n\n")
+    for item in items:
+        mark, style = _SETUP_MARKS.get(item.status, ("?", "dim"))
+        out.append(f" {mark} ", style=getattr(styles, style))
+        out.append(f"{clean(item.name, 20):<16}", style=styles.bold)
+        out.append(clean(item.detail, 200) or "—", style=styles.dim if item.status == "ok" else "")
+        if item.command and item.status != "ok":
+            out.append("\n" + _RUN, style=styles.dim)
+            out.append(clean(item.command, 200), style=styles.accent)
+        out.append("\n")
+    out.append("\nThen check everything and start the console again:\n", style=styles.bold)
+    out.append(_RUN, style=styles.dim)
+    out.append("fleet-tui check", style=styles.accent)
+    out.append("\n" + _RUN, style=styles.dim)
+    out.append("fleet-tui", style=styles.accent)
+    out.append("\n\nTo look around first, ", style=styles.dim)
+    out.append("fleet-tui --demo", style=styles.accent)
+    out.append(" runs a fleet on a sample project (no Docker, no API key).\n", style=styles.dim)
     return out
