@@ -131,7 +131,7 @@ async def test_stop_asks_then_stops_the_selected_live_run(tmp_path: Path) -> Non
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
         await settle(pilot)
-        assert fake.called("stop_run") == ["run-7f3a"]
+        assert fake.called("stop_run") == ["run-81c0"]
 
 
 @pytest.mark.anyio
@@ -147,7 +147,7 @@ async def test_keys_that_do_not_apply_are_greyed_out_and_do_nothing(tmp_path: Pa
         await settle(pilot)
         assert isinstance(app.screen, type(main)) and fake.called("stop_run") == [] and fake.called("retry") == []
         # on the finished PM run: stop and approve do not apply; retry does not either (it succeeded)
-        await pilot.press("tab", "down", "down")
+        await pilot.press("tab", "down", "down", "down")  # live runs first, newest first; then finished ones
         assert pane(app, "agents").selected_key == "run-6d2e"
         for action in ("stop", "approve", "reject", "retry"):
             assert main.check_action(action, ()) is None
@@ -165,7 +165,7 @@ async def test_retry_on_a_failed_run(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("tab", "r")  # live run: retry does nothing
-        await pilot.press("down", "down", "down", "r")
+        await pilot.press("down", "down", "r")
         await settle(pilot)
         assert pane(app, "agents").selected_key == "run-5b91"
         assert fake.called("retry") == [11]
@@ -417,16 +417,16 @@ async def test_log_flood_is_batched_and_bounded(tmp_path: Path) -> None:
     app.flush_logs = counting_flush  # type: ignore[method-assign]
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        assert app.shown_run == "run-7f3a"
+        assert app.shown_run == "run-81c0"
         for n in range(10_000):  # the worst case: one line per event
-            fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=(f"line {n}",)))
+            fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=(f"line {n}",)))
         await pilot.press("p")
         await wait_for(pilot, lambda: bool(log_of(app).lines) and log_of(app).lines[-1] == "line 9999", timeout=20)
         await settle(pilot)
         assert fake.called("run_pm") == [None]
         assert log_of(app).line_count <= 1000
         assert flushes < 500, flushes  # batched per frame, not per line
-        await wait_for(pilot, lambda: pane(app, "agents").get_cell("run-7f3a", "last").plain == "line 9999")
+        await wait_for(pilot, lambda: pane(app, "agents").get_cell("run-81c0", "last").plain == "line 9999")
 
 
 @pytest.mark.anyio
@@ -434,7 +434,7 @@ async def test_log_follow_mode_stops_when_scrolled_up_and_resumes_at_the_end(tmp
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"a{n}" for n in range(300))))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=tuple(f"a{n}" for n in range(300))))
         await wait_for(pilot, lambda: log_of(app).line_count == 300)
         await pilot.pause()
         log = log_of(app)
@@ -443,14 +443,14 @@ async def test_log_follow_mode_stops_when_scrolled_up_and_resumes_at_the_end(tmp
         log.scroll_home(animate=False, immediate=True)
         await pilot.pause()
         assert not logpane.following
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"b{n}" for n in range(50))))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=tuple(f"b{n}" for n in range(50))))
         await wait_for(pilot, lambda: log_of(app).line_count == 350)
         await pilot.pause()
         assert log.scroll_y == 0
         log.scroll_end(animate=False, immediate=True)
         await pilot.pause()
         assert logpane.following
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("c",)))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("c",)))
         await wait_for(pilot, lambda: log_of(app).line_count == 351)
         await pilot.pause()
         assert log.scroll_y == log.max_scroll_y
@@ -462,7 +462,7 @@ async def test_log_search_and_fullscreen(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         lines = tuple("needle here" if n == 40 else f"hay {n}" for n in range(400))
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=lines))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=lines))
         await wait_for(pilot, lambda: log_of(app).line_count == 400)
         await pilot.press("f")
         assert app.main.has_class("-log-full") and app.focused is log_of(app)
@@ -481,7 +481,7 @@ async def test_a_search_term_shows_as_typed_and_never_as_markup(tmp_path: Path, 
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("plain", f"has {term} in it")))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("plain", f"has {term} in it")))
         await wait_for(pilot, lambda: log_of(app).line_count == 2)
         await pilot.press("f", "slash", *term, "enter")
         await pilot.pause()
@@ -540,7 +540,7 @@ async def test_finished_run_history_comes_from_its_log_file(tmp_path: Path) -> N
     app, _ = build(fake, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("tab", "down", "down", "down", "l")
+        await pilot.press("tab", "down", "down", "l")
         await wait_for(pilot, lambda: log_of(app).line_count == 2)
         assert list(log_of(app).lines) == ["09:10:00 collecting tests", "09:10:01 error: 3 tests failed"]
         assert app.focused is log_of(app)
@@ -555,9 +555,9 @@ EVIL = ("\x1b]52;c;ZXZpbA==\x07\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\
 def _evil_snapshot() -> object:
     snap = sample_snapshot()
     issue = replace(snap.proposals[0], title="T1 " + EVIL, body="BODY " + EVIL)
-    run = replace(snap.runs[1], last_line="R1 " + EVIL)
+    run = replace(snap.runs[0], last_line="R1 " + EVIL)  # not the run shown in the log (that one's lines change)
     pull = replace(snap.pulls[2], title="P1 " + EVIL)
-    return replace(snap, proposals=(issue, *snap.proposals[1:]), runs=(snap.runs[0], run, *snap.runs[2:]),
+    return replace(snap, proposals=(issue, *snap.proposals[1:]), runs=(run, *snap.runs[1:]),
                    pulls=(*snap.pulls[:2], pull, snap.pulls[3]))
 
 
@@ -578,7 +578,7 @@ async def test_untrusted_text_reaches_every_pane_inert(tmp_path: Path) -> None:
     app, _ = build(fake, tmp_path)
     async with app.run_test(size=(200, 50), notifications=True) as pilot:
         await ready(pilot)
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("L1 " + EVIL, "L2 " + EVIL)))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("L1 " + EVIL, "L2 " + EVIL)))
         fake.push(Notice(at=NOW, level="warning", message="N1 " + EVIL))
         await wait_for(pilot, lambda: log_of(app).line_count == 2 and len(app.screen.query("Toast")) == 1)
         await pilot.pause()
@@ -618,6 +618,78 @@ async def test_run_changed_and_inbox_reasons_are_sanitized(tmp_path: Path) -> No
         svg = app.export_screenshot()
         _assert_inert(svg)
         assert "Y1&#160;" in svg
+
+
+# --- the Agents pane follows the work ---------------------------------------------------------------
+
+
+def agent_keys(app: FleetApp) -> list[str]:
+    return [row.key.value for row in pane(app, "agents").ordered_rows]  # type: ignore[misc]
+
+
+@pytest.mark.anyio
+async def test_agents_pane_lists_live_runs_first_newest_first_with_round_and_runner(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        # QA (2 min) and Dev (6 min) are live; the failed Dev run ended after the PM run did
+        assert agent_keys(app) == ["run-81c0", "run-7f3a", "run-5b91", "run-6d2e"]
+        assert app.shown_run == "run-81c0"
+        agents = pane(app, "agents")
+        assert agents.get_cell("run-81c0", "round").plain == "r2"
+        new = AgentRun("run-new", Role.DEV, 15, RunState.RUNNING, started_at=NOW, runner="docker", engine="codex")
+        fake.push(RunChanged(at=NOW, run=new))
+        await wait_for(pilot, lambda: agent_keys(app)[:1] == ["run-new"])
+        await pilot.press("tab", "home")  # the selected run's id, runner and engine under the pane
+        await wait_for(pilot, lambda: agents.selected_key == "run-new")
+        assert "run-new · docker" in str(agents.border_subtitle)
+        finished = replace(sample_snapshot().runs[1], state=RunState.SUCCEEDED, ended_at=NOW)
+        fake.push(RunChanged(at=NOW, run=finished))
+        await wait_for(pilot, lambda: agent_keys(app) == ["run-new", "run-7f3a", "run-81c0", "run-5b91", "run-6d2e"])
+
+
+@pytest.mark.anyio
+async def test_after_an_approve_the_cursor_follows_the_new_run(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a")  # approve #12 from the Proposals pane
+        await settle(pilot)
+        assert fake.called("approve") == [12]
+        assert pane(app, "agents").selected_key == "run-81c0"
+        older = AgentRun("run-old", Role.DEV, 14, RunState.RUNNING, started_at=NOW)  # another issue's run
+        fake.push(RunChanged(at=NOW, run=older))
+        await wait_for(pilot, lambda: "run-old" in pane(app, "agents").rows)
+        assert pane(app, "agents").selected_key == "run-81c0"
+        run = AgentRun("run-12a", Role.DEV, 12, RunState.STARTING, started_at=NOW + timedelta(seconds=1))
+        fake.push(RunChanged(at=NOW, run=run))
+        await wait_for(pilot, lambda: pane(app, "agents").selected_key == "run-12a")
+        assert app.shown_run == "run-12a" and app.focused is pane(app, "proposals")
+        await wait_for(pilot, lambda: "run-12a" in str(app.main.query_one(LogPane).border_title))
+
+
+@pytest.mark.anyio
+async def test_after_an_approve_a_cursor_the_operator_moved_stays(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a", "tab", "down")
+        await settle(pilot)
+        assert pane(app, "agents").selected_key == "run-7f3a"
+        fake.push(RunChanged(at=NOW, run=AgentRun("run-12a", Role.DEV, 12, RunState.RUNNING, started_at=NOW)))
+        await wait_for(pilot, lambda: "run-12a" in pane(app, "agents").rows)
+        await pilot.pause()
+        assert pane(app, "agents").selected_key == "run-7f3a" and app.shown_run == "run-7f3a"
+        await pilot.press("down", "l")  # l tails the selected run (a finished one: its log file)
+        await pilot.pause()
+        assert app.shown_run == pane(app, "agents").selected_key == "run-5b91"
+        assert app.focused is log_of(app)
 
 
 # --- the loop: the header tells the truth -----------------------------------------------------------

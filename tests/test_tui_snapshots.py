@@ -51,7 +51,7 @@ def scenario(*keys: str, then: Callable[[Pilot[None]], Awaitable[None]] | None =
         app = pilot.app
         assert isinstance(app, FleetApp)
         await _until(pilot, lambda: app.snapshot is not None and app.main.table("proposals").row_count > 0)
-        app.control.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=LOG_LINES))  # type: ignore[attr-defined]
+        app.control.push(RunLogLines(at=NOW, run_id=app.shown_run or "", lines=LOG_LINES))  # type: ignore[attr-defined]
         await _until(pilot, lambda: app.main.query_one("#log", Log).line_count == len(LOG_LINES))
         for key in keys:
             await pilot.press(key)

@@ -66,6 +66,7 @@ from fleet_tui.tui.view import (
     SetupItem,
     SetupProbe,
     Styles,
+    agent_order,
     agent_rows,
     clean,
     header_text,
@@ -166,9 +167,9 @@ class MainScreen(Screen[None]):
         with Grid(id="panes"):
             yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 22),
                                                         ("Approval", "approval", 13)])
-            yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("State", "state", 10),
-                                                  ("Time", "elapsed", 6), ("Tokens", "tokens", 6),
-                                                  ("Cost", "cost", 5), ("Last line", "last", 18)])
+            yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("Rnd", "round", 3),
+                                                  ("State", "state", 9), ("Time", "elapsed", 6), ("Tok", "tokens", 4),
+                                                  ("Cost", "cost", 5), ("Last line", "last", 24)])
             yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 15), ("Round", "round", 5),
                                           ("Verdict", "verdict", 9), ("Fnd", "findings", 3)])
             yield PaneTable("ready", "Ready to merge", [("PR", "number", 4), ("Title", "title", 23),
@@ -278,6 +279,7 @@ class MainScreen(Screen[None]):
         self.update_keys()
         if event.data_table.id == "agents" and event.row_key.value:
             self.fleet.show_run(event.row_key.value)
+            self.fleet.note_selected_run()
 
     def on_descendant_focus(self) -> None:
         self.update_keys()
@@ -287,6 +289,7 @@ class MainScreen(Screen[None]):
     def action_approve(self) -> None:
         sel = self.selection()
         if sel.issue is not None:
+            self.fleet.follow_next_run(sel.issue.number)
             self.fleet.approve_issue(sel.issue.number)
 
     def action_reject(self) -> None:
@@ -465,6 +468,8 @@ class FleetApp(App[None]):
         self.errors: list[str] = []
         self.bells = 0
         self._loop_worker: Worker[None] | None = None
+        # after an approve: (issue, the runs it had, the Agents cursor then) until its new run shows up
+        self._follow: tuple[int, frozenset[str], str | None] | None = None
         self._quitting = False
         self.cell_styles = Styles()
         self.main = MainScreen(config.ui.log_lines)
@@ -632,7 +637,7 @@ class FleetApp(App[None]):
                 self._last_lines.pop(run_id, None)
         self.refresh_panes()
         if self.shown_run is None and self.runs:
-            self.show_run(next(iter(self.runs)))
+            self.show_run(agent_order(list(self.runs.values()))[0].run_id)
 
     def on_run_updated(self, message: RunUpdated) -> None:
         self.runs[message.run.run_id] = message.run
@@ -776,6 +781,8 @@ class FleetApp(App[None]):
         main.table("proposals").sync(proposal_rows(tuple(self.proposals.values()), snap.approvals if snap else (),
                                                    styles))
         main.table("agents").sync(agent_rows(runs, self._last_lines, now, styles))
+        self._follow_new_run()
+        self.note_selected_run()
         pulls = list(self.pulls.values())
         ready = [pull for pull in pulls if is_ready(pull, runs)]
         review = [pull for pull in pulls if not is_ready(pull, runs)]
@@ -785,6 +792,36 @@ class FleetApp(App[None]):
         main.update_keys()
         if isinstance(self.screen, InboxScreen):
             self.screen.refresh_rows()
+
+    def note_selected_run(self) -> None:
+        """The Agents pane's bottom line: the selected run's id, where it runs and with which engine."""
+        agents = self.main.table_if_present("agents")
+        if agents is None:
+            return
+        run = self.runs.get(agents.selected_key or "")
+        agents.set_note(" · ".join(clean(part, 40) for part in (run.run_id, run.runner, run.engine) if part)
+                        if run is not None else "")
+
+    def follow_next_run(self, issue: int) -> None:
+        """Move the Agents cursor to the run an approve starts, unless the operator moves it first."""
+        agents = self.main.table_if_present("agents")
+        self._follow = (issue, frozenset(self.runs), agents.selected_key if agents is not None else None)
+
+    def _follow_new_run(self) -> None:
+        if self._follow is None:
+            return
+        issue, before, cursor_then = self._follow
+        new = [run for run in self.runs.values() if run.issue == issue and run.run_id not in before]
+        agents = self.main.table_if_present("agents")
+        if not new or agents is None:
+            return
+        self._follow = None
+        if agents.selected_key not in (cursor_then, None) and cursor_then is not None:
+            return  # the operator moved the cursor since: leave it where they put it
+        run_id = agent_order(new)[0].run_id
+        if run_id in agents.rows:
+            agents.move_cursor(row=agents.get_row_index(run_id), animate=False)
+            self.show_run(run_id)
 
     def _update_header(self) -> None:
         if self.main.is_mounted:

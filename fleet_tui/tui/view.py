@@ -173,18 +173,27 @@ def run_target(run: AgentRun) -> str:
     return "—"
 
 
+def agent_order(runs: list[AgentRun]) -> list[AgentRun]:
+    """Live runs first, newest first (a queued run, not started yet, is the newest); then finished runs, the
+    most recently ended first."""
+    live = [run for run in runs if run.state.live]
+    done = [run for run in runs if not run.state.live]
+    live.sort(key=lambda run: (run.started_at is not None, -(run.started_at.timestamp() if run.started_at else 0)))
+    done.sort(key=lambda run: -max((at.timestamp() for at in (run.ended_at, run.started_at) if at), default=0))
+    return live + done
+
+
 def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, styles: Styles) -> list[Row]:
     rows: list[Row] = []
-    for run in runs:
+    for run in agent_order(runs):
         end = run.ended_at or now
         elapsed = short_duration(end - run.started_at) if run.started_at else ""
         style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
         state = run.state.value.replace("_", " ")
-        if run.qa_round and run.role.value == "qa" and run.state.live:
-            state = f"{state} r{run.qa_round}"  # finished rounds are in the QA pane; this keeps the cell short
         rows.append((run.run_id, (
             cell(run.role.value.upper(), styles.bold),
             cell(run_target(run), styles.accent),
+            cell(f"r{run.qa_round}" if run.qa_round else "—", styles.dim if not run.qa_round else ""),
             cell(state, style),
             cell(elapsed, styles.dim),
             cell(short_tokens(run.usage.tokens)),

@@ -47,6 +47,7 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
         self.pane = pane
         self.title = title
         self.filter_text = ""
+        self.note = ""  # shown at the bottom when no filter is
         self._columns_spec = columns
         self._total = 0
         self.border_title = Content(title)
@@ -82,11 +83,20 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
                         self.update_cell(key, column, new)
             else:
                 self.add_row(*cells, key=key)
+        self._keep_order([key for key, _ in rows])
         if selected is not None and selected in self.rows:
             index = self.get_row_index(selected)
             if index != self.cursor_row:
                 self.move_cursor(row=index, animate=False, scroll=False)
         self._retitle()
+
+    def _keep_order(self, keys: list[str]) -> None:
+        """Show the rows in the order given (new rows are appended by `add_row`; a run that started moves up)."""
+        if [row.key.value for row in self.ordered_rows] == keys:
+            return
+        # DataTable sorts by cell values; the first cell object of each row stands for its row key here.
+        position = {id(self.get_row(key)[0]): index for index, key in enumerate(keys)}
+        self.sort(key=lambda values: position.get(id(values[0]), len(position)))
 
     def update_cell_if_present(self, key: str, column: str, value: Text) -> None:
         if key in self.rows and self.get_cell(key, column) != value:
@@ -95,11 +105,20 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
     def set_filter(self, text: str) -> None:
         self.filter_text = text
 
+    def set_note(self, note: str) -> None:
+        if note != self.note:
+            self.note = note
+            self._retitle()
+
     def _retitle(self) -> None:
         shown = self.row_count
         count = f"{shown}/{self._total}" if self.filter_text else str(self._total)
         self.border_title = Content(f"{self.title} ({count})")
-        self.border_subtitle = Content(f"filter: {clean(self.filter_text, 40)}") if self.filter_text else None
+        if self.filter_text:
+            self.border_subtitle = Content(f"filter: {clean(self.filter_text, 40)}")
+        else:
+            self.border_subtitle = Content(self.note) if self.note else None
+        self.set_class(bool(self.note) and not self.filter_text, "-note")
 
 
 class PaneFilter(Input):
