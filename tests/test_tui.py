@@ -16,7 +16,7 @@ import pytest
 from fake_fleet import NOW, FakeFleet, fixed_clock, sample_detail, sample_snapshot
 from textual.command import CommandPalette
 from textual.pilot import Pilot
-from textual.widgets import Log
+from textual.widgets import Input, Log
 
 from fleet_tui.config import FleetConfig, UiConfig
 from fleet_tui.control import DeferredFleet
@@ -169,6 +169,54 @@ async def test_retry_on_a_failed_run(tmp_path: Path) -> None:
         await settle(pilot)
         assert pane(app, "agents").selected_key == "run-5b91"
         assert fake.called("retry") == [11]
+
+
+@pytest.mark.anyio
+async def test_p_reports_what_the_pm_proposed_in_one_toast(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+        assert "PM requested…" in header_of(app) and not list(app._notifications)
+        fake.push(Notice(at=NOW, message="the PM proposed 2 issue(s)"))
+        await wait_for(pilot, lambda: "PM requested" not in header_of(app))
+        assert [n.message for n in app._notifications] == ["the PM proposed 2 issue(s)"]
+        await pilot.press("p")
+        await settle(pilot)
+        fake.push(Notice(at=NOW, message="the PM proposed nothing new"))
+        await wait_for(pilot, lambda: "PM requested" not in header_of(app))
+        assert [n.message for n in app._notifications][-1] == "the PM proposed nothing new"
+
+
+@pytest.mark.anyio
+async def test_pause_shows_at_once_and_toasts_once(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("space")
+        assert "⏸ paused" in header_of(app)
+        await settle(pilot)
+        fake.push(Notice(at=NOW, message="dispatch paused"))
+        await wait_for(pilot, lambda: bool(list(app._notifications)))
+        await pilot.pause()
+        assert [n.message for n in app._notifications] == ["dispatch paused"]
+
+
+@pytest.mark.anyio
+async def test_greyed_keys_look_unlike_live_ones(tmp_path: Path) -> None:
+    from textual.widgets._footer import FooterKey
+
+    app, _ = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        keys = {key.action: key for key in app.main.query(FooterKey)}
+        live, greyed = keys["approve"], keys["stop"]  # on a proposal: approve applies, stop does not
+        assert greyed.has_class("-disabled") and not live.has_class("-disabled")
+        live_style = live.get_component_rich_style("footer-key--key")
+        greyed_style = greyed.get_component_rich_style("footer-key--key")
+        assert greyed_style.color != live_style.color and live_style.bold and not greyed_style.bold
 
 
 @pytest.mark.anyio
@@ -376,6 +424,13 @@ async def test_filter_narrows_the_focused_pane(tmp_path: Path) -> None:
         await pilot.press("a")
         await settle(pilot)
         assert fake.called("approve") == [15]
+        # escape clears the filter and its prompt: every row is back
+        await pilot.press("slash")
+        assert app.main.query_one("#filter", Input).value == "cache"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert pane(app, "proposals").row_count == 3 and pane(app, "proposals").filter_text == ""
+        assert app.main.query_one("#filter", Input).value == "" and app.focused is pane(app, "proposals")
 
 
 @pytest.mark.anyio

@@ -82,7 +82,8 @@ from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneFilter, PaneT
 from fleet_tui.untrusted import line_for_terminal
 
 FRAME_S = 1 / 30  # log lines reach the screen at most this often
-LAST_LINE_S = 0.5  # the Agents pane's "last line" column is a glance: refreshed at most this often
+LAST_LINE_S = 0.5
+PM_NOTE_S = 120.0  # how long the header says "PM requested…" when the fleet never reports the PM's result  # the Agents pane's "last line" column is a glance: refreshed at most this often
 PANES = ("proposals", "agents", "qa", "ready")
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
 _ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
@@ -177,7 +178,7 @@ class MainScreen(Screen[None]):
                                                         ("Mergeable", "mergeable", 9)])
         yield LogPane(self.log_lines, id="logpane")
         yield LinkBar(id="linkbar", classes="hidden")
-        yield PaneFilter(placeholder="filter this pane (enter: keep, escape: done)", id="filter", classes="hidden")
+        yield PaneFilter(placeholder="filter this pane (enter: keep, escape: clear)", id="filter", classes="hidden")
         # The palette (ctrl+p) is listed on the help screen: the footer's width goes to the operator's keys.
         yield Footer(compact=True, show_command_palette=False)
 
@@ -380,7 +381,7 @@ class MainScreen(Screen[None]):
         self.filter_target = pane
         box = self.query_one("#filter", PaneFilter)
         box.value = self.table(pane).filter_text
-        box.placeholder = f"filter {self.table(pane).title} (enter: keep, escape: done)"
+        box.placeholder = f"filter {self.table(pane).title} (enter: keep, escape: clear)"
         box.remove_class("hidden")
         box.focus()
 
@@ -394,10 +395,17 @@ class MainScreen(Screen[None]):
     @on(Input.Submitted, "#filter")
     @on(PaneFilter.Done, "#filter")
     def _filter_done(self, event: Input.Submitted | PaneFilter.Done) -> None:
+        """Enter keeps the filter; escape clears it (and the prompt) and shows every row again."""
         event.stop()
-        self.query_one("#filter", PaneFilter).add_class("hidden")
+        box = self.query_one("#filter", PaneFilter)
+        box.add_class("hidden")
         target = self.filter_target or "proposals"
         self.filter_target = None
+        if isinstance(event, PaneFilter.Done):
+            with box.prevent(Input.Changed):
+                box.value = ""
+            self.table(target).set_filter("")
+            self.fleet.refresh_panes()
         self.table(target).focus()
 
     def action_switch_pane(self) -> None:
@@ -628,7 +636,7 @@ class FleetApp(App[None]):
         self.runs = {run.run_id: run for run in snap.runs}
         self.pulls = {pull.number: pull for pull in snap.pulls if pull.state == "open"}
         self.inbox = list(snap.needs_human)
-        self.paused = snap.paused
+        self.paused = self.header.paused = snap.paused
         if self.header.loop.state == "starting":
             self.header.loop = LoopStatus("running")  # a snapshot means the loop ticked
         for run_id in list(self._history):
@@ -655,6 +663,8 @@ class FleetApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         notice = message.notice
+        if "pm" in notice.message.lower().split():
+            self._pm_reported()
         severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
         self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
         if notice.bell:
@@ -852,10 +862,12 @@ class FleetApp(App[None]):
         await self.control.reject(issue)
         self.notify(f"Rejected #{issue}", markup=False)
 
+    # One toast per action: where the fleet itself announces an intent's outcome with a Notice (stop, pause,
+    # merge, the PM's proposals), the console does not add its own.
+
     @work(exclusive=True, group="intent-stop", exit_on_error=False, description="Stop agent")
     async def stop_agent(self, run_id: str) -> None:
         await self.control.stop_run(run_id)
-        self.notify(f"Stopping {clean(run_id, 40)}", markup=False)
 
     @work(exclusive=True, group="intent-retry", exit_on_error=False, description="Retry")
     async def retry_issue(self, issue: int) -> None:
@@ -864,22 +876,38 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-pm", exit_on_error=False, description="Run PM")
     async def run_pm_now(self) -> None:
-        await self.control.run_pm()
-        self.notify("PM run requested", markup=False)
+        self.header.extra["pm"] = "PM requested…"
+        self._update_header()
+        try:
+            await self.control.run_pm()
+        except Exception:
+            self._pm_reported()
+            raise
+        # the PM's result ("proposed N", "nothing new") arrives as the fleet's Notice and clears this
+        self.set_timer(PM_NOTE_S, self._pm_reported, name="pm note")
+
+    def _pm_reported(self) -> None:
+        if self.header.extra.pop("pm", None) is not None:
+            self._update_header()
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
+        self.header.paused = self.paused  # the header shows it at once; the fleet's Notice confirms it
+        self._update_header()
         self._set_paused(self.paused)
 
     @work(exclusive=True, group="intent-pause", exit_on_error=False, description="Pause/resume")
     async def _set_paused(self, paused: bool) -> None:
-        await self.control.set_paused(paused)
-        self.notify("Fleet paused: no new runs start" if paused else "Fleet resumed", markup=False)
+        try:
+            await self.control.set_paused(paused)
+        except Exception:
+            self.paused = self.header.paused = not paused
+            self._update_header()
+            raise
 
     @work(exclusive=True, group="intent-merge", exit_on_error=False, description="Merge")
     async def merge_pr(self, pr: int) -> None:
         await self.control.merge(pr)
-        self.notify(f"Merged PR #{pr}", markup=False)
 
     def open_detail(self, *, issue: int | None, pr: int | None) -> None:
         title = f"PR #{pr}" if pr is not None else f"Issue #{issue}"

@@ -287,6 +287,7 @@ class HeaderState:
     snapshot: SnapshotPublished | None = None
     rate_limited_until: datetime | None = None
     needs_human: int = 0
+    paused: bool = False
     loop: LoopStatus = field(default_factory=LoopStatus)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -323,7 +324,10 @@ def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: 
         text.append_text(sep)
         text.append(f"rate-limited {short_duration(limited - now)}", style=styles.warn)
     text.append_text(sep)
-    text.append_text(loop_text(state.loop, snap is not None and snap.paused, styles))
+    text.append_text(loop_text(state.loop, state.paused, styles))
+    for note in state.extra.values():
+        text.append_text(sep)
+        text.append(clean(note, 40), style=styles.accent)
     text.append_text(sep)
     text.append(f"needs-human {state.needs_human}", style=styles.bad if state.needs_human else styles.dim)
     return text
