@@ -73,8 +73,12 @@ def _is_plain(text: str) -> bool:
 
 
 def line_for_terminal(text: str, limit: int = 4000) -> str:
-    """One display line: sanitized, tabs expanded, newlines folded, bounded in length."""
-    clean = for_terminal(text).replace("\n", " ").expandtabs(4)
+    """One display line: sanitized, tabs expanded, newlines folded, bounded in length.
+
+    Only a prefix of a huge line is looked at (control sequences may hide most of it, hence the margin): a
+    megabyte on one line costs no more than a few kilobytes.
+    """
+    clean = for_terminal(text[: limit * 8 + 64]).replace("\n", " ").expandtabs(4)
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 

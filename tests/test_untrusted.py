@@ -140,3 +140,11 @@ def test_a_megabyte_body_is_sanitized_quickly(body: str) -> None:
     # 100 ms is the aim on an idle machine; the bound leaves room for a loaded one and still catches any
     # quadratic pattern (which takes minutes on these bodies).
     assert time.perf_counter() - start < 1.0
+
+
+def test_a_huge_line_is_bounded_before_it_is_sanitized() -> None:
+    line = "\x1b[31m" + "x" * (1 << 22)  # 4 MiB on one line
+    start = time.perf_counter()
+    out = line_for_terminal(line, limit=200)
+    assert time.perf_counter() - start < 0.05
+    assert out == "x" * 199 + "…"
