@@ -86,6 +86,7 @@ LAST_LINE_S = 0.5
 PM_NOTE_S = 120.0  # how long the header says "PM requested…" when the fleet never reports the PM's result  # the Agents pane's "last line" column is a glance: refreshed at most this often
 PANES = ("proposals", "agents", "qa", "ready")
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
+_PM_WORD_RE = re.compile(r"\bPM\b", re.IGNORECASE)  # a Notice about the PM answers the "PM requested" note
 _ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
 _LOOP_ACTIONS = {"restart_loop", "run_pm", "pause"}  # apply (or not) by the state of the fleet loop
 
@@ -663,7 +664,7 @@ class FleetApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         notice = message.notice
-        if "pm" in notice.message.lower().split():
+        if _PM_WORD_RE.search(notice.message):
             self._pm_reported()
         severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
         self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
@@ -854,7 +855,11 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-approve", exit_on_error=False, description="Approve")
     async def approve_issue(self, issue: int) -> None:
-        await self.control.approve(issue)
+        try:
+            await self.control.approve(issue)
+        except Exception:
+            self._follow = None  # no run will come of it
+            raise
         self.notify(f"Approved #{issue}", markup=False)
 
     @work(exclusive=True, group="intent-reject", exit_on_error=False, description="Reject")
