@@ -923,3 +923,36 @@ def test_history_line_keeps_the_time_and_strips_control_sequences() -> None:
 ])
 def test_remote_terminal_detection(environ: dict[str, str], platform: str, remote: bool) -> None:
     assert is_remote_terminal(environ, platform) is remote
+
+
+def test_no_markup_is_built_from_data_in_the_console_source() -> None:
+    """Markup is parsed from constants only: every toast says markup=False, every border title or subtitle is
+    a literal, Content, Text or None, and nothing calls Content.from_markup or Text.from_markup."""
+    import ast
+
+    import fleet_tui.tui as tui_package
+
+    problems = []
+    for path in sorted(Path(tui_package.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "notify":
+                    markup = [kw for kw in node.keywords if kw.arg == "markup"]
+                    if not (markup and isinstance(markup[0].value, ast.Constant) and markup[0].value.value is False):
+                        problems.append(f"{where}: notify without markup=False")
+                if node.func.attr in ("from_markup", "render_str"):
+                    problems.append(f"{where}: {node.func.attr}")
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and target.attr in ("border_title", "border_subtitle"):
+                        values = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) \
+                            else [node.value]
+                        for value in values:
+                            literal = isinstance(value, ast.Constant)
+                            wrapped = (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                                       and value.func.id in ("Content", "Text"))
+                            if not (literal or wrapped):
+                                problems.append(f"{where}: {target.attr} from data")
+    assert not problems, problems
