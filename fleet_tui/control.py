@@ -63,43 +63,67 @@ class FleetControl(Protocol):
 
 class DeferredFleet:
     """A `FleetControl` whose real fleet is built inside `run()`, so the console draws its first frame before
-    any slow set-up (creating the demo repository, reaching the forge). Until then it reports "starting"."""
+    any slow set-up (creating the demo repository, reaching the forge). Until then it reports "starting".
+
+    `run()` may be called again after it returned or failed (the console's restart key): each call builds a
+    fresh fleet. While no fleet runs, intents fail with the reason it stopped, and `events()` waits for the
+    next one instead of ending.
+    """
 
     def __init__(self, factory: Callable[[], AbstractAsyncContextManager[FleetControl]], *, repo: str,
                  forge_kind: str) -> None:
         self._factory = factory
         self._inner: FleetControl | None = None
-        self._ready = anyio.Event()
-        self._failed: BaseException | None = None
+        self._changed = anyio.Event()
         self._stop = anyio.Event()
+        self.state = "idle"  # idle | starting | running | stopped
+        self.stopped_reason = ""
         self.repo = repo
         self.forge_kind = forge_kind
 
+    def _set_state(self, state: str, reason: str = "") -> None:
+        self.state, self.stopped_reason = state, reason
+        self._changed.set()
+        self._changed = anyio.Event()
+
     async def _fleet(self) -> FleetControl:
-        await self._ready.wait()
-        if self._inner is None:
-            raise RuntimeError(f"the fleet did not start: {self._failed}")
-        return self._inner
+        """The running fleet; waits while one starts; fails at once when none runs."""
+        while True:
+            if self._inner is not None:
+                return self._inner
+            if self.state == "stopped":
+                raise RuntimeError(f"the fleet is not running ({self.stopped_reason}); restart it first")
+            await self._changed.wait()
 
     async def run(self) -> None:
+        if self._stop.is_set():
+            return
+        self._set_state("starting")
+        reason = "the fleet loop returned"
         try:
             async with self._factory() as inner:
                 self._inner = inner
                 self.repo, self.forge_kind = inner.repo, inner.forge_kind
-                self._ready.set()
+                self._set_state("running")
                 if self._stop.is_set():
                     return
                 await inner.run()
         except BaseException as exc:
-            self._failed = exc
+            reason = str(exc) or type(exc).__name__
             raise
         finally:
-            self._ready.set()
+            self._inner = None  # a closed fleet answers nothing: intents now say it stopped, and why
+            self._set_state("stopped", "shut down" if self._stop.is_set() else reason)
 
     async def events(self) -> AsyncIterator[Event]:
-        fleet = await self._fleet()
-        async for event in fleet.events():
-            yield event
+        while True:
+            while self._inner is None:
+                await self._changed.wait()
+            fleet = self._inner
+            async for event in fleet.events():
+                yield event
+            while self._inner is fleet:  # that fleet's stream ended: wait for it to go, then follow the next
+                await self._changed.wait()
 
     async def shutdown(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from fake_fleet import NOW, FakeFleet, fixed_clock, sample_detail
 from fleet_tui.config import FleetConfig, UiConfig
 from fleet_tui.model import RunLogLines
 from fleet_tui.tui.app import FleetApp, make_app
+from fleet_tui.tui.view import SetupItem
 
 SIZE = (120, 36)
 LOG = (
@@ -63,6 +64,9 @@ async def shoot(name: str, keys: tuple[str, ...], theme: str, forge: str, out: P
                              theme_dir=state, environ={"DISPLAY": ":0"}, platform="linux")
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await _until(lambda: app.snapshot is not None and app.main.table("proposals").row_count > 0, pilot.pause)
+        agents = app.main.table("agents")  # the Dev run on #9, whose log this is
+        agents.move_cursor(row=agents.get_row_index("run-7f3a"), animate=False)
+        await _until(lambda: app.shown_run == "run-7f3a", pilot.pause)
         fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=LOG))
         await _until(lambda: app.main.query_one("#log").line_count == len(LOG), pilot.pause)  # type: ignore[attr-defined]
         for key in keys:
@@ -76,11 +80,31 @@ async def shoot(name: str, keys: tuple[str, ...], theme: str, forge: str, out: P
     return path
 
 
+FIRST_RUN = [
+    SetupItem("config", "missing", "no fleet.toml here or in the user config folder", "fleet-tui init"),
+    SetupItem("agent image", "missing", "fleet-agent:latest is not on the Docker engine", "fleet-tui image build"),
+    SetupItem("engine API key", "missing", "OPENAI_API_KEY: not set; codex runs may fail to reach their model",
+              "export OPENAI_API_KEY=…"),
+]
+
+
+async def shoot_first_run(out: Path) -> Path:
+    """The set-up screen a first run (no config file) opens on."""
+    state = Path(tempfile.mkdtemp(prefix="fleet-shots-"))
+    app: FleetApp = make_app(FakeFleet(), FleetConfig(), clock=fixed_clock, state_dir=state, theme_dir=state,
+                             environ={"DISPLAY": ":0"}, platform="linux", first_run=lambda: FIRST_RUN)
+    async with app.run_test(size=SIZE) as pilot:
+        await _until(lambda: getattr(app.screen, "checked", False), pilot.pause)
+        await pilot.pause(0.2)
+        return Path(app.save_screenshot("first-run.svg", str(out)))
+
+
 async def main_async(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, (keys, theme, forge) in SHOTS.items():
         path = await shoot(name, keys, theme, forge, out)
         print(path)
+    print(await shoot_first_run(out))
 
 
 def main() -> int:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -15,12 +16,14 @@ import pytest
 from fake_fleet import NOW, FakeFleet, fixed_clock, sample_detail, sample_snapshot
 from textual.command import CommandPalette
 from textual.pilot import Pilot
-from textual.widgets import Log
+from textual.widgets import Input, Log
 
 from fleet_tui.config import FleetConfig, UiConfig
+from fleet_tui.control import DeferredFleet
 from fleet_tui.model import (
     AgentRun,
     Issue,
+    LoopState,
     NeedsHuman,
     Notice,
     Role,
@@ -28,8 +31,9 @@ from fleet_tui.model import (
     RunState,
 )
 from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
-from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
-from fleet_tui.tui.widgets import LinkBar, LogPane, PaneTable
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
+from fleet_tui.tui.view import SetupItem
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable
 
 SIZE = (120, 36)
 
@@ -127,7 +131,7 @@ async def test_stop_asks_then_stops_the_selected_live_run(tmp_path: Path) -> Non
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("y")
         await settle(pilot)
-        assert fake.called("stop_run") == ["run-7f3a"]
+        assert fake.called("stop_run") == ["run-81c0"]
 
 
 @pytest.mark.anyio
@@ -143,7 +147,7 @@ async def test_keys_that_do_not_apply_are_greyed_out_and_do_nothing(tmp_path: Pa
         await settle(pilot)
         assert isinstance(app.screen, type(main)) and fake.called("stop_run") == [] and fake.called("retry") == []
         # on the finished PM run: stop and approve do not apply; retry does not either (it succeeded)
-        await pilot.press("tab", "down", "down")
+        await pilot.press("tab", "down", "down", "down")  # live runs first, newest first; then finished ones
         assert pane(app, "agents").selected_key == "run-6d2e"
         for action in ("stop", "approve", "reject", "retry"):
             assert main.check_action(action, ()) is None
@@ -161,10 +165,58 @@ async def test_retry_on_a_failed_run(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("tab", "r")  # live run: retry does nothing
-        await pilot.press("down", "down", "down", "r")
+        await pilot.press("down", "down", "r")
         await settle(pilot)
         assert pane(app, "agents").selected_key == "run-5b91"
         assert fake.called("retry") == [11]
+
+
+@pytest.mark.anyio
+async def test_p_reports_what_the_pm_proposed_in_one_toast(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+        assert "PM requested…" in header_of(app) and not list(app._notifications)
+        fake.push(Notice(at=NOW, message="the PM proposed 2 issue(s)"))
+        await wait_for(pilot, lambda: "PM requested" not in header_of(app))
+        assert [n.message for n in app._notifications] == ["the PM proposed 2 issue(s)"]
+        await pilot.press("p")
+        await settle(pilot)
+        fake.push(Notice(at=NOW, message="the PM proposed nothing new"))
+        await wait_for(pilot, lambda: "PM requested" not in header_of(app))
+        assert [n.message for n in app._notifications][-1] == "the PM proposed nothing new"
+
+
+@pytest.mark.anyio
+async def test_pause_shows_at_once_and_toasts_once(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36), notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.press("space")
+        assert "⏸ paused" in header_of(app)
+        await settle(pilot)
+        fake.push(Notice(at=NOW, message="dispatch paused"))
+        await wait_for(pilot, lambda: bool(list(app._notifications)))
+        await pilot.pause()
+        assert [n.message for n in app._notifications] == ["dispatch paused"]
+
+
+@pytest.mark.anyio
+async def test_greyed_keys_look_unlike_live_ones(tmp_path: Path) -> None:
+    from textual.widgets._footer import FooterKey
+
+    app, _ = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        keys = {key.action: key for key in app.main.query(FooterKey)}
+        live, greyed = keys["approve"], keys["stop"]  # on a proposal: approve applies, stop does not
+        assert greyed.has_class("-disabled") and not live.has_class("-disabled")
+        live_style = live.get_component_rich_style("footer-key--key")
+        greyed_style = greyed.get_component_rich_style("footer-key--key")
+        assert greyed_style.color != live_style.color and live_style.bold and not greyed_style.bold
 
 
 @pytest.mark.anyio
@@ -372,6 +424,13 @@ async def test_filter_narrows_the_focused_pane(tmp_path: Path) -> None:
         await pilot.press("a")
         await settle(pilot)
         assert fake.called("approve") == [15]
+        # escape clears the filter and its prompt: every row is back
+        await pilot.press("slash")
+        assert app.main.query_one("#filter", Input).value == "cache"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert pane(app, "proposals").row_count == 3 and pane(app, "proposals").filter_text == ""
+        assert app.main.query_one("#filter", Input).value == "" and app.focused is pane(app, "proposals")
 
 
 @pytest.mark.anyio
@@ -413,16 +472,16 @@ async def test_log_flood_is_batched_and_bounded(tmp_path: Path) -> None:
     app.flush_logs = counting_flush  # type: ignore[method-assign]
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        assert app.shown_run == "run-7f3a"
+        assert app.shown_run == "run-81c0"
         for n in range(10_000):  # the worst case: one line per event
-            fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=(f"line {n}",)))
+            fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=(f"line {n}",)))
         await pilot.press("p")
         await wait_for(pilot, lambda: bool(log_of(app).lines) and log_of(app).lines[-1] == "line 9999", timeout=20)
         await settle(pilot)
         assert fake.called("run_pm") == [None]
         assert log_of(app).line_count <= 1000
         assert flushes < 500, flushes  # batched per frame, not per line
-        await wait_for(pilot, lambda: pane(app, "agents").get_cell("run-7f3a", "last").plain == "line 9999")
+        await wait_for(pilot, lambda: pane(app, "agents").get_cell("run-81c0", "last").plain == "line 9999")
 
 
 @pytest.mark.anyio
@@ -430,7 +489,7 @@ async def test_log_follow_mode_stops_when_scrolled_up_and_resumes_at_the_end(tmp
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"a{n}" for n in range(300))))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=tuple(f"a{n}" for n in range(300))))
         await wait_for(pilot, lambda: log_of(app).line_count == 300)
         await pilot.pause()
         log = log_of(app)
@@ -439,14 +498,14 @@ async def test_log_follow_mode_stops_when_scrolled_up_and_resumes_at_the_end(tmp
         log.scroll_home(animate=False, immediate=True)
         await pilot.pause()
         assert not logpane.following
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=tuple(f"b{n}" for n in range(50))))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=tuple(f"b{n}" for n in range(50))))
         await wait_for(pilot, lambda: log_of(app).line_count == 350)
         await pilot.pause()
         assert log.scroll_y == 0
         log.scroll_end(animate=False, immediate=True)
         await pilot.pause()
         assert logpane.following
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("c",)))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("c",)))
         await wait_for(pilot, lambda: log_of(app).line_count == 351)
         await pilot.pause()
         assert log.scroll_y == log.max_scroll_y
@@ -458,7 +517,7 @@ async def test_log_search_and_fullscreen(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         lines = tuple("needle here" if n == 40 else f"hay {n}" for n in range(400))
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=lines))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=lines))
         await wait_for(pilot, lambda: log_of(app).line_count == 400)
         await pilot.press("f")
         assert app.main.has_class("-log-full") and app.focused is log_of(app)
@@ -472,6 +531,61 @@ async def test_log_search_and_fullscreen(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("term", ["[/]x", "[@click=app.bell]ring[/]", "[b", "$var"])
+async def test_a_search_term_shows_as_typed_and_never_as_markup(tmp_path: Path, term: str) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("plain", f"has {term} in it")))
+        await wait_for(pilot, lambda: log_of(app).line_count == 2)
+        await pilot.press("f", "slash", *term, "enter")
+        await pilot.pause()
+        subtitle = app.main.query_one(LogPane)._border_subtitle
+        assert subtitle is not None and "line 2 of 2" in subtitle.plain
+        await pilot.press("escape")
+        await pilot.press("slash", *("nomatch" + term), "enter")
+        await pilot.pause()
+        subtitle = app.main.query_one(LogPane)._border_subtitle
+        assert subtitle is not None and ("nomatch" + term.lower())[:29] in subtitle.plain
+        assert not any(span.style and "@click" in str(span.style) for span in subtitle.spans)
+        assert app.is_running and app.bells == 0 and not app.errors
+
+
+@pytest.mark.anyio
+async def test_a_run_id_with_markup_titles_the_log_pane_as_text(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        from fleet_tui.model import RunChanged
+
+        evil_id = "run-[@click=app.quit]x[/]"
+        fake.push(RunChanged(at=NOW, run=AgentRun(evil_id, Role.DEV, 31, RunState.RUNNING, started_at=NOW)))
+        await wait_for(pilot, lambda: evil_id in pane(app, "agents").rows)
+        app.show_run(evil_id)
+        await pilot.pause()
+        title = app.main.query_one(LogPane)._border_title
+        assert title is not None and evil_id in title.plain
+        assert app.is_running
+
+
+@pytest.mark.anyio
+async def test_a_huge_hostile_body_opens_without_freezing_the_console(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    body = "x" + " " * 300_000 + "<!-- fleet:run=r1 -->\n" + "\x1b]52;c;" + "A" * 200_000 + "\nvisible tail"
+    fake.details[(12, None)] = replace(sample_detail(), pull=None, issue=replace(fake.snapshot.proposals[0],
+                                                                                 body=body))
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        start = time.monotonic()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded, timeout=10)
+        assert time.monotonic() - start < 5
+        content = str(app.screen.query_one("#detail-content").render())
+        assert "\x1b" not in content and "more characters not shown" in content
+
+
+@pytest.mark.anyio
 async def test_finished_run_history_comes_from_its_log_file(tmp_path: Path) -> None:
     fake = FakeFleet()
     log_file = tmp_path / "run-5b91.log"
@@ -481,7 +595,7 @@ async def test_finished_run_history_comes_from_its_log_file(tmp_path: Path) -> N
     app, _ = build(fake, tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
-        await pilot.press("tab", "down", "down", "down", "l")
+        await pilot.press("tab", "down", "down", "l")
         await wait_for(pilot, lambda: log_of(app).line_count == 2)
         assert list(log_of(app).lines) == ["09:10:00 collecting tests", "09:10:01 error: 3 tests failed"]
         assert app.focused is log_of(app)
@@ -496,9 +610,9 @@ EVIL = ("\x1b]52;c;ZXZpbA==\x07\x1b]8;;https://evil.example/\x1b\\click\x1b]8;;\
 def _evil_snapshot() -> object:
     snap = sample_snapshot()
     issue = replace(snap.proposals[0], title="T1 " + EVIL, body="BODY " + EVIL)
-    run = replace(snap.runs[1], last_line="R1 " + EVIL)
+    run = replace(snap.runs[0], last_line="R1 " + EVIL)  # not the run shown in the log (that one's lines change)
     pull = replace(snap.pulls[2], title="P1 " + EVIL)
-    return replace(snap, proposals=(issue, *snap.proposals[1:]), runs=(snap.runs[0], run, *snap.runs[2:]),
+    return replace(snap, proposals=(issue, *snap.proposals[1:]), runs=(run, *snap.runs[1:]),
                    pulls=(*snap.pulls[:2], pull, snap.pulls[3]))
 
 
@@ -519,7 +633,7 @@ async def test_untrusted_text_reaches_every_pane_inert(tmp_path: Path) -> None:
     app, _ = build(fake, tmp_path)
     async with app.run_test(size=(200, 50), notifications=True) as pilot:
         await ready(pilot)
-        fake.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=("L1 " + EVIL, "L2 " + EVIL)))
+        fake.push(RunLogLines(at=NOW, run_id="run-81c0", lines=("L1 " + EVIL, "L2 " + EVIL)))
         fake.push(Notice(at=NOW, level="warning", message="N1 " + EVIL))
         await wait_for(pilot, lambda: log_of(app).line_count == 2 and len(app.screen.query("Toast")) == 1)
         await pilot.pause()
@@ -559,6 +673,206 @@ async def test_run_changed_and_inbox_reasons_are_sanitized(tmp_path: Path) -> No
         svg = app.export_screenshot()
         _assert_inert(svg)
         assert "Y1&#160;" in svg
+
+
+# --- the Agents pane follows the work ---------------------------------------------------------------
+
+
+def agent_keys(app: FleetApp) -> list[str]:
+    return [row.key.value for row in pane(app, "agents").ordered_rows]  # type: ignore[misc]
+
+
+@pytest.mark.anyio
+async def test_agents_pane_lists_live_runs_first_newest_first_with_round_and_runner(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        # QA (2 min) and Dev (6 min) are live; the failed Dev run ended after the PM run did
+        assert agent_keys(app) == ["run-81c0", "run-7f3a", "run-5b91", "run-6d2e"]
+        assert app.shown_run == "run-81c0"
+        agents = pane(app, "agents")
+        assert agents.get_cell("run-81c0", "round").plain == "r2"
+        new = AgentRun("run-new", Role.DEV, 15, RunState.RUNNING, started_at=NOW, runner="docker", engine="codex")
+        fake.push(RunChanged(at=NOW, run=new))
+        await wait_for(pilot, lambda: agent_keys(app)[:1] == ["run-new"])
+        await pilot.press("tab", "home")  # the selected run's id, runner and engine under the pane
+        await wait_for(pilot, lambda: agents.selected_key == "run-new")
+        assert "run-new · docker" in str(agents.border_subtitle)
+        finished = replace(sample_snapshot().runs[1], state=RunState.SUCCEEDED, ended_at=NOW)
+        fake.push(RunChanged(at=NOW, run=finished))
+        await wait_for(pilot, lambda: agent_keys(app) == ["run-new", "run-7f3a", "run-81c0", "run-5b91", "run-6d2e"])
+
+
+@pytest.mark.anyio
+async def test_after_an_approve_the_cursor_follows_the_new_run(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a")  # approve #12 from the Proposals pane
+        await settle(pilot)
+        assert fake.called("approve") == [12]
+        assert pane(app, "agents").selected_key == "run-81c0"
+        older = AgentRun("run-old", Role.DEV, 14, RunState.RUNNING, started_at=NOW)  # another issue's run
+        fake.push(RunChanged(at=NOW, run=older))
+        await wait_for(pilot, lambda: "run-old" in pane(app, "agents").rows)
+        assert pane(app, "agents").selected_key == "run-81c0"
+        run = AgentRun("run-12a", Role.DEV, 12, RunState.STARTING, started_at=NOW + timedelta(seconds=1))
+        fake.push(RunChanged(at=NOW, run=run))
+        await wait_for(pilot, lambda: pane(app, "agents").selected_key == "run-12a")
+        assert app.shown_run == "run-12a" and app.focused is pane(app, "proposals")
+        await wait_for(pilot, lambda: "run-12a" in str(app.main.query_one(LogPane).border_title))
+
+
+@pytest.mark.anyio
+async def test_after_an_approve_a_cursor_the_operator_moved_stays(tmp_path: Path) -> None:
+    from fleet_tui.model import RunChanged
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("a", "tab", "down")
+        await settle(pilot)
+        assert pane(app, "agents").selected_key == "run-7f3a"
+        fake.push(RunChanged(at=NOW, run=AgentRun("run-12a", Role.DEV, 12, RunState.RUNNING, started_at=NOW)))
+        await wait_for(pilot, lambda: "run-12a" in pane(app, "agents").rows)
+        await pilot.pause()
+        assert pane(app, "agents").selected_key == "run-7f3a" and app.shown_run == "run-7f3a"
+        await pilot.press("down", "l")  # l tails the selected run (a finished one: its log file)
+        await pilot.pause()
+        assert app.shown_run == pane(app, "agents").selected_key == "run-5b91"
+        assert app.focused is log_of(app)
+
+
+# --- the loop: the header tells the truth -----------------------------------------------------------
+
+
+class LoopFleet(FakeFleet):
+    """A fake whose `run()` fails (an exception) or returns (None) the first times it is called."""
+
+    def __init__(self, outcomes: list[BaseException | None]) -> None:
+        super().__init__()
+        self.outcomes = outcomes
+        self.starts = 0
+
+    async def run(self) -> None:
+        self.starts += 1
+        if self.outcomes:
+            outcome = self.outcomes.pop(0)
+            if outcome is not None:
+                raise outcome
+            return
+        await super().run()
+
+
+def header_of(app: FleetApp) -> str:
+    return str(app.main.query_one(HeaderBar).render())
+
+
+@pytest.mark.anyio
+async def test_a_failed_loop_says_stopped_with_its_reason_and_r_restarts_it(tmp_path: Path) -> None:
+    fake = LoopFleet([RuntimeError("cannot reach the Docker engine at unix:///var/run/docker.sock")])
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: "■ stopped" in header_of(app))
+        assert "cannot reach the Docker engine" in header_of(app) and "running" not in header_of(app)
+        assert app.main.check_action("restart_loop", ()) is True
+        assert app.main.check_action("run_pm", ()) is None  # nothing would answer it
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == []
+        await pilot.press("R")
+        await wait_for(pilot, lambda: fake.running and "▶ running" in header_of(app))
+        assert fake.starts == 2 and "stopped" not in header_of(app)
+        assert app.main.check_action("restart_loop", ()) is None  # greyed out while the loop runs
+        await pilot.press("p")
+        await settle(pilot)
+        assert fake.called("run_pm") == [None]
+
+
+@pytest.mark.anyio
+async def test_a_loop_that_returns_is_stopped_too(tmp_path: Path) -> None:
+    fake = LoopFleet([None])
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: "■ stopped: the fleet loop returned" in header_of(app))
+
+
+@pytest.mark.anyio
+async def test_loop_state_events_drive_the_header(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(160, 36)) as pilot:
+        await ready(pilot)
+        assert "▶ running" in header_of(app)
+        retry_at = NOW + timedelta(seconds=30)
+        fake.push(LoopState(at=NOW, state="stopped", reason="the Docker engine does not answer", retry_at=retry_at))
+        await wait_for(pilot, lambda: "■ stopped" in header_of(app))
+        assert "the Docker engine does not answer" in header_of(app)
+        assert f"restarting at {retry_at.astimezone().strftime('%H:%M:%S')}" in header_of(app)
+        assert "running" not in header_of(app).replace("restarting", "")
+        fake.push(LoopState(at=NOW, state="starting"))
+        await wait_for(pilot, lambda: "… starting" in header_of(app))
+        fake.push(LoopState(at=NOW, state="running"))
+        await wait_for(pilot, lambda: "▶ running" in header_of(app))
+
+
+@pytest.mark.anyio
+async def test_a_deferred_fleet_restarts_with_a_fresh_fleet_and_says_why_it_stopped(tmp_path: Path) -> None:
+    built: list[LoopFleet] = []
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[LoopFleet]:
+        fleet = LoopFleet([RuntimeError("the journal is locked")] if not built else [])
+        built.append(fleet)
+        yield fleet
+
+    control = DeferredFleet(factory, repo="acme/widgets", forge_kind="github")
+    app = make_app(control, FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux")
+    async with app.run_test(size=(160, 36)) as pilot:
+        await wait_for(pilot, lambda: "■ stopped: the journal is locked" in header_of(app))
+        with pytest.raises(RuntimeError, match="not running .the journal is locked"):
+            await control.run_pm()
+        await pilot.press("R")
+        await wait_for(pilot, lambda: len(built) == 2 and built[1].running and "▶ running" in header_of(app))
+        await pilot.press("p")
+        await settle(pilot)
+        assert built[1].called("run_pm") == [None] and built[0].called("run_pm") == []
+
+
+# --- first run -------------------------------------------------------------------------------------
+
+FIRST_RUN = [
+    SetupItem("config", "missing", "no fleet.toml here or in the user config folder", "fleet-tui init"),
+    SetupItem("agent image", "missing", "fleet-agent:latest is not on the Docker engine", "fleet-tui image build"),
+    SetupItem("engine API key", "missing", "OPENAI_API_KEY: not set", "export OPENAI_API_KEY=…"),
+]
+
+
+@pytest.mark.anyio
+async def test_a_first_run_shows_what_is_missing_and_starts_nothing(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    app = make_app(fake, FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux", first_run=lambda: FIRST_RUN)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SetupScreen) and app.screen.checked)
+        shown = str(app.screen.query_one("#setup-content").render())
+        for command in ("fleet-tui init", "fleet-tui image build", "fleet-tui check", "export OPENAI_API_KEY"):
+            assert command in shown
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is app.main
+        assert "not set up" in header_of(app) and "running" not in header_of(app)
+        for action in ("restart_loop", "run_pm", "pause"):
+            assert app.main.check_action(action, ()) is None
+        await pilot.press("R", "p")
+        await settle(pilot)
+        assert not fake.running and fake.called("run_pm") == [] and "running" not in header_of(app)
 
 
 # --- themes ---------------------------------------------------------------------------------------
@@ -609,3 +923,36 @@ def test_history_line_keeps_the_time_and_strips_control_sequences() -> None:
 ])
 def test_remote_terminal_detection(environ: dict[str, str], platform: str, remote: bool) -> None:
     assert is_remote_terminal(environ, platform) is remote
+
+
+def test_no_markup_is_built_from_data_in_the_console_source() -> None:
+    """Markup is parsed from constants only: every toast says markup=False, every border title or subtitle is
+    a literal, Content, Text or None, and nothing calls Content.from_markup or Text.from_markup."""
+    import ast
+
+    import fleet_tui.tui as tui_package
+
+    problems = []
+    for path in sorted(Path(tui_package.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "notify":
+                    markup = [kw for kw in node.keywords if kw.arg == "markup"]
+                    if not (markup and isinstance(markup[0].value, ast.Constant) and markup[0].value.value is False):
+                        problems.append(f"{where}: notify without markup=False")
+                if node.func.attr in ("from_markup", "render_str"):
+                    problems.append(f"{where}: {node.func.attr}")
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and target.attr in ("border_title", "border_subtitle"):
+                        values = [node.value.body, node.value.orelse] if isinstance(node.value, ast.IfExp) \
+                            else [node.value]
+                        for value in values:
+                            literal = isinstance(value, ast.Constant)
+                            wrapped = (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                                       and value.func.id in ("Content", "Text"))
+                            if not (literal or wrapped):
+                                problems.append(f"{where}: {target.attr} from data")
+    assert not problems, problems

@@ -17,6 +17,7 @@ from textual.widgets import Input, Log
 from fleet_tui.config import FleetConfig, UiConfig
 from fleet_tui.model import RunLogLines
 from fleet_tui.tui.app import FleetApp, make_app
+from fleet_tui.tui.view import SetupItem
 
 SIZE = (120, 36)
 LOG_LINES = tuple(
@@ -50,7 +51,7 @@ def scenario(*keys: str, then: Callable[[Pilot[None]], Awaitable[None]] | None =
         app = pilot.app
         assert isinstance(app, FleetApp)
         await _until(pilot, lambda: app.snapshot is not None and app.main.table("proposals").row_count > 0)
-        app.control.push(RunLogLines(at=NOW, run_id="run-7f3a", lines=LOG_LINES))  # type: ignore[attr-defined]
+        app.control.push(RunLogLines(at=NOW, run_id=app.shown_run or "", lines=LOG_LINES))  # type: ignore[attr-defined]
         await _until(pilot, lambda: app.main.query_one("#log", Log).line_count == len(LOG_LINES))
         for key in keys:
             await pilot.press(key)
@@ -136,3 +137,32 @@ def test_light_theme(snap_compare: Snap, tmp_path: Path) -> None:
 
 def test_filter(snap_compare: Snap, tmp_path: Path) -> None:
     assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario("slash", "c", "a", "c"))
+
+
+def test_first_run(snap_compare: Snap, tmp_path: Path) -> None:
+    items = [
+        SetupItem("config", "missing", "no fleet.toml here or in the user config folder", "fleet-tui init"),
+        SetupItem("agent image", "missing", "fleet-agent:latest is not on the Docker engine", "fleet-tui image build"),
+        SetupItem("engine API key", "missing", "OPENAI_API_KEY: not set; codex runs may fail to reach their model",
+                  "export OPENAI_API_KEY=…"),
+    ]
+    app = make_app(FakeFleet(), FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux", first_run=lambda: items)
+
+    async def checked(pilot: Pilot[None]) -> None:
+        await _until(pilot, lambda: getattr(pilot.app.screen, "checked", False))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=checked)
+
+
+def test_first_run_console_behind(snap_compare: Snap, tmp_path: Path) -> None:
+    app = make_app(FakeFleet(), FleetConfig(), clock=fixed_clock, state_dir=tmp_path, theme_dir=tmp_path,
+                   environ={"DISPLAY": ":0"}, platform="linux", first_run=list)
+
+    async def closed(pilot: Pilot[None]) -> None:
+        await _until(pilot, lambda: getattr(pilot.app.screen, "checked", False))
+        await pilot.press("escape")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=closed)

@@ -15,6 +15,11 @@ class FleetAction:
     description: str
     help: str
     show: bool = True
+    long_name: str = ""  # the palette's name when the footer's label is shortened to fit
+
+    @property
+    def name(self) -> str:
+        return self.long_name or self.description
 
     @property
     def action(self) -> str:
@@ -30,14 +35,18 @@ KEY_DISPLAY = {"space": "space", "slash": "/", "question_mark": "?", "enter": "â
 ACTIONS: tuple[FleetAction, ...] = (
     FleetAction("approve", "a", "Approve", "Approve the selected proposal (you apply the approval label)"),
     FleetAction("reject", "x", "Reject", "Reject the selected proposal (asks first)"),
-    FleetAction("details", "enter", "Details", "Open the issue or PR: body, QA thread, diff"),
+    FleetAction("details", "enter", "View", "Open the issue or PR: body, QA thread, diff",
+                long_name="Details"),
     FleetAction("tail_log", "l", "Log", "Tail the selected run's log in the log pane"),
     FleetAction("stop", "s", "Stop", "Stop the selected agent run (asks first)"),
     FleetAction("retry", "r", "Retry", "Retry the issue of the selected finished run"),
-    FleetAction("run_pm", "p", "Run PM", "Run the PM now to propose issues"),
+    FleetAction("run_pm", "p", "PM", "Run the PM now to propose issues", long_name="Run PM"),
     FleetAction("open", "o", "Open", "Open the issue or PR in the browser (local forge: merge it)"),
     FleetAction("merge", "m", "Merge", "Local forge: merge the selected ready PR as you (asks first)"),
-    FleetAction("copy_url", "y", "Copy URL", "Copy the selected issue's or PR's URL (OSC 52)"),
+    FleetAction("copy_url", "y", "Copy", "Copy the selected issue's or PR's URL (OSC 52)",
+                long_name="Copy URL"),
+    FleetAction("restart_loop", "R", "Restart", "Restart the fleet loop after it stopped",
+                long_name="Restart the fleet loop"),
     FleetAction("pause", "space", "Pause", "Pause or resume dispatching new runs"),
     FleetAction("inbox", "i", "Inbox", "Open the needs-human inbox"),
     FleetAction("filter", "slash", "Filter", "Filter the focused pane, or search the log"),

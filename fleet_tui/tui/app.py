@@ -34,6 +34,7 @@ from fleet_tui.errors import leaf_error
 from fleet_tui.model import (
     AgentRun,
     Issue,
+    LoopState,
     NeedsHuman,
     Notice,
     PullRequest,
@@ -51,16 +52,21 @@ from fleet_tui.tui.messages import (
     HistoryLoaded,
     HumanNeeded,
     LogLinesPending,
+    LoopStateArrived,
     NoticeArrived,
     RateLimitArrived,
     RunUpdated,
     SnapshotArrived,
 )
-from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
 from fleet_tui.tui.view import (
     Clock,
     HeaderState,
+    LoopStatus,
+    SetupItem,
+    SetupProbe,
     Styles,
+    agent_order,
     agent_rows,
     clean,
     header_text,
@@ -76,10 +82,13 @@ from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneFilter, PaneT
 from fleet_tui.untrusted import line_for_terminal
 
 FRAME_S = 1 / 30  # log lines reach the screen at most this often
-LAST_LINE_S = 0.5  # the Agents pane's "last line" column is a glance: refreshed at most this often
+LAST_LINE_S = 0.5
+PM_NOTE_S = 120.0  # how long the header says "PM requested…" when the fleet never reports the PM's result  # the Agents pane's "last line" column is a glance: refreshed at most this often
 PANES = ("proposals", "agents", "qa", "ready")
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
+_PM_WORD_RE = re.compile(r"\bPM\b", re.IGNORECASE)  # a Notice about the PM answers the "PM requested" note
 _ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
+_LOOP_ACTIONS = {"restart_loop", "run_pm", "pause"}  # apply (or not) by the state of the fleet loop
 
 
 def history_line(raw: str) -> str:
@@ -160,9 +169,9 @@ class MainScreen(Screen[None]):
         with Grid(id="panes"):
             yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 22),
                                                         ("Approval", "approval", 13)])
-            yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("State", "state", 10),
-                                                  ("Time", "elapsed", 6), ("Tokens", "tokens", 6),
-                                                  ("Cost", "cost", 5), ("Last line", "last", 18)])
+            yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("Rnd", "round", 3),
+                                                  ("State", "state", 9), ("Time", "elapsed", 6), ("Tok", "tokens", 4),
+                                                  ("Cost", "cost", 5), ("Last line", "last", 24)])
             yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 15), ("Round", "round", 5),
                                           ("Verdict", "verdict", 9), ("Fnd", "findings", 3)])
             yield PaneTable("ready", "Ready to merge", [("PR", "number", 4), ("Title", "title", 23),
@@ -170,8 +179,12 @@ class MainScreen(Screen[None]):
                                                         ("Mergeable", "mergeable", 9)])
         yield LogPane(self.log_lines, id="logpane")
         yield LinkBar(id="linkbar", classes="hidden")
-        yield PaneFilter(placeholder="filter this pane (enter: keep, escape: done)", id="filter", classes="hidden")
-        yield Footer(compact=True)
+        yield PaneFilter(placeholder="filter this pane (enter: keep, escape: clear)", id="filter", classes="hidden")
+        # The palette (ctrl+p) is listed on the help screen: the footer's width goes to the operator's keys.
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.call_after_refresh(self.fleet.refresh_panes)  # the header and panes as soon as they exist
 
     def table(self, pane: str) -> PaneTable:
         return self.query_one(f"#{pane}", PaneTable)
@@ -225,6 +238,11 @@ class MainScreen(Screen[None]):
     # --- which keys apply ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in _LOOP_ACTIONS:
+            state = self.fleet.header.loop.state
+            if action == "restart_loop":
+                return True if state == "stopped" else None
+            return None if state in ("stopped", "unconfigured") else True
         if action not in _ROW_ACTIONS:
             return True
         local = self.fleet.control.forge_kind == "local"
@@ -253,7 +271,7 @@ class MainScreen(Screen[None]):
 
     def update_keys(self) -> None:
         """Refresh the footer, but only when the set of keys that apply changed (a footer rebuild costs a frame)."""
-        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS))
+        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS | _LOOP_ACTIONS))
         if signature != self._keys_signature:
             self._keys_signature = signature
             self.refresh_bindings()
@@ -263,6 +281,7 @@ class MainScreen(Screen[None]):
         self.update_keys()
         if event.data_table.id == "agents" and event.row_key.value:
             self.fleet.show_run(event.row_key.value)
+            self.fleet.note_selected_run()
 
     def on_descendant_focus(self) -> None:
         self.update_keys()
@@ -272,6 +291,7 @@ class MainScreen(Screen[None]):
     def action_approve(self) -> None:
         sel = self.selection()
         if sel.issue is not None:
+            self.fleet.follow_next_run(sel.issue.number)
             self.fleet.approve_issue(sel.issue.number)
 
     def action_reject(self) -> None:
@@ -317,6 +337,9 @@ class MainScreen(Screen[None]):
     def action_run_pm(self) -> None:
         self.fleet.run_pm_now()
 
+    def action_restart_loop(self) -> None:
+        self.fleet.restart_loop()
+
     def action_pause(self) -> None:
         self.fleet.toggle_pause()
 
@@ -359,7 +382,7 @@ class MainScreen(Screen[None]):
         self.filter_target = pane
         box = self.query_one("#filter", PaneFilter)
         box.value = self.table(pane).filter_text
-        box.placeholder = f"filter {self.table(pane).title} (enter: keep, escape: done)"
+        box.placeholder = f"filter {self.table(pane).title} (enter: keep, escape: clear)"
         box.remove_class("hidden")
         box.focus()
 
@@ -373,10 +396,17 @@ class MainScreen(Screen[None]):
     @on(Input.Submitted, "#filter")
     @on(PaneFilter.Done, "#filter")
     def _filter_done(self, event: Input.Submitted | PaneFilter.Done) -> None:
+        """Enter keeps the filter; escape clears it (and the prompt) and shows every row again."""
         event.stop()
-        self.query_one("#filter", PaneFilter).add_class("hidden")
+        box = self.query_one("#filter", PaneFilter)
+        box.add_class("hidden")
         target = self.filter_target or "proposals"
         self.filter_target = None
+        if isinstance(event, PaneFilter.Done):
+            with box.prevent(Input.Changed):
+                box.value = ""
+            self.table(target).set_filter("")
+            self.fleet.refresh_panes()
         self.table(target).focus()
 
     def action_switch_pane(self) -> None:
@@ -415,8 +445,10 @@ class FleetApp(App[None]):
 
     def __init__(self, control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
                  state_dir: Path | None = None, theme_dir: Path | None = None,
-                 environ: Mapping[str, str] | None = None, platform: str | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, platform: str | None = None,
+                 first_run: SetupProbe | None = None) -> None:
         super().__init__()
+        self.first_run = first_run
         self.control = control
         self.config = config
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -444,6 +476,10 @@ class FleetApp(App[None]):
         self.shown_run: str | None = None
         self.errors: list[str] = []
         self.bells = 0
+        self._loop_worker: Worker[None] | None = None
+        # after an approve: (issue, the runs it had, the Agents cursor then) until its new run shows up
+        self._follow: tuple[int, frozenset[str], str | None] | None = None
+        self._quitting = False
         self.cell_styles = Styles()
         self.main = MainScreen(config.ui.log_lines)
         loaded, self.theme_problems = themes.load_themes(theme_dir if theme_dir is not None
@@ -474,13 +510,39 @@ class FleetApp(App[None]):
         self.push_screen(self.main)
         self.refresh_panes()
         self.set_interval(1.0, self._tick, name="header clock")
+        if self.first_run is not None:
+            # Nothing can run without a config: say what is missing instead of starting a fleet that fails.
+            self._set_loop(LoopStatus("unconfigured", "no config file"))
+            setup = SetupScreen([SetupItem("setup", "checking", "looking at the config, Docker and the engine's "
+                                           "key…")], self.cell_styles)
+            self.push_screen(setup)
+            self._probe_setup(setup, self.first_run)
+            return
         # The fleet starts once the first frame is on screen: its set-up (imports, the forge, the demo's
         # repository) never delays what the operator sees first.
         self.call_after_refresh(self._start_fleet)
 
+    @work(thread=True, exclusive=True, group="setup", exit_on_error=False, description="Checking the set-up")
+    def _probe_setup(self, screen: SetupScreen, probe: SetupProbe) -> None:
+        items = probe()  # Docker and the environment: blocking calls, so a thread
+        self.call_from_thread(screen.show_items, items)
+
     def _start_fleet(self) -> None:
-        self._host_loop()
+        self.restart_loop()
+
+    def restart_loop(self) -> None:
+        """(Re)start the worker hosting `fleet.run()`, and the event reader with it."""
+        if self._quitting or self.header.loop.state == "unconfigured":
+            return
+        self._set_loop(LoopStatus("starting"))
+        self._loop_worker = self._host_loop()
         self._consume_events()
+
+    def _set_loop(self, status: LoopStatus) -> None:
+        self.header.loop = status
+        self._update_header()
+        if self.main.is_mounted:
+            self.main.update_keys()
 
     def _theme_changed(self, theme: Any) -> None:
         self._styles_from_theme()
@@ -501,6 +563,7 @@ class FleetApp(App[None]):
 
     async def quit_console(self) -> None:
         """Stop the loop (live agents keep running and are re-attached next start), then leave."""
+        self._quitting = True
         with anyio.move_on_after(5):
             try:
                 await self.control.shutdown()
@@ -511,11 +574,11 @@ class FleetApp(App[None]):
     async def action_quit(self) -> None:
         await self.quit_console()
 
-    @work(group="fleet-loop", exit_on_error=False, description="The fleet loop")
+    @work(exclusive=True, group="fleet-loop", exit_on_error=False, description="The fleet loop")
     async def _host_loop(self) -> None:
         await self.control.run()
 
-    @work(group="fleet-events", exit_on_error=False, description="Reading fleet events")
+    @work(exclusive=True, group="fleet-events", exit_on_error=False, description="Reading fleet events")
     async def _consume_events(self) -> None:
         post = self.post_message
         async for event in self.control.events():
@@ -539,16 +602,25 @@ class FleetApp(App[None]):
                 post(NoticeArrived(event))
             elif isinstance(event, RateLimited):
                 post(RateLimitArrived(event))
+            elif isinstance(event, LoopState):
+                post(LoopStateArrived(event))
         post(EventsEnded("the event stream ended"))
 
     # --- the one place worker errors are shown ------------------------------------------------
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         worker = event.worker
+        detail = ""
         if event.state is WorkerState.ERROR:
             error = leaf_error(worker.error) if worker.error is not None else None
-            detail = clean(str(error), 300) if error is not None else "unknown error"
-            self.report_error(f"{worker.description or worker.name} failed: {detail or type(error).__name__}")
+            detail = (clean(str(error), 300) or type(error).__name__) if error is not None else "unknown error"
+            self.report_error(f"{worker.description or worker.name} failed: {detail}")
+        if worker is self._loop_worker and not self._quitting:
+            # The header tells the truth: whatever the fleet last said, a loop whose host ended is stopped.
+            if event.state is WorkerState.ERROR:
+                self._set_loop(LoopStatus("stopped", detail))
+            elif event.state is WorkerState.SUCCESS:
+                self._set_loop(LoopStatus("stopped", "the fleet loop returned"))
 
     def report_error(self, message: str) -> None:
         self.errors.append(message)
@@ -565,14 +637,16 @@ class FleetApp(App[None]):
         self.runs = {run.run_id: run for run in snap.runs}
         self.pulls = {pull.number: pull for pull in snap.pulls if pull.state == "open"}
         self.inbox = list(snap.needs_human)
-        self.paused = snap.paused
+        self.paused = self.header.paused = snap.paused
+        if self.header.loop.state == "starting":
+            self.header.loop = LoopStatus("running")  # a snapshot means the loop ticked
         for run_id in list(self._history):
             if run_id not in self.runs and run_id != self.shown_run:
                 del self._history[run_id]
                 self._last_lines.pop(run_id, None)
         self.refresh_panes()
         if self.shown_run is None and self.runs:
-            self.show_run(next(iter(self.runs)))
+            self.show_run(agent_order(list(self.runs.values()))[0].run_id)
 
     def on_run_updated(self, message: RunUpdated) -> None:
         self.runs[message.run.run_id] = message.run
@@ -590,6 +664,8 @@ class FleetApp(App[None]):
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         notice = message.notice
+        if _PM_WORD_RE.search(notice.message):
+            self._pm_reported()
         severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
         self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
         if notice.bell:
@@ -600,8 +676,15 @@ class FleetApp(App[None]):
         self.notify(f"Rate limited: {clean(message.event.reason, 200)}", severity="warning", markup=False)
         self._update_header()
 
+    def on_loop_state_arrived(self, message: LoopStateArrived) -> None:
+        event = message.event
+        if self.header.loop.state == "stopped" and self._loop_worker is not None and self._loop_worker.is_finished:
+            return  # the host worker ended: its reason stands until the operator restarts it
+        self._set_loop(LoopStatus(event.state, event.reason, event.retry_at))
+
     def on_events_ended(self, message: EventsEnded) -> None:
-        self.notify(f"The fleet stopped: {message.reason}", severity="warning", markup=False)
+        if self.header.loop.state != "stopped" and not self._quitting:
+            self.notify(f"The fleet's events stopped: {message.reason}", severity="warning", markup=False)
 
     def ring(self) -> None:
         if self.config.ui.bell:
@@ -699,7 +782,7 @@ class FleetApp(App[None]):
         return (live or runs or [None])[-1]
 
     def refresh_panes(self) -> None:
-        if not self.main.is_mounted:
+        if self.main.table_if_present("ready") is None:  # not composed yet, or being torn down
             return
         now = self.now()
         styles = self.cell_styles
@@ -709,6 +792,8 @@ class FleetApp(App[None]):
         main.table("proposals").sync(proposal_rows(tuple(self.proposals.values()), snap.approvals if snap else (),
                                                    styles))
         main.table("agents").sync(agent_rows(runs, self._last_lines, now, styles))
+        self._follow_new_run()
+        self.note_selected_run()
         pulls = list(self.pulls.values())
         ready = [pull for pull in pulls if is_ready(pull, runs)]
         review = [pull for pull in pulls if not is_ready(pull, runs)]
@@ -719,24 +804,62 @@ class FleetApp(App[None]):
         if isinstance(self.screen, InboxScreen):
             self.screen.refresh_rows()
 
+    def note_selected_run(self) -> None:
+        """The Agents pane's bottom line: the selected run's id, where it runs and with which engine."""
+        agents = self.main.table_if_present("agents")
+        if agents is None:
+            return
+        run = self.runs.get(agents.selected_key or "")
+        agents.set_note(" · ".join(clean(part, 40) for part in (run.run_id, run.runner, run.engine) if part)
+                        if run is not None else "")
+
+    def follow_next_run(self, issue: int) -> None:
+        """Move the Agents cursor to the run an approve starts, unless the operator moves it first."""
+        agents = self.main.table_if_present("agents")
+        self._follow = (issue, frozenset(self.runs), agents.selected_key if agents is not None else None)
+
+    def _follow_new_run(self) -> None:
+        if self._follow is None:
+            return
+        issue, before, cursor_then = self._follow
+        new = [run for run in self.runs.values() if run.issue == issue and run.run_id not in before]
+        agents = self.main.table_if_present("agents")
+        if not new or agents is None:
+            return
+        self._follow = None
+        if agents.selected_key not in (cursor_then, None) and cursor_then is not None:
+            return  # the operator moved the cursor since: leave it where they put it
+        run_id = agent_order(new)[0].run_id
+        if run_id in agents.rows:
+            agents.move_cursor(row=agents.get_row_index(run_id), animate=False)
+            self.show_run(run_id)
+
     def _update_header(self) -> None:
         if self.main.is_mounted:
             self.header.repo = self.control.repo  # a deferred control learns its repository once started
             self.header.forge_kind = self.control.forge_kind
             self.header.needs_human = len(self.inbox)
-            self.main.query_one(HeaderBar).update(header_text(self.header, self.config, self.now(), self.cell_styles))
+            try:
+                bar = self.main.query_one(HeaderBar)
+            except NoMatches:  # the screen is being torn down (the clock can tick during shut-down)
+                return
+            bar.update(header_text(self.header, self.config, self.now(), self.cell_styles))
 
     def _tick(self) -> None:
         self._update_header()
-        if any(run.state.live for run in self.runs.values()) and self.main.is_mounted:
-            self.main.table("agents").sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(),
-                                                      self.cell_styles))
+        agents = self.main.table_if_present("agents")
+        if agents is not None and any(run.state.live for run in self.runs.values()):
+            agents.sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(), self.cell_styles))
 
     # --- operator intents: each one a worker; errors surface in on_worker_state_changed --------
 
     @work(exclusive=True, group="intent-approve", exit_on_error=False, description="Approve")
     async def approve_issue(self, issue: int) -> None:
-        await self.control.approve(issue)
+        try:
+            await self.control.approve(issue)
+        except Exception:
+            self._follow = None  # no run will come of it
+            raise
         self.notify(f"Approved #{issue}", markup=False)
 
     @work(exclusive=True, group="intent-reject", exit_on_error=False, description="Reject")
@@ -744,10 +867,12 @@ class FleetApp(App[None]):
         await self.control.reject(issue)
         self.notify(f"Rejected #{issue}", markup=False)
 
+    # One toast per action: where the fleet itself announces an intent's outcome with a Notice (stop, pause,
+    # merge, the PM's proposals), the console does not add its own.
+
     @work(exclusive=True, group="intent-stop", exit_on_error=False, description="Stop agent")
     async def stop_agent(self, run_id: str) -> None:
         await self.control.stop_run(run_id)
-        self.notify(f"Stopping {clean(run_id, 40)}", markup=False)
 
     @work(exclusive=True, group="intent-retry", exit_on_error=False, description="Retry")
     async def retry_issue(self, issue: int) -> None:
@@ -756,22 +881,38 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-pm", exit_on_error=False, description="Run PM")
     async def run_pm_now(self) -> None:
-        await self.control.run_pm()
-        self.notify("PM run requested", markup=False)
+        self.header.extra["pm"] = "PM requested…"
+        self._update_header()
+        try:
+            await self.control.run_pm()
+        except Exception:
+            self._pm_reported()
+            raise
+        # the PM's result ("proposed N", "nothing new") arrives as the fleet's Notice and clears this
+        self.set_timer(PM_NOTE_S, self._pm_reported, name="pm note")
+
+    def _pm_reported(self) -> None:
+        if self.header.extra.pop("pm", None) is not None:
+            self._update_header()
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
+        self.header.paused = self.paused  # the header shows it at once; the fleet's Notice confirms it
+        self._update_header()
         self._set_paused(self.paused)
 
     @work(exclusive=True, group="intent-pause", exit_on_error=False, description="Pause/resume")
     async def _set_paused(self, paused: bool) -> None:
-        await self.control.set_paused(paused)
-        self.notify("Fleet paused: no new runs start" if paused else "Fleet resumed", markup=False)
+        try:
+            await self.control.set_paused(paused)
+        except Exception:
+            self.paused = self.header.paused = not paused
+            self._update_header()
+            raise
 
     @work(exclusive=True, group="intent-merge", exit_on_error=False, description="Merge")
     async def merge_pr(self, pr: int) -> None:
         await self.control.merge(pr)
-        self.notify(f"Merged PR #{pr}", markup=False)
 
     def open_detail(self, *, issue: int | None, pr: int | None) -> None:
         title = f"PR #{pr}" if pr is not None else f"Issue #{issue}"
@@ -786,7 +927,7 @@ class FleetApp(App[None]):
         except Exception as exc:
             screen.show_error(f"Could not load: {exc}")
             raise
-        screen.show_detail(detail)
+        await screen.load(detail)
 
     def open_inbox(self) -> None:
         if not isinstance(self.screen, InboxScreen):
@@ -827,7 +968,7 @@ class FleetApp(App[None]):
         if self.screen is not self.main:
             return
         if self.main.check_action(action_id, ()) is not True:
-            self.notify(f"{ACTIONS_BY_ID[action_id].description}: not available for the selected row",
+            self.notify(f"{ACTIONS_BY_ID[action_id].name}: not available for the selected row",
                         severity="warning", markup=False)
             return
         await self.main.run_action(action_id)
@@ -835,11 +976,15 @@ class FleetApp(App[None]):
 
 def make_app(control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
              state_dir: Path | None = None, theme_dir: Path | None = None,
-             environ: Mapping[str, str] | None = None, platform: str | None = None) -> FleetApp:
+             environ: Mapping[str, str] | None = None, platform: str | None = None,
+             first_run: SetupProbe | None = None) -> FleetApp:
     """The console for `control`. `state_dir` holds ui.json (the remembered theme); `theme_dir` the user's theme
-    files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests."""
+    files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests.
+
+    `first_run` (no config file was found) opens the set-up screen instead of starting the fleet: the probe,
+    run in a thread, says what is missing (config, agent image, engine API key)."""
     return FleetApp(control, config, clock=clock, state_dir=state_dir if state_dir is not None else user_state_dir(),
-                    theme_dir=theme_dir, environ=environ, platform=platform)
+                    theme_dir=theme_dir, environ=environ, platform=platform, first_run=first_run)
 
 
 def run_app(control: FleetControl, config: FleetConfig) -> None:

@@ -6,6 +6,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.content import Content
+from textual.fuzzy import Matcher
 
 from fleet_tui.tui.actions import ACTIONS, KEY_DISPLAY
 
@@ -21,13 +23,13 @@ class FleetCommands(Provider):
         entries = []
         for action in ACTIONS:
             key = app.key_for(action.id)
-            entries.append((f"{action.description} ({KEY_DISPLAY.get(key, key)})", action.help, action.id))
+            entries.append((f"{action.name} ({KEY_DISPLAY.get(key, key)})", action.help, action.id))
         return entries
 
     async def discover(self) -> Hits:
         app: FleetApp = self.app  # type: ignore[assignment]
         for name, help_text, action_id in self._entries():
-            yield DiscoveryHit(name, partial(app.run_fleet_action, action_id), help=help_text)
+            yield DiscoveryHit(Content(name), partial(app.run_fleet_action, action_id), help=help_text)
 
     async def search(self, query: str) -> Hits:
         app: FleetApp = self.app  # type: ignore[assignment]
@@ -35,4 +37,15 @@ class FleetCommands(Provider):
         for name, help_text, action_id in self._entries():
             score = matcher.match(f"{name} {action_id}")
             if score > 0:
-                yield Hit(score, matcher.highlight(name), partial(app.run_fleet_action, action_id), help=help_text)
+                yield Hit(score, _highlight(matcher, name), partial(app.run_fleet_action, action_id), help=help_text)
+
+
+def _highlight(matcher: Matcher, name: str) -> Content:
+    """`name` with the matched letters styled, built as Content: a remapped key from fleet.toml (`[`, say) is
+    text, never markup (`Matcher.highlight` would parse it)."""
+    content = Content(name)
+    _score, offsets = matcher.fuzzy_search.match(matcher.query, name)
+    for offset in offsets:
+        if not name[offset].isspace():
+            content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content

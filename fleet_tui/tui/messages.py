@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from fleet_tui.model import AgentRun, NeedsHuman, Notice, RateLimited, SnapshotPublished
+from fleet_tui.model import AgentRun, LoopState, NeedsHuman, Notice, RateLimited, SnapshotPublished
 
 
 @dataclass
@@ -35,6 +35,13 @@ class NoticeArrived(Message):
     """A message for the operator from the fleet."""
 
     notice: Notice
+
+
+@dataclass
+class LoopStateArrived(Message):
+    """The fleet says whether its loop runs."""
+
+    event: LoopState
 
 
 @dataclass

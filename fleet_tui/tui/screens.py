@@ -3,23 +3,25 @@ the needs-human inbox. They only show text that went through `fleet_tui.untruste
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+import anyio
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
 from fleet_tui.control import Detail
 from fleet_tui.tui.actions import ACTIONS, KEY_DISPLAY
-from fleet_tui.tui.view import clean, inbox_rows
+from fleet_tui.tui.view import SetupItem, Styles, clean, inbox_rows, setup_text
 from fleet_tui.tui.widgets import PaneTable
-from fleet_tui.untrusted import for_terminal
+from fleet_tui.untrusted import for_terminal, strip_fleet_markers
 
 if TYPE_CHECKING:
     from fleet_tui.tui.app import FleetApp
@@ -41,7 +43,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-box") as box:
-            box.border_title = self.title_text
+            box.border_title = Content(self.title_text)
             yield Static(self.question, id="confirm-question")
             with Horizontal(id="confirm-buttons"):
                 yield Button("Yes (y)", id="yes", variant="error")
@@ -58,29 +60,108 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(answer)
 
 
-_FLEET_MARKER_RE = re.compile(r"[ \t]*<!-- fleet:[^>]*-->[ \t]*\n?")
+# A body longer than this is cut (the rest is one key away in the browser): Textual lays out the whole text on
+# the event loop, and a stranger's megabyte must not freeze the console.
+MAX_BODY_CHARS = 100_000
+MAX_DIFF_LINES = 4_000
+# Details with more text than this are sanitized and styled in a thread, off the event loop.
+OFF_LOOP_CHARS = 32_000
+
+
+@dataclass(frozen=True, slots=True)
+class DetailStyles:
+    """The detail view's styles, taken from the theme on the event loop before the text is built."""
+
+    head: Style = field(default_factory=lambda: Style(bold=True))
+    add: Style = field(default_factory=lambda: Style(color="green"))
+    delete: Style = field(default_factory=lambda: Style(color="red"))
+    hunk: Style = field(default_factory=lambda: Style(color="cyan"))
+    meta: Style = field(default_factory=lambda: Style(bold=True))
+
+
+def _bounded(text: str, limit: int) -> tuple[str, int]:
+    return (text, 0) if len(text) <= limit else (text[:limit], len(text) - limit)
 
 
 def _untrusted_block(text: str) -> Text:
     """A body as plain text; the fleet's own idempotency markers are left out, any other hidden comment shows."""
-    shown = _FLEET_MARKER_RE.sub("", for_terminal(text)).expandtabs(4).rstrip()
-    return Text(shown or "(empty)")
+    text, cut = _bounded(text or "", MAX_BODY_CHARS)
+    shown = strip_fleet_markers(for_terminal(text)).expandtabs(4).rstrip()
+    out = Text(shown or "(empty)")
+    if cut:
+        out.append(f"\n… {cut:,} more characters not shown (o opens it in the browser)", style="dim")
+    return out
 
 
-def _diff_text(diff: str, styles: dict[str, Style]) -> Text:
+def _diff_text(diff: str, styles: DetailStyles) -> Text:
     out = Text()
-    for line in for_terminal(diff).expandtabs(4).splitlines():
+    lines = for_terminal(diff[: MAX_BODY_CHARS * 4]).expandtabs(4).splitlines()
+    for line in lines[:MAX_DIFF_LINES]:
         if line.startswith(("+++", "---")):
-            style = styles["meta"]
+            style = styles.meta
         elif line.startswith("+"):
-            style = styles["add"]
+            style = styles.add
         elif line.startswith("-"):
-            style = styles["del"]
+            style = styles.delete
         elif line.startswith("@@"):
-            style = styles["hunk"]
+            style = styles.hunk
         else:
             style = Style()
         out.append(line + "\n", style=style)
+    if len(lines) > MAX_DIFF_LINES or len(diff) > MAX_BODY_CHARS * 4:
+        out.append("… the rest of the diff is not shown\n", style="dim")
+    return out
+
+
+def detail_size(detail: Detail) -> int:
+    """How much untrusted text a detail holds (decides whether it is built off the event loop)."""
+    size = len(detail.diff) + len(detail.diffstat)
+    size += sum(len(item.body) for item in (*detail.reviews, *detail.comments))
+    for item in (detail.issue, detail.pull):
+        if item is not None:
+            size += len(item.body) + len(item.title)
+    return size
+
+
+def detail_text(detail: Detail, styles: DetailStyles) -> Text:
+    """The whole detail view as one Text: every string from the forge sanitized, no markup parsed. Pure (no
+    widget, no app), so it can run in a thread."""
+    head = styles.head
+    out = Text()
+    if detail.issue is not None:
+        issue = detail.issue
+        out.append(f"Issue #{issue.number}: ", style=head)
+        out.append(clean(issue.title, 300) + "\n", style=Style(bold=True))
+        out.append(f"by {clean(issue.author.login, 60)} · {clean(issue.state, 20)} · labels: "
+                   f"{clean(', '.join(issue.labels), 200) or '—'}\n", style=Style(dim=True))
+        out.append_text(_untrusted_block(issue.body))
+        out.append("\n\n")
+    if detail.pull is not None:
+        pull = detail.pull
+        out.append(f"PR #{pull.number}: ", style=head)
+        out.append(clean(pull.title, 300) + "\n", style=Style(bold=True))
+        out.append(f"{clean(pull.head, 100)} → {clean(pull.base, 100)} · CI {pull.ci.value} · "
+                   f"+{pull.additions} −{pull.deletions} in {pull.changed_files} files\n", style=Style(dim=True))
+        out.append_text(_untrusted_block(pull.body))
+        out.append("\n\n")
+    thread = sorted(
+        [(r.submitted_at, f"review by {r.author.login} ({r.state})", r.body) for r in detail.reviews]
+        + [(c.created_at, f"comment by {c.author.login}", c.body) for c in detail.comments],
+        key=lambda item: (item[0] is None, item[0] or 0),
+    )
+    out.append("QA thread\n", style=head)
+    if not thread:
+        out.append("no reviews or comments yet\n", style=Style(dim=True))
+    for when, who, body in thread:
+        stamp = when.strftime("%Y-%m-%d %H:%M") if when else ""
+        out.append(f"── {clean(who, 120)} {stamp}\n", style=Style(bold=True))
+        out.append_text(_untrusted_block(body))
+        out.append("\n\n")
+    out.append("\nDiff stat\n", style=head)
+    out.append_text(_untrusted_block(detail.diffstat) if detail.diffstat else Text("no diff\n", style="dim"))
+    if detail.diff:
+        out.append("\n\nDiff\n", style=head)
+        out.append_text(_diff_text(detail.diff, styles))
     return out
 
 
@@ -96,7 +177,7 @@ class DetailScreen(Screen[None]):
         super().__init__()
         self.heading = title
         self.loaded = False
-        self._pending: Detail | str | None = None
+        self._pending: Text | str | None = None
         self._composed = False
 
     def compose(self) -> ComposeResult:
@@ -108,59 +189,40 @@ class DetailScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#detail-body").focus()
         self._composed = True
-        if isinstance(self._pending, Detail):
-            self.show_detail(self._pending)
+        if isinstance(self._pending, Text):
+            self.show_text(self._pending)
         elif isinstance(self._pending, str):
             self.show_error(self._pending)
 
-    def show_detail(self, detail: Detail) -> None:
-        if not self._composed:
-            self._pending = detail
-            return
+    def styles_from_theme(self) -> DetailStyles:
         theme = self.app.current_theme
-        styles = {
-            "add": Style.parse(theme.success or "green"),
-            "del": Style.parse(theme.error or "red"),
-            "hunk": Style.parse(theme.accent or "cyan"),
-            "meta": Style(bold=True),
-        }
-        head = Style(bold=True, color=theme.primary)
-        out = Text()
-        if detail.issue is not None:
-            issue = detail.issue
-            out.append(f"Issue #{issue.number}: ", style=head)
-            out.append(clean(issue.title, 300) + "\n", style=Style(bold=True))
-            out.append(f"by {clean(issue.author.login, 60)} · {issue.state} · labels: "
-                       f"{clean(', '.join(issue.labels), 200) or '—'}\n", style=Style(dim=True))
-            out.append_text(_untrusted_block(issue.body))
-            out.append("\n\n")
-        if detail.pull is not None:
-            pull = detail.pull
-            out.append(f"PR #{pull.number}: ", style=head)
-            out.append(clean(pull.title, 300) + "\n", style=Style(bold=True))
-            out.append(f"{clean(pull.head, 100)} → {clean(pull.base, 100)} · CI {pull.ci.value} · "
-                       f"+{pull.additions} −{pull.deletions} in {pull.changed_files} files\n", style=Style(dim=True))
-            out.append_text(_untrusted_block(pull.body))
-            out.append("\n\n")
-        thread = sorted(
-            [(r.submitted_at, f"review by {r.author.login} ({r.state})", r.body) for r in detail.reviews]
-            + [(c.created_at, f"comment by {c.author.login}", c.body) for c in detail.comments],
-            key=lambda item: (item[0] is None, item[0] or 0),
-        )
-        out.append("QA thread\n", style=head)
-        if not thread:
-            out.append("no reviews or comments yet\n", style=Style(dim=True))
-        for when, who, body in thread:
-            stamp = when.strftime("%Y-%m-%d %H:%M") if when else ""
-            out.append(f"── {clean(who, 120)} {stamp}\n", style=Style(bold=True))
-            out.append_text(_untrusted_block(body))
-            out.append("\n\n")
-        out.append("\nDiff stat\n", style=head)
-        out.append_text(_untrusted_block(detail.diffstat) if detail.diffstat else Text("no diff\n", style="dim"))
-        if detail.diff:
-            out.append("\n\nDiff\n", style=head)
-            out.append_text(_diff_text(detail.diff, styles))
-        self.query_one("#detail-content", Static).update(out)
+
+        def color(value: str | None, fallback: str) -> Style:
+            try:
+                return Style.parse(value or fallback)
+            except Exception:  # noqa: BLE001 - a user theme may hold a colour Rich cannot read
+                return Style.parse(fallback)
+
+        return DetailStyles(head=Style(bold=True) + color(theme.primary, "cyan"), add=color(theme.success, "green"),
+                            delete=color(theme.error, "red"), hunk=color(theme.accent, "cyan"))
+
+    async def load(self, detail: Detail) -> None:
+        """Show `detail`; a large one is sanitized and styled in a thread so the console keeps drawing."""
+        styles = self.styles_from_theme()
+        if detail_size(detail) > OFF_LOOP_CHARS:
+            text = await anyio.to_thread.run_sync(detail_text, detail, styles)
+        else:
+            text = detail_text(detail, styles)
+        self.show_text(text)
+
+    def show_detail(self, detail: Detail) -> None:
+        self.show_text(detail_text(detail, self.styles_from_theme()))
+
+    def show_text(self, text: Text) -> None:
+        if not self._composed:
+            self._pending = text
+            return
+        self.query_one("#detail-content", Static).update(text)
         self.loaded = True
 
     def show_error(self, message: str) -> None:
@@ -189,8 +251,8 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         table: DataTable[Text] = DataTable(id="help-table", cursor_type="row", show_cursor=False)
         with Vertical(id="help-box") as box:
-            box.border_title = "Keys"
-            box.border_subtitle = "escape to close · remap in fleet.toml [ui.keys] by id"
+            box.border_title = Content("Keys")
+            box.border_subtitle = Content("escape to close · ctrl+p: command palette · remap in fleet.toml [ui.keys] by id")
             yield table
 
     def on_mount(self) -> None:
@@ -247,7 +309,7 @@ class InboxScreen(Screen[None]):
         table = self.query_one("#inbox", PaneTable)
         table.sync(rows)
         if not rows:
-            table.border_subtitle = "nothing needs you"
+            table.border_subtitle = Content("nothing needs you")
         self.refresh_bindings()
 
     def _selected(self):  # type: ignore[no-untyped-def]
@@ -279,6 +341,35 @@ class InboxScreen(Screen[None]):
         item = self._selected()
         if item is not None and item.issue is not None:
             self.on_retry(item.issue)
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class SetupScreen(Screen[None]):
+    """The first run: what is missing (config, agent image, engine API key) and the commands that fix it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "app.quit", "Quit", id="setup_quit"),
+        Binding("escape", "close", "Look at the console", id="setup_close"),
+    ]
+
+    def __init__(self, items: list[SetupItem], styles: Styles) -> None:
+        super().__init__()
+        self.items = items
+        self.cell_styles = styles
+        self.checked = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Set up fleet-tui", style="bold"), id="setup-title")
+        with VerticalScroll(id="setup-body"):
+            yield Static(setup_text(self.items, self.cell_styles), id="setup-content")
+        yield Footer()
+
+    def show_items(self, items: list[SetupItem]) -> None:
+        self.items = items
+        self.checked = True
+        self.query_one("#setup-content", Static).update(setup_text(items, self.cell_styles))
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -32,9 +32,12 @@ from fleet_tui.untrusted import line_for_terminal
 Clock = Callable[[], datetime]
 
 # The verdict marker QA puts in its review body, and the finding bullets that follow a `changes` verdict.
+# Review bodies come from strangers: blanks stay within a line and quantifiers are possessive, so each line
+# is scanned once (`^\s*...` with MULTILINE rescans runs of blank lines and spaces: quadratic).
 _VERDICT_MARKER_RE = re.compile(r"<!-- fleet:verdict=(pass|changes) round=(\d+) -->")
-_VERDICT_LINE_RE = re.compile(r"^\s*\**\s*VERDICT\s*\**\s*:\s*\**\s*(pass|changes)\b", re.IGNORECASE | re.MULTILINE)
-_FINDING_RE = re.compile(r"^\s*(?:[-*]|\d+[.)])\s+\S", re.MULTILINE)
+_VERDICT_LINE_RE = re.compile(r"^[ \t]*+\**+[ \t]*+VERDICT[ \t]*+\**+[ \t]*+:[ \t]*+\**+[ \t]*+(pass|changes)\b",
+                              re.IGNORECASE | re.MULTILINE)
+_FINDING_RE = re.compile(r"^[ \t]*+(?:[-*]|\d++[.)])[ \t]++\S", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,18 +173,27 @@ def run_target(run: AgentRun) -> str:
     return "—"
 
 
+def agent_order(runs: list[AgentRun]) -> list[AgentRun]:
+    """Live runs first, newest first (a queued run, not started yet, is the newest); then finished runs, the
+    most recently ended first."""
+    live = [run for run in runs if run.state.live]
+    done = [run for run in runs if not run.state.live]
+    live.sort(key=lambda run: (run.started_at is not None, -(run.started_at.timestamp() if run.started_at else 0)))
+    done.sort(key=lambda run: -max((at.timestamp() for at in (run.ended_at, run.started_at) if at), default=0))
+    return live + done
+
+
 def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, styles: Styles) -> list[Row]:
     rows: list[Row] = []
-    for run in runs:
+    for run in agent_order(runs):
         end = run.ended_at or now
         elapsed = short_duration(end - run.started_at) if run.started_at else ""
         style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
         state = run.state.value.replace("_", " ")
-        if run.qa_round and run.role.value == "qa" and run.state.live:
-            state = f"{state} r{run.qa_round}"  # finished rounds are in the QA pane; this keeps the cell short
         rows.append((run.run_id, (
             cell(run.role.value.upper(), styles.bold),
             cell(run_target(run), styles.accent),
+            cell(f"r{run.qa_round}" if run.qa_round else "—", styles.dim if not run.qa_round else ""),
             cell(state, style),
             cell(elapsed, styles.dim),
             cell(short_tokens(run.usage.tokens)),
@@ -257,6 +269,16 @@ def inbox_rows(items: list[NeedsHuman], now: datetime, styles: Styles) -> list[R
 # --- header ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class LoopStatus:
+    """What the header says about the fleet loop: `starting`, `running`, `stopped` (with why, and when the
+    fleet restarts it by itself), or `unconfigured` (nothing can run until set-up is done)."""
+
+    state: str = "starting"
+    reason: str = ""
+    retry_at: datetime | None = None
+
+
 @dataclass(slots=True)
 class HeaderState:
     repo: str = ""
@@ -265,6 +287,8 @@ class HeaderState:
     snapshot: SnapshotPublished | None = None
     rate_limited_until: datetime | None = None
     needs_human: int = 0
+    paused: bool = False
+    loop: LoopStatus = field(default_factory=LoopStatus)
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -275,7 +299,9 @@ def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: 
     text.append(clean(state.repo, 80), style=styles.accent)
     text.append(f" ({clean(state.forge_kind, 20)})", style=styles.dim)
     text.append_text(sep)
-    if state.polled_at is None:
+    if state.loop.state == "unconfigured":
+        text.append("no config: see the set-up screen (fleet-tui init)", style=styles.warn)
+    elif state.polled_at is None:
         text.append("waiting for the first poll", style=styles.dim)
     else:
         text.append(f"polled {short_duration(now - state.polled_at)} ago")
@@ -298,10 +324,70 @@ def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: 
         text.append_text(sep)
         text.append(f"rate-limited {short_duration(limited - now)}", style=styles.warn)
     text.append_text(sep)
-    if snap is not None and snap.paused:
-        text.append("⏸ paused", style=styles.warn)
-    else:
-        text.append("▶ running", style=styles.ok)
+    text.append_text(loop_text(state.loop, state.paused, styles))
+    for note in state.extra.values():
+        text.append_text(sep)
+        text.append(clean(note, 40), style=styles.accent)
     text.append_text(sep)
     text.append(f"needs-human {state.needs_human}", style=styles.bad if state.needs_human else styles.dim)
     return text
+
+
+def loop_text(loop: LoopStatus, paused: bool, styles: Styles) -> Text:
+    """The header's word on the loop: "▶ running" only while it runs."""
+    if loop.state == "running":
+        return Text("⏸ paused", style=styles.warn) if paused else Text("▶ running", style=styles.ok)
+    if loop.state == "starting":
+        return Text("… starting", style=styles.dim)
+    if loop.state == "unconfigured":
+        return Text("■ not set up", style=styles.warn)
+    out = Text("■ stopped", style=styles.bad)
+    if loop.reason:
+        out.append(f": {clean(loop.reason, 70)}", style=styles.bad)
+    if loop.retry_at is not None:
+        out.append(f" · restarting at {loop.retry_at.astimezone().strftime('%H:%M:%S')}", style=styles.warn)
+    return out
+
+
+# --- first run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetupItem:
+    """One thing a first run needs: whether it is there, what was found, and the command that provides it."""
+
+    name: str
+    status: str  # ok | missing | warn | checking
+    detail: str = ""
+    command: str = ""
+
+
+SetupProbe = Callable[[], list[SetupItem]]
+
+_RUN = " " * 14 + "run  "  # a command lines up under the item's detail
+_SETUP_MARKS = {"ok": ("✓", "ok"), "missing": ("✗", "bad"), "warn": ("!", "warn"), "checking": ("…", "dim")}
+
+
+def setup_text(items: list[SetupItem], styles: Styles) -> Text:
+    """The setup screen's body: what is missing, and the exact commands, in the order to run them."""
+    out = Text()
+    out.append("fleet-tui is not set up here yet", style=styles.bold)
+    out.append("\nNo fleet can run until these are in place; nothing has been started.\n\n")
+    for item in items:
+        mark, style = _SETUP_MARKS.get(item.status, ("?", "dim"))
+        out.append(f" {mark} ", style=getattr(styles, style))
+        out.append(f"{clean(item.name, 20):<16}", style=styles.bold)
+        out.append(clean(item.detail, 200) or "—", style=styles.dim if item.status == "ok" else "")
+        if item.command and item.status != "ok":
+            out.append("\n" + _RUN, style=styles.dim)
+            out.append(clean(item.command, 200), style=styles.accent)
+        out.append("\n")
+    out.append("\nThen check everything and start the console again:\n", style=styles.bold)
+    out.append(_RUN, style=styles.dim)
+    out.append("fleet-tui check", style=styles.accent)
+    out.append("\n" + _RUN, style=styles.dim)
+    out.append("fleet-tui", style=styles.accent)
+    out.append("\n\nTo look around first, ", style=styles.dim)
+    out.append("fleet-tui --demo", style=styles.accent)
+    out.append(" runs a fleet on a sample project (no Docker, no API key).\n", style=styles.dim)
+    return out

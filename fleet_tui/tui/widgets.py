@@ -11,6 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.content import Content
 from textual.coordinate import Coordinate
 from textual.message import Message
 from textual.reactive import reactive
@@ -46,9 +47,10 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
         self.pane = pane
         self.title = title
         self.filter_text = ""
+        self.note = ""  # shown at the bottom when no filter is
         self._columns_spec = columns
         self._total = 0
-        self.border_title = title
+        self.border_title = Content(title)
 
     def on_mount(self) -> None:
         for label, key, width in self._columns_spec:
@@ -81,11 +83,20 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
                         self.update_cell(key, column, new)
             else:
                 self.add_row(*cells, key=key)
+        self._keep_order([key for key, _ in rows])
         if selected is not None and selected in self.rows:
             index = self.get_row_index(selected)
             if index != self.cursor_row:
                 self.move_cursor(row=index, animate=False, scroll=False)
         self._retitle()
+
+    def _keep_order(self, keys: list[str]) -> None:
+        """Show the rows in the order given (new rows are appended by `add_row`; a run that started moves up)."""
+        if [row.key.value for row in self.ordered_rows] == keys:
+            return
+        # DataTable sorts by cell values; the first cell object of each row stands for its row key here.
+        position = {id(self.get_row(key)[0]): index for index, key in enumerate(keys)}
+        self.sort(key=lambda values: position.get(id(values[0]), len(position)))
 
     def update_cell_if_present(self, key: str, column: str, value: Text) -> None:
         if key in self.rows and self.get_cell(key, column) != value:
@@ -94,11 +105,20 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
     def set_filter(self, text: str) -> None:
         self.filter_text = text
 
+    def set_note(self, note: str) -> None:
+        if note != self.note:
+            self.note = note
+            self._retitle()
+
     def _retitle(self) -> None:
         shown = self.row_count
         count = f"{shown}/{self._total}" if self.filter_text else str(self._total)
-        self.border_title = f"{self.title} ({count})"
-        self.border_subtitle = Text(f"filter: {clean(self.filter_text, 40)}") if self.filter_text else ""
+        self.border_title = Content(f"{self.title} ({count})")
+        if self.filter_text:
+            self.border_subtitle = Content(f"filter: {clean(self.filter_text, 40)}")
+        else:
+            self.border_subtitle = Content(self.note) if self.note else None
+        self.set_class(bool(self.note) and not self.filter_text, "-note")
 
 
 class PaneFilter(Input):
@@ -143,7 +163,7 @@ class LogPane(Vertical):
         return self.query_one("#log", Log)
 
     def on_mount(self) -> None:
-        self.border_title = "Log"
+        self.border_title = Content("Log")
         self.watch(self.log_widget, "scroll_y", self._scrolled, init=False)
         self._retitle()
 
@@ -172,10 +192,12 @@ class LogPane(Vertical):
 
     def _retitle(self) -> None:
         label = clean(self.run_label, 80) or "no run selected"
-        self.border_title = f"Log · {label}"
+        # Content, never a markup string: the label and the search term are data (`[/]` or `[@click=...]`
+        # in them must show as typed).
+        self.border_title = Content(f"Log · {label}")
         mode = "following" if self.following else "paused: scroll to the end to follow"
         note = f" · {self._search_note}" if self._search_note else ""
-        self.border_subtitle = f"{mode}{note}"
+        self.border_subtitle = Content(f"{mode}{note}")
 
     # --- search ---------------------------------------------------------------------------------
 
