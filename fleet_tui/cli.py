@@ -196,7 +196,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                             resume_budget=args.resume_budget)
     from fleet_tui.tui.launch import run_console
 
-    return run_console(config, repo_path=repo, state_dir=state_dir)
+    return run_console(config, repo_path=repo, state_dir=state_dir, first_run=config_path is None)
 
 
 def _repo_path(args: argparse.Namespace, config: Any) -> Path:

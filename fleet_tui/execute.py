@@ -261,8 +261,7 @@ class ActionExecutor:
                 continue
             await self.ctx.forge.create_issue(proposal.title, pm_role.render_proposal_body(proposal), [labels.proposed])
             made += 1
-        if made:
-            self.ctx.notice(f"the PM proposed {made} issue(s)")
+        self.ctx.notice(f"the PM proposed {made} issue(s)" if made else "the PM proposed nothing new")
         return made
 
     async def _do_openpr(self, action: OpenPR) -> None:

@@ -21,13 +21,16 @@ from fleet_tui.model import (
     LabelEvent,
     NeedsHuman,
     PullRequest,
+    PullStatus,
     RateLimit,
     Review,
     Role,
     RunState,
     SnapshotPublished,
     Usage,
+    Verdict,
 )
+from fleet_tui.reconcile import readiness
 
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 
@@ -185,8 +188,14 @@ def sample_snapshot(*, paused: bool = False) -> SnapshotPublished:
         NeedsHuman(at=NOW - timedelta(minutes=9), issue=11, reason="dev run failed twice: tests failed"),
         NeedsHuman(at=NOW - timedelta(minutes=30), pr=37, reason="QA rounds exhausted (3/3)"),
     )
+    verdicts = {40: (Verdict.CHANGES, 1), 38: (Verdict.PASS, 2), 39: (Verdict.PASS, 1)}
+    statuses = []
+    for pull in pulls:  # what the fleet's journal says of each of its PRs
+        verdict, round_no = verdicts.get(pull.number, (None, 0))
+        ready, why = readiness(pull, verdict)
+        statuses.append(PullStatus(pull.number, None, verdict.value if verdict else "", round_no, ready, why))
     return SnapshotPublished(at=NOW - timedelta(seconds=4), proposals=proposals, approvals=approvals, runs=runs,
-                             pulls=pulls, needs_human=needs_human,
+                             pulls=pulls, needs_human=needs_human, pull_status=tuple(statuses),
                              rate=RateLimit(remaining=4_812, limit=5_000), spend_today=Usage(0, 0, 0, 3.76),
                              paused=paused)
 

@@ -16,7 +16,9 @@ from fleet_tui.model import Issue, PullRequest, Verdict
 from fleet_tui.roles import quote_block
 from fleet_tui.untrusted import for_prompt, line_for_terminal
 
-_VERDICT_LINE_RE = re.compile(r"^\s*\**\s*VERDICT\s*\**\s*:\s*\**\s*(pass|changes)\b", re.IGNORECASE | re.MULTILINE)
+# possessive quantifiers on one line's blanks: `^\s*` with MULTILINE rescans runs of blank lines (quadratic)
+_VERDICT_LINE_RE = re.compile(r"^[ \t]*+\**+[ \t]*+VERDICT[ \t]*+\**+[ \t]*+:[ \t]*+\**+[ \t]*+(pass|changes)\b",
+                              re.IGNORECASE | re.MULTILINE)
 _MARKER_RE = re.compile(r"<!-- fleet:verdict=(pass|changes) round=(\d+) -->")
 _BULLET_RE = re.compile(r"^\s*[-*]\s+(.+?)\s*$")
 MAX_FINDINGS = 30

@@ -795,9 +795,10 @@ class FleetApp(App[None]):
         self._follow_new_run()
         self.note_selected_run()
         pulls = list(self.pulls.values())
-        ready = [pull for pull in pulls if is_ready(pull, runs)]
-        review = [pull for pull in pulls if not is_ready(pull, runs)]
-        main.table("qa").sync(qa_rows(review, runs, self.config.roles.qa.max_qa_rounds, styles))
+        statuses = {status.pr: status for status in snap.pull_status} if snap else {}
+        ready = [pull for pull in pulls if is_ready(pull, statuses.get(pull.number))]
+        review = [pull for pull in pulls if not is_ready(pull, statuses.get(pull.number))]
+        main.table("qa").sync(qa_rows(review, runs, self.config.roles.qa.max_qa_rounds, styles, statuses))
         main.table("ready").sync(ready_rows(ready, self.config.policy.max_pr_lines, styles))
         self._update_header()
         main.update_keys()

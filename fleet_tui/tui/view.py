@@ -22,6 +22,7 @@ from fleet_tui.model import (
     Issue,
     NeedsHuman,
     PullRequest,
+    PullStatus,
     Review,
     RunState,
     SnapshotPublished,
@@ -111,27 +112,26 @@ def review_verdict(review: Review) -> tuple[Verdict | None, int | None]:
     return None, None
 
 
-def qa_state(pull: PullRequest, runs: tuple[AgentRun, ...] | list[AgentRun] = ()) -> QaState:
-    """Latest verdict, QA round and finding count of a PR, from its reviews and the runs on it."""
-    verdict: Verdict | None = None
+def qa_state(pull: PullRequest, runs: tuple[AgentRun, ...] | list[AgentRun] = (),
+             status: PullStatus | None = None) -> QaState:
+    """The QA verdict on the PR's current head as the fleet knows it (its own review, from its journal: a
+    review by anyone else never counts, whatever marker it carries), the round, and the finding count."""
+    verdict = Verdict(status.verdict) if status is not None and status.verdict else None
+    round_no = status.round if status is not None else 0
     findings = 0
-    verdict_rounds = 0
-    marker_round = 0
-    for review in pull.reviews:
-        found, round_no = review_verdict(review)
-        if found is None:
-            continue
-        verdict_rounds += 1
-        marker_round = max(marker_round, round_no or 0)
-        verdict = found
-        findings = len(_FINDING_RE.findall(review.body)) if found is Verdict.CHANGES else 0
+    if verdict is Verdict.CHANGES:
+        for review in pull.reviews:
+            found, marked = review_verdict(review)
+            if found is Verdict.CHANGES and marked == round_no and review.commit_id == pull.head_sha:
+                findings = len(_FINDING_RE.findall(review.body))
     run_round = max((run.qa_round for run in runs if run.pr == pull.number), default=0)
-    return QaState(verdict, max(verdict_rounds, marker_round, run_round), findings)
+    return QaState(verdict, max(round_no, run_round), findings)
 
 
-def is_ready(pull: PullRequest, runs: tuple[AgentRun, ...] | list[AgentRun] = ()) -> bool:
-    """A PR that passed QA and waits for the human merge."""
-    return pull.state == "open" and not pull.draft and qa_state(pull, runs).verdict is Verdict.PASS
+def is_ready(pull: PullRequest, status: PullStatus | None) -> bool:
+    """A PR the fleet says is ready for the human merge: QA passed its head, the forge says it is mergeable
+    and clean, CI is not failing or pending."""
+    return pull.state == "open" and status is not None and status.ready
 
 
 # --- rows -----------------------------------------------------------------------------------------
@@ -203,14 +203,17 @@ def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, 
     return rows
 
 
-def qa_rows(pulls: list[PullRequest], runs: list[AgentRun], max_rounds: int, styles: Styles) -> list[Row]:
+def qa_rows(pulls: list[PullRequest], runs: list[AgentRun], max_rounds: int, styles: Styles,
+            statuses: dict[int, PullStatus] | None = None) -> list[Row]:
     rows: list[Row] = []
     for pull in pulls:
-        qa = qa_state(pull, runs)
+        status = (statuses or {}).get(pull.number)
+        qa = qa_state(pull, runs, status)
         if qa.verdict is Verdict.CHANGES:
             verdict = cell("changes", styles.warn)
-        elif qa.verdict is Verdict.PASS:
-            verdict = cell("pass", styles.ok)
+        elif qa.verdict is Verdict.PASS:  # passed, but not ready: say what it waits for
+            why = status.why if status is not None and status.why else ""
+            verdict = cell(f"pass · {why}" if why else "pass", styles.warn if why else styles.ok, limit=60)
         else:
             verdict = cell("reviewing", styles.dim)
         round_style = styles.bad if qa.round >= max_rounds else ""
