@@ -155,3 +155,98 @@ def test_line_splitter_joins_pieces_cuts_endless_lines_and_survives_bad_utf8() -
     assert splitter.feed(b"\xff\n") == ["d\ufffd"]
     assert splitter.feed(b"0123456789") == ["01234567"]
     assert splitter.flush() == ["89"]
+
+
+async def exited(handle) -> None:  # type: ignore[no-untyped-def]
+    """Wait (bounded) until the run has recorded its exit code: it ended with nobody supervising it."""
+    with anyio.fail_after(10):
+        while not handle.exit_path.exists():
+            await anyio.sleep(0.02)
+
+
+@pytest.mark.anyio
+async def test_a_run_that_ended_while_nobody_watched_is_read_whole_and_counted_once(tmp_path: Path) -> None:
+    from test_agents import ListLog, ShellEngine
+
+    from fleet_tui.agents import AgentSupervisor
+
+    runs = tmp_path / "runs"
+    first = LocalRunner(instance="fleet-a", runs_dir=runs)
+    script = ("echo usage 100 0.01; echo step one; echo usage 250 0.02; echo step two; echo usage 400 0.04; "
+              'echo done > "$HOME/summary.txt"')
+    spec = spec_for(tmp_path, script, run_id="away-1")
+    handle = await first.start(spec)
+    await exited(handle)  # the orchestrator is gone: nobody reads the output
+    restarted = LocalRunner(instance="fleet-a", runs_dir=runs)
+    assert [r.run_id for r in await restarted.find_runs()] == ["away-1"]
+    log = ListLog()
+    log.lines += ["usage 100 0.01", "step one"]  # what the run log held
+    supervisor = AgentSupervisor(restarted, ShellEngine(""), log=log)
+    outcome = await supervisor.reattach("away-1", scratch=spec.scratch, skip_lines=2)
+    assert outcome.exit_code == 0 and outcome.state.value == "succeeded"
+    assert log.lines == ["usage 100 0.01", "step one", "usage 250 0.02", "step two", "usage 400 0.04"]
+    assert outcome.usage.tokens == 400 and outcome.result.summary == "done\n"
+    assert await restarted.find_runs() == []  # collected and cleaned up
+
+
+@pytest.mark.anyio
+async def test_a_live_run_survives_its_orchestrator_and_is_re_attached(tmp_path: Path) -> None:
+    from test_agents import ListLog, ShellEngine
+
+    from fleet_tui.agents import AgentSupervisor
+
+    runs = tmp_path / "runs"
+    script = 'echo before; while [ ! -e "$HOME/go" ]; do sleep 0.05; done; echo after; exit 5'
+    spec = spec_for(tmp_path, script, run_id="live-2")
+    handle = await LocalRunner(instance="fleet-a", runs_dir=runs).start(spec)
+    del handle  # the orchestrator goes away; the run goes on
+    restarted = LocalRunner(instance="fleet-a", runs_dir=runs, grace_s=0.5)
+    log = ListLog()
+    supervisor = AgentSupervisor(restarted, ShellEngine(""), log=log)
+    async with anyio.create_task_group() as tg:
+        results = []
+
+        async def reattach() -> None:
+            results.append(await supervisor.reattach("live-2", scratch=spec.scratch))
+
+        with supervisor.feed.subscribe() as sub:
+            tg.start_soon(reattach)
+            assert await sub.__anext__() == ("before",)
+            (spec.scratch / "go").touch()
+    (outcome,) = results
+    assert outcome.exit_code == 5 and log.lines[:2] == ["before", "after"]
+
+
+@pytest.mark.anyio
+async def test_a_fleet_sees_and_stops_only_its_own_local_runs(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    ours = LocalRunner(instance="fleet-a", runs_dir=runs, grace_s=0.5)
+    theirs = LocalRunner(instance="fleet-b", runs_dir=runs, grace_s=0.5)
+    handle = await theirs.start(spec_for(tmp_path, "echo up; sleep 60", run_id="theirs-1"))
+    restarted = LocalRunner(instance="fleet-a", runs_dir=runs)
+    assert await restarted.find_runs() == [] and await ours.find_runs() == []
+    with pytest.raises(RunnerError, match="not a local run of this fleet"):
+        await restarted.attach("theirs-1")
+    await restarted.cleanup("theirs-1")
+    assert not handle.ended()
+    assert [r.run_id for r in await LocalRunner(instance="fleet-b", runs_dir=runs).find_runs()] == ["theirs-1"]
+    await theirs.cleanup("theirs-1")
+    assert handle.ended()
+
+
+@pytest.mark.anyio
+async def test_a_re_attached_run_is_stopped_by_its_group_and_a_reused_pid_is_never_signalled(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    handle = await LocalRunner(instance="fleet-a", runs_dir=runs).start(spec_for(tmp_path, "sleep 60", run_id="s-1"))
+    restarted = LocalRunner(instance="fleet-a", runs_dir=runs, grace_s=0.5)
+    attached = await restarted.attach("s-1")
+    assert not attached.ended()
+    await attached.stop()
+    assert await attached.wait() in (128 + 15, 128 + 9) and attached.stopped
+    await gone(handle.pid)
+    # A record whose process start time does not match (the pid was reused) is a run that has ended.
+    record = runs / "fleet-a" / "s-1.json"
+    record.write_text(record.read_text().replace(f'"pid": {handle.pid}', f'"pid": {os.getpid()}'))
+    stale = await LocalRunner(instance="fleet-a", runs_dir=runs).attach("s-1")
+    assert stale.ended()
+    await stale.stop()  # must not signal the test process (it would kill this test)

@@ -259,9 +259,13 @@ class DockerRunHandle:
                         elif resume.accept(key):
                             put(payload)
                 except docker.errors.NotFound:
+                    holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all its "
+                                                  "output was read")
                     break
                 except docker.errors.APIError as exc:
                     if exc.status_code == 409:  # dead or being removed: its logs are gone
+                        holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all "
+                                                      "its output was read")
                         break
                     failures += 1
                     if stop.is_set() or failures > 5:
@@ -593,6 +597,9 @@ class DockerRunner:
                     api.remove_container(row["Id"], force=True)
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: its removal is already under way
+                        raise
         await self.call(remove)
 
 

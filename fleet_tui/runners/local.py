@@ -23,6 +23,7 @@ Also home of `LineSplitter`, which the Docker runner shares.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -102,8 +103,11 @@ def exit_code_of(returncode: int) -> int:
 def local_sandbox_available() -> bool:
     """Whether local runs can be sandboxed here: bwrap is on PATH and can create its namespaces."""
     bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return False
+    return bwrap is not None and _bwrap_works(bwrap)
+
+
+@functools.lru_cache(maxsize=4)
+def _bwrap_works(bwrap: str) -> bool:
     try:
         done = subprocess.run([bwrap, "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
                                "true"], capture_output=True, timeout=10, check=False)
@@ -301,7 +305,8 @@ class LocalRunner:
         self._runs: dict[str, LocalRunHandle] = {}
         self._bwrap: str | None = None
         if sandbox != "none":
-            self._bwrap = shutil.which("bwrap") if local_sandbox_available() else None
+            found = shutil.which("bwrap")
+            self._bwrap = found if found is not None and _bwrap_works(found) else None
             if sandbox == "bwrap" and self._bwrap is None:
                 raise RunnerError("runner sandbox is bwrap, but bubblewrap is not installed or cannot create "
                                   "namespaces here (install bubblewrap, or allow unprivileged user namespaces)")
@@ -314,7 +319,7 @@ class LocalRunner:
         if self.runs_dir is None:
             return None
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_id)
-        return self.runs_dir / f"{safe}.json"
+        return self.runs_dir / self.instance / f"{safe}.json"
 
     def _argv(self, spec: RunSpec) -> list[str]:
         argv = list(spec.invocation.argv)
@@ -377,10 +382,10 @@ class LocalRunner:
         return handle
 
     def _records(self) -> dict[str, RunRecord]:
-        if self.runs_dir is None or not self.runs_dir.is_dir():
+        if self.runs_dir is None or not (self.runs_dir / self.instance).is_dir():
             return {}
         found = {}
-        for path in sorted(self.runs_dir.glob("*.json")):
+        for path in sorted((self.runs_dir / self.instance).glob("*.json")):
             record = RunRecord.read(path)
             if record is not None and record.instance == self.instance:
                 found[record.run_id] = record
