@@ -29,8 +29,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -292,15 +293,18 @@ class LocalRunner:
     kind = "local"
 
     def __init__(self, *, instance: str = "local", repo: str = "", runs_dir: Path | None = None,
-                 sandbox: Sandbox = "auto", grace_s: float = 2.0) -> None:
+                 sandbox: Sandbox = "auto", ro_paths: Sequence[Path] = (), grace_s: float = 2.0) -> None:
         """`instance`: this fleet's id (`fleet_instance_id()`). `runs_dir`: where a record of each run is kept
         so a restarted orchestrator finds it (None: runs are known to this object only). `sandbox`: "auto"
-        uses bwrap when it works here, "bwrap" requires it, "none" runs unsandboxed."""
+        uses bwrap when it works here, "bwrap" requires it, "none" runs unsandboxed. `ro_paths`: host paths
+        the sandbox shows read-only although they lie in a hidden place (an agent CLI installed in a home
+        directory, e.g. ~/.nvm)."""
         if sandbox not in ("auto", "bwrap", "none"):
             raise ValueError(f'sandbox must be "auto", "bwrap" or "none", got {sandbox!r}')
         self.instance = check_instance(instance)
         self.repo = repo
         self.runs_dir = runs_dir
+        self.ro_paths = tuple(Path(p).expanduser().absolute() for p in ro_paths)
         self._grace_s = grace_s
         self._runs: dict[str, LocalRunHandle] = {}
         self._bwrap: str | None = None
@@ -321,7 +325,7 @@ class LocalRunner:
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_id)
         return self.runs_dir / self.instance / f"{safe}.json"
 
-    def _argv(self, spec: RunSpec) -> list[str]:
+    def _argv(self, spec: RunSpec, shown: Sequence[str] = ()) -> list[str]:
         argv = list(spec.invocation.argv)
         if self._bwrap is None:
             return argv
@@ -333,16 +337,56 @@ class LocalRunner:
         if spec.network and spec.network != "none":
             args.append("--share-net")
         args += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+        for path in self._hidden():
+            args += ["--tmpfs", path]
+        # The fleet's own Python stays runnable (the scripted engine, Python-based agents), wherever it lives.
+        pythons = [p for p in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)} if p != "/"]
+        for path in dict.fromkeys([*map(str, self.ro_paths), *shown, *sorted(pythons)]):
+            args += ["--ro-bind-try", path, path]
+        return [*args, *binds, "--chdir", str(spec.workspace.absolute()), "--", *argv]
+
+    def _hidden(self) -> list[str]:
+        """What the sandbox covers with an empty tmpfs: temp dirs, /run (sockets), and home directories."""
         hidden = ["/tmp", "/var/tmp", "/run", "/home", "/root"]
         if not Path("/var/run").is_symlink():
             hidden.append("/var/run")
         operator_home = os.path.realpath(os.path.expanduser("~"))
         if operator_home not in ("/", "") and not any(operator_home.startswith(h + "/") for h in hidden):
             hidden.append(operator_home)
-        for path in hidden:
-            if Path(path).is_dir():
-                args += ["--tmpfs", path]
-        return [*args, *binds, "--chdir", str(spec.workspace.absolute()), "--", *argv]
+        return [path for path in hidden if Path(path).is_dir()]
+
+    def _program_paths(self, spec: RunSpec, path_env: str | None) -> list[str]:
+        """Where the agent's program lives, when the sandbox would hide it: its installation prefix (the
+        directory above its bin/), shown read-only. Only a tool's own tree deep in a home directory qualifies
+        (~/.pyenv/versions/3.12.1, ~/.nvm/versions/node/v22); anything else there needs `ro_paths`.
+        Raises a clear `RunnerError` when the program cannot be found or cannot be shown."""
+        argv0 = spec.invocation.argv[0]
+        if "/" in argv0 and not os.path.isabs(argv0):
+            return []  # relative to the workspace: found (or not) by the process itself
+        found = shutil.which(argv0, path=path_env)
+        if found is None:
+            raise RunnerError(f"cannot start {argv0!r} for run {spec.run_id}: no such program")
+        if self._bwrap is None:
+            return []
+        hidden = self._hidden()
+        shown = [*map(str, self.ro_paths), str(spec.workspace.absolute()), str(spec.scratch.absolute())]
+
+        def under(path: str, roots: Sequence[str]) -> str | None:
+            return next((r for r in roots if path == r or path.startswith(r.rstrip("/") + "/")), None)
+
+        real = os.path.realpath(found)
+        if not under(real, hidden) or under(real, shown):
+            return []
+        bin_dir = os.path.dirname(real)
+        prefix = os.path.dirname(bin_dir)
+        homes = [os.path.realpath(os.path.expanduser("~")), "/".join(real.split("/")[:3]), *hidden]
+        base = max((h for h in homes if under(real, [h])), key=len)  # the home (or hidden dir) it is in
+        depth = len(Path(prefix).relative_to(base).parts) if under(prefix, [base]) else 0
+        if os.path.basename(bin_dir) != "bin" or depth < 2:
+            raise RunnerError(f"cannot start {argv0!r} for run {spec.run_id}: it is {real}, which the local "
+                              "sandbox hides (home and temp directories); install it elsewhere (e.g. /usr/local) "
+                              "or list its directory in the runner's read-only paths")
+        return [prefix]
 
     async def start(self, spec: RunSpec) -> LocalRunHandle:
         if spec.run_id in self._runs:
@@ -350,12 +394,11 @@ class LocalRunner:
         env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
         env["HOME"] = str(spec.scratch)
         env.update(spec.invocation.env)
-        argv = self._argv(spec)
         if not spec.invocation.argv:
             raise RunnerError(f"cannot start run {spec.run_id}: the command is empty")
         argv0 = spec.invocation.argv[0]
-        if (os.path.isabs(argv0) or "/" not in argv0) and shutil.which(argv0, path=env.get("PATH")) is None:
-            raise RunnerError(f"cannot start {argv0!r} for run {spec.run_id}: no such program")
+        program_paths = self._program_paths(spec, env.get("PATH"))
+        argv = self._argv(spec, program_paths)
         output, exit_file = spec.scratch / OUTPUT_FILE, spec.scratch / EXIT_FILE
         started_at = time.time()
         try:
