@@ -171,7 +171,7 @@ class AgentSupervisor:
         self._kill_reason = ""
         self._stop_requested = False
         self._kill_requested = anyio.Event()
-        self._stopping: anyio.Event | None = None  # set when the one kill of this run has been sent
+        self._stopping: anyio.Event | None = None  # a stop under way; set once it has been sent
         self._skip = 0  # lines at the start already in the log (a re-attach): parsed, not written again
         self._last_output = 0.0
 
@@ -356,10 +356,9 @@ class AgentSupervisor:
             outputs = [LogLine(raw)]
         for out in outputs:
             if isinstance(out, LogLine):
-                if replayed:
-                    continue
                 shown = line_for_terminal(out.text)
-                self._pending.append(shown)
+                if not replayed:  # the console showed it before the restart
+                    self._pending.append(shown)
                 if shown.strip():
                     self.last_line = shown
             elif isinstance(out, UsageUpdate):
