@@ -317,7 +317,8 @@ class AgentSupervisor:
         self.state = state
         self.usage = usage
         if self._cleanup:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+            # Not shielded: a quit here leaves the ended run in place, and the next start collects it again.
+            with anyio.move_on_after(60):
                 try:
                     await self.runner.cleanup(handle.run_id)
                 except Exception:  # noqa: BLE001 - a leftover container is found again by find_runs
