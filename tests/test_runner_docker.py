@@ -394,9 +394,10 @@ QUIT_SCRIPT = textwrap.dedent("""
 async def test_a_process_watching_a_run_exits_at_once_when_it_quits(tmp_path: Path, runner: DockerRunner) -> None:
     """The console's quit: the supervising tasks are cancelled, and the process ends (no engine call left
     blocking a thread), while the container keeps running for the next orchestrator."""
-    workspace, scratch = dirs(tmp_path)
+    _, scratch = dirs(tmp_path)
     run_id = unique("quit")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     process = await anyio.open_process([sys.executable, "-c", QUIT_SCRIPT, IMAGE, runner.instance, str(scratch), run_id],
                                        env=env)
     try:
@@ -485,7 +486,7 @@ async def test_a_consumer_slower_than_the_container_still_gets_every_line(tmp_pa
     async for line in handle.lines():
         lines.append(line)
         if len(lines) % 1000 == 0:
-            time.sleep(0.05)  # a busy event loop: the reader falls far behind the container
+            time.sleep(0.05)  # noqa: ASYNC251 - a busy event loop: the reader falls far behind the container
     await runner.cleanup(handle.run_id)
     assert len(lines) == 40_000 and lines == [str(n) for n in range(1, 40_001)]
 

@@ -16,6 +16,7 @@ engine may close a follow stream before it has sent everything, and every line m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -81,8 +82,9 @@ class _Clients:
         self._lock = threading.Lock()
 
     def new(self, *, stream: bool = False) -> APIClient:
-        import docker
         import docker.errors
+
+        import docker
 
         try:
             client = docker.from_env(timeout=None if stream else self._timeout, version=self._version).api
@@ -376,18 +378,14 @@ def _close_stream(holder: dict[str, Any]) -> None:
     """Unblock a reader thread stuck in a quiet stream (the SDK's close shuts the socket down)."""
     stream = holder.get("stream")
     if stream is not None:
-        try:
+        with contextlib.suppress(Exception):  # closing a dead stream may fail in many ways
             stream.close()
-        except Exception:  # noqa: BLE001 - closing a dead stream may fail in many ways
-            pass
 
 
 def _close_client(api: Any) -> None:
     if api is not None:
-        try:
+        with contextlib.suppress(Exception):
             api.close()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 def _take_batch(frames: queue.Queue[Any]) -> list[Any]:
@@ -614,10 +612,8 @@ async def _in_daemon_thread(fn: Callable[[], _T]) -> _T:
             box["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed over to the waiting task
             box["error"] = exc
-        try:
+        with contextlib.suppress(Exception):  # the event loop is gone: nobody waits any more
             anyio.from_thread.run_sync(done.set, token=token)
-        except Exception:  # noqa: BLE001 - the event loop is gone: nobody waits any more
-            pass
 
     threading.Thread(target=target, name="fleet-docker-call", daemon=True).start()
     await done.wait()
