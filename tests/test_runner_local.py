@@ -250,3 +250,25 @@ async def test_a_re_attached_run_is_stopped_by_its_group_and_a_reused_pid_is_nev
     stale = await LocalRunner(instance="fleet-a", runs_dir=runs).attach("s-1")
     assert stale.ended()
     await stale.stop()  # must not signal the test process (it would kill this test)
+
+
+@pytest.mark.anyio
+async def test_links_an_agent_plants_for_its_output_file_are_never_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("operator secret\n")
+    spec = spec_for(tmp_path, "", run_id="hostile")
+    (spec.scratch / ".fleet-output.log").symlink_to(secret)  # left by an earlier run in this scratch dir
+    runs = tmp_path / "runs"
+    script = ('echo visible; rm -f "$HOME/.fleet-output.log"; ln -s ' + str(secret) + ' "$HOME/.fleet-output.log"; '
+              "echo after-swap; sleep 0.3")
+    spec = RunSpec(**{**{f: getattr(spec, f) for f in spec.__slots__},  # type: ignore[attr-defined]
+                      "invocation": Invocation(("sh", "-c", script))})
+    handle = await LocalRunner(instance="fleet-a", runs_dir=runs, sandbox="none").start(spec)
+    assert secret.read_text() == "operator secret\n"  # the planted link was replaced, not truncated through
+    lines, code = await collect(handle)
+    assert code == 0 and lines == ["visible", "after-swap"]  # read from the runner's own file
+    # After a restart the file at that path is the agent's link: it is not read at all.
+    attached = await LocalRunner(instance="fleet-a", runs_dir=runs).attach("hostile")
+    with pytest.raises(RunnerError, match="cannot be read: its file in the scratch dir is gone or was replaced"):
+        [line async for line in attached.lines()]
+    assert secret.read_text() == "operator secret\n"

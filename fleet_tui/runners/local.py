@@ -2,10 +2,12 @@
 
 Each run leads its own session (its whole process group can be killed), reads /dev/null and writes stdout
 and stderr merged into `.fleet-output.log` in its scratch dir, through a small shell wrapper that records
-its exit code in `.fleet-exit` there. Nothing ties the process to the orchestrator: a console quit leaves
-it running, and a restarted orchestrator finds it (a record per run in `runs_dir`, with the process's start
-time so a reused pid is never taken for it), reads its whole output from the file and collects its exit
-code, also of a run that ended meanwhile. The environment is only what the Invocation gives plus PATH and
+its exit code in the runner's own directory (never in a place the agent can write: the wrapper runs outside
+the sandbox and must not follow a link the agent planted). Nothing ties the process to the orchestrator: a
+console quit leaves it running, and a restarted orchestrator finds it (a record per run in `runs_dir`, with
+the process's start time, so a reused pid is never taken for it), reads its whole output and collects its
+exit code, also of a run that ended meanwhile. The output file is read through the file the runner
+created (its inode is recorded): a run that swaps it for a link to another file gets no one to read that. The environment is only what the Invocation gives plus PATH and
 LANG; HOME is the Invocation's, else the scratch dir.
 
 Sandbox (`bwrap`, when on PATH or asked for): new user, PID, mount, IPC, UTS and cgroup namespaces, and
@@ -30,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
@@ -46,7 +49,6 @@ TIMEOUT_EXIT = 124  # what `timeout(1)` returns; a run killed at its timeout rep
 KILLED_EXIT = 128 + signal.SIGKILL  # a run that ended without recording its code was killed
 MAX_LINE_BYTES = 64 * 1024  # a longer line is cut into pieces, so one endless line cannot eat memory
 OUTPUT_FILE = ".fleet-output.log"  # in the scratch dir: everything the run wrote
-EXIT_FILE = ".fleet-exit"  # in the scratch dir: the run's exit code, once it has ended
 _PASSED_THROUGH = ("PATH", "LANG")
 _READ_BYTES = 1 << 20
 _POLL_S = (0.01, 0.2)  # how often an idle output file is looked at: from quick to relaxed
@@ -96,6 +98,10 @@ class LineSplitter:
         return bytes(raw).decode("utf-8", errors="replace").removesuffix("\r")
 
 
+def _safe(run_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in run_id)
+
+
 def exit_code_of(returncode: int) -> int:
     """Shell-style exit code: a process killed by signal N reports 128+N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -132,6 +138,19 @@ def _proc_start(pid: int) -> int | None:
         return None
 
 
+def _open_output(record: RunRecord) -> int | None:
+    """The run's output file, if it is still the very file the runner created (not a link planted since)."""
+    try:
+        fd = os.open(Path(record.scratch) / OUTPUT_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    stat = os.fstat(fd)
+    if (stat.st_dev, stat.st_ino) != tuple(record.output_inode):
+        os.close(fd)
+        return None
+    return fd
+
+
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """What a restarted orchestrator needs to find a local run again; kept outside the sandbox."""
@@ -146,11 +165,14 @@ class RunRecord:
     scratch: str
     started_at: float
     timeout_s: float
+    exit_file: str  # where the wrapper writes the exit code (outside the sandbox's reach)
+    output_inode: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the output file the runner created
 
     @classmethod
     def read(cls, path: Path) -> RunRecord | None:
         try:
             data = json.loads(path.read_text())
+            data["output_inode"] = tuple(data.get("output_inode") or (0, 0))
             return cls(**{name: data[name] for name in cls.__slots__})  # type: ignore[attr-defined]
         except (OSError, ValueError, TypeError, KeyError):
             return None
@@ -164,7 +186,7 @@ class LocalRunHandle:
     run's timeout; `stop()` kills its process group."""
 
     def __init__(self, record: RunRecord, process: anyio.abc.Process | None, grace_s: float,
-                 spec: RunSpec | None = None) -> None:
+                 spec: RunSpec | None = None, output_fd: int | None = None) -> None:
         self.run_id = record.run_id
         self.record = record
         self.spec = spec
@@ -178,6 +200,17 @@ class LocalRunHandle:
         self._done = anyio.Event()
         self._waiting = False
         self._stop_done: anyio.Event | None = None
+        self._output_fd = output_fd if output_fd is not None else _open_output(record)
+
+    def close(self) -> None:
+        """Let go of the output file (after the run's output has been read)."""
+        fd, self._output_fd = self._output_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
 
     @property
     def pid(self) -> int:
@@ -189,7 +222,7 @@ class LocalRunHandle:
 
     @property
     def exit_path(self) -> Path:
-        return Path(self.record.scratch) / EXIT_FILE
+        return Path(self.record.exit_file)
 
     def ended(self) -> bool:
         if self._process is not None:
@@ -197,28 +230,36 @@ class LocalRunHandle:
         return not self.record.alive()
 
     async def lines(self) -> AsyncIterator[str]:
+        if self._output_fd is None:
+            raise RunnerError(f"the output of run {self.run_id} cannot be read: its file in the scratch dir is "
+                              "gone or was replaced")
         splitter = LineSplitter()
-        try:
-            source = self.output_path.open("rb")
-        except OSError:
-            return
-        with source:
-            idle = 0
-            while True:
-                data = source.read(_READ_BYTES)
-                if data:
-                    idle = 0
+        offset = 0  # each reader its own: positional reads share no file offset
+
+        def read() -> bytes:
+            nonlocal offset
+            if self._output_fd is None:
+                return b""
+            data = os.pread(self._output_fd, _READ_BYTES, offset)
+            offset += len(data)
+            return data
+
+        idle = 0
+        while True:
+            data = read()
+            if data:
+                idle = 0
+                for line in splitter.feed(data):
+                    yield line
+                continue
+            if self.ended():
+                # The writer is gone: what is in the file now is all there is.
+                while data := read():
                     for line in splitter.feed(data):
                         yield line
-                    continue
-                if self.ended():
-                    # The writer is gone: what is in the file now is all there is.
-                    while data := source.read(_READ_BYTES):
-                        for line in splitter.feed(data):
-                            yield line
-                    break
-                idle += 1
-                await anyio.sleep(min(_POLL_S[1], _POLL_S[0] * idle))
+                break
+            idle += 1
+            await anyio.sleep(min(_POLL_S[1], _POLL_S[0] * idle))
         for line in splitter.flush():
             yield line
 
@@ -307,6 +348,7 @@ class LocalRunner:
         self.ro_paths = tuple(Path(p).expanduser().absolute() for p in ro_paths)
         self._grace_s = grace_s
         self._runs: dict[str, LocalRunHandle] = {}
+        self._private: Path | None = None
         self._bwrap: str | None = None
         if sandbox != "none":
             found = shutil.which("bwrap")
@@ -322,8 +364,17 @@ class LocalRunner:
     def _record_path(self, run_id: str) -> Path | None:
         if self.runs_dir is None:
             return None
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in run_id)
-        return self.runs_dir / self.instance / f"{safe}.json"
+        return self.runs_dir / self.instance / f"{_safe(run_id)}.json"
+
+    def _private_dir(self) -> Path:
+        """The runner's own directory (exit codes): `runs_dir`, else a private temporary one."""
+        if self._private is None:
+            if self.runs_dir is not None:
+                self._private = self.runs_dir / self.instance
+                self._private.mkdir(parents=True, exist_ok=True, mode=0o700)
+            else:
+                self._private = Path(tempfile.mkdtemp(prefix=f"fleet-{self.instance}-"))
+        return self._private
 
     def _argv(self, spec: RunSpec, shown: Sequence[str] = ()) -> list[str]:
         argv = list(spec.invocation.argv)
@@ -399,28 +450,36 @@ class LocalRunner:
         argv0 = spec.invocation.argv[0]
         program_paths = self._program_paths(spec, env.get("PATH"))
         argv = self._argv(spec, program_paths)
-        output, exit_file = spec.scratch / OUTPUT_FILE, spec.scratch / EXIT_FILE
+        output = spec.scratch / OUTPUT_FILE
         started_at = time.time()
+        read_fd: int | None = None
         try:
+            exit_file = self._private_dir() / f"{_safe(spec.run_id)}.exit"
             exit_file.unlink(missing_ok=True)
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+            output.unlink(missing_ok=True)  # whatever was there (a link, say) goes; the new file is ours
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             try:
+                read_fd = os.open(output, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
                 process = await anyio.open_process(
                     ["/bin/sh", "-c", _WRAPPER, str(exit_file), *argv], cwd=str(spec.workspace), env=env,
                     stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True)
+                stat = os.fstat(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
+            if read_fd is not None:
+                os.close(read_fd)
             raise RunnerError(f"cannot start {argv0!r} for run {spec.run_id}: {exc.strerror or exc}") from None
         record = RunRecord(spec.run_id, self.instance, self.repo, process.pid, _proc_start(process.pid),
-                           str(spec.role), spec.issue, str(spec.scratch), started_at, spec.timeout_s)
+                           str(spec.role), spec.issue, str(spec.scratch), started_at, spec.timeout_s,
+                           str(exit_file), (stat.st_dev, stat.st_ino))
         path = self._record_path(spec.run_id)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(asdict(record)))
             tmp.replace(path)
-        handle = LocalRunHandle(record, process, self._grace_s, spec)
+        handle = LocalRunHandle(record, process, self._grace_s, spec, read_fd)
         self._runs[spec.run_id] = handle
         return handle
 
@@ -471,6 +530,13 @@ class LocalRunner:
         if handle is not None and not handle.ended():
             await handle.stop()
             await handle.wait()
+        if handle is not None:
+            handle.close()
+            Path(handle.record.exit_file).unlink(missing_ok=True)
+        if self.runs_dir is None and self._private is not None and not self._runs:
+            with contextlib.suppress(OSError):  # the temporary one goes once empty
+                self._private.rmdir()
+                self._private = None
         path = self._record_path(run_id)
         if path is not None:
             path.unlink(missing_ok=True)
