@@ -498,3 +498,31 @@ async def test_the_pieces_of_a_long_line_are_all_kept(tmp_path: Path, runner: Do
     lines, code = await collect(handle)
     await runner.cleanup(handle.run_id)
     assert code == 0 and lines == ["x" * 50000, "end"]
+
+
+async def test_stops_at_the_same_time_make_one_engine_call(tmp_path: Path, runner: DockerRunner,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    kills: list[str] = []
+    kill = runner.kill
+
+    async def counted(container_id: str) -> None:
+        kills.append(container_id)
+        await kill(container_id)
+    monkeypatch.setattr(runner, "kill", counted)
+    supervisor = AgentSupervisor(runner, ShellEngine("trap '' TERM; echo up; sleep 300"), log=ListLog())
+    task = Task(run_id=unique("twice"), role=Role.DEV, prompt="p", issue=42)
+    workspace, scratch = dirs(tmp_path)
+    spec = supervisor.build_spec(task, workspace=workspace, scratch=scratch, timeout_s=120)
+    results = []
+    async with anyio.create_task_group() as tg:
+        async def run() -> None:
+            results.append(await supervisor.run(spec))
+
+        with supervisor.feed.subscribe() as sub:
+            tg.start_soon(run)
+            assert await sub.__anext__() == ("up",)
+            async with anyio.create_task_group() as stops:  # the operator presses stop twice, quickly
+                stops.start_soon(supervisor.stop)
+                stops.start_soon(supervisor.stop)
+    (outcome,) = results
+    assert outcome.state is RunState.STOPPED and len(kills) == 1
