@@ -1,5 +1,8 @@
 """Supervision of one agent run: start it on a runner, pump its output through the engine's parser into the
-run log and to subscribers, account for usage, kill it at its timeout or budget, and report the outcome.
+run log and to subscribers, account for usage, kill it at its timeout, budget or stall, and report the outcome.
+
+A re-attached run (after a restart) is read from its first line: the parser sees the whole output once, so
+usage and verdicts count exactly once, and the log gets only the lines it did not have yet.
 
 Subscribers get sanitized display lines in batches through bounded buffers: one that does not keep up
 loses its oldest lines and never slows the run. The run log gets every raw line.
@@ -145,7 +148,8 @@ class AgentSupervisor:
 
     def __init__(self, runner: Runner, engine: Engine, *, log: RunLogWriter, publish: Publish | None = None,
                  budget: Budget = Budget(), feed: LineFeed | None = None, flush_interval_s: float = 0.05,
-                 batch_max: int = 500, drain_s: float = 10.0, cleanup: bool = True) -> None:
+                 batch_max: int = 500, drain_s: float = 10.0, cleanup: bool = True, stall_s: float = 0) -> None:
+        """`stall_s`: a run with no output for that long is killed as TIMED_OUT ("stalled"); 0: never."""
         self.runner = runner
         self.engine = engine
         self.log = log
@@ -156,6 +160,7 @@ class AgentSupervisor:
         self._batch_max = batch_max
         self._drain_s = drain_s
         self._cleanup = cleanup
+        self.stall_s = max(0.0, float(stall_s))
         self.state = RunState.QUEUED
         self.usage = Usage()
         self.lines_seen = 0
@@ -166,6 +171,9 @@ class AgentSupervisor:
         self._kill_reason = ""
         self._stop_requested = False
         self._kill_requested = anyio.Event()
+        self._stopping: anyio.Event | None = None  # a stop under way; set once it has been sent
+        self._skip = 0  # lines at the start already in the log (a re-attach): parsed, not written again
+        self._last_output = 0.0
 
     # --- building the run ---------------------------------------------------------------------
 
@@ -203,15 +211,19 @@ class AgentSupervisor:
         return await self._supervise(handle, spec.scratch, spec.timeout_s, started)
 
     async def reattach(self, run_id: str, *, scratch: Path, timeout_s: float | None = None,
-                       started_at: float | None = None) -> RunOutcome:
-        """Supervise a run found by `runner.find_runs()` after a restart. Output from now on is parsed by a
-        fresh parser, so usage reported before the restart is not counted again here."""
+                       started_at: float | None = None, skip_lines: int = 0) -> RunOutcome:
+        """Supervise a run found by `runner.find_runs()` after a restart (running, or ended meanwhile). Its
+        whole output is read from the start and parsed once, so usage and the verdict are all counted, once;
+        the first `skip_lines` lines (what the run log already holds) are not written to the log or the feed
+        again. The outcome's usage is the run's total, not what came after the restart."""
+        self._skip = max(0, int(skip_lines))
         handle = await self.runner.attach(run_id)
         started = started_at if started_at is not None else float(getattr(handle, "started_at", time.time()))
         return await self._supervise(handle, scratch, timeout_s, started)
 
     async def stop(self, reason: str = "stopped by the operator") -> None:
-        """The operator's stop: kill the run now; the outcome says STOPPED."""
+        """The operator's stop: kill the run now; the outcome says STOPPED. A stop while another stop (or a
+        kill for timeout, budget or stall) is under way does nothing more: it waits for that one."""
         self._stop_requested = True
         await self._kill(RunState.STOPPED, reason)
 
@@ -235,7 +247,23 @@ class AgentSupervisor:
 
         async def killer() -> None:
             await self._kill_requested.wait()
-            await handle.stop()
+            await self._stop_handle()
+
+        watching = anyio.CancelScope()
+
+        async def watchdog() -> None:
+            """Kills a run that has written nothing for `stall_s` (a hung agent before its timeout)."""
+            self._last_output = anyio.current_time()
+            with watching:
+                await stall_watch()
+
+        async def stall_watch() -> None:
+            while self._kill_state is None:
+                silent = anyio.current_time() - self._last_output
+                if silent >= self.stall_s:
+                    self._start_kill(RunState.TIMED_OUT, f"stalled: no output for {self.stall_s:g} s")
+                    return
+                await anyio.sleep(min(self.stall_s - silent + 0.01, max(0.05, self.stall_s / 4)))
 
         async def flusher() -> None:
             while True:
@@ -248,6 +276,8 @@ class AgentSupervisor:
             tg.start_soon(pump)
             tg.start_soon(flusher)
             tg.start_soon(killer)
+            if self.stall_s:
+                tg.start_soon(watchdog)
             if self._stop_requested:
                 self._kill_requested.set()
             try:
@@ -256,11 +286,12 @@ class AgentSupervisor:
                 if guard.cancelled_caught:
                     self._kill_state = self._kill_state or RunState.TIMED_OUT
                     self._kill_reason = self._kill_reason or f"timed out after {timeout_s:g} s"
-                    await handle.stop()
+                    await self._stop_handle()
                     with anyio.move_on_after(30):
                         exit_code = await handle.wait()
             except Exception as exc:  # noqa: BLE001 - the runner lost the run (engine gone, container removed)
                 error = str(exc)
+            watching.cancel()  # the process has ended: a quiet drain is no stall
             # Drain what the process wrote before it ended: as long as lines keep coming, however many,
             # and at most `drain_s` of silence (a stream that never ends must not hold the outcome).
             while not pump_done.is_set():
@@ -286,7 +317,8 @@ class AgentSupervisor:
         self.state = state
         self.usage = usage
         if self._cleanup:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(60):
+            # Not shielded: a quit here leaves the ended run in place, and the next start collects it again.
+            with anyio.move_on_after(60):
                 try:
                     await self.runner.cleanup(handle.run_id)
                 except Exception:  # noqa: BLE001 - a leftover container is found again by find_runs
@@ -315,7 +347,10 @@ class AgentSupervisor:
 
     def _on_line(self, raw: str, parser: Any) -> None:
         self.lines_seen += 1
-        self.log.write(raw)
+        self._last_output = anyio.current_time()
+        replayed = self.lines_seen <= self._skip  # already in the log before a restart
+        if not replayed:
+            self.log.write(raw)
         try:
             outputs = parser.feed(raw)
         except Exception:  # noqa: BLE001 - the contract says never raises; keep the line if one does
@@ -323,7 +358,8 @@ class AgentSupervisor:
         for out in outputs:
             if isinstance(out, LogLine):
                 shown = line_for_terminal(out.text)
-                self._pending.append(shown)
+                if not replayed:  # the console showed it before the restart
+                    self._pending.append(shown)
                 if shown.strip():
                     self.last_line = shown
             elif isinstance(out, UsageUpdate):
@@ -343,7 +379,21 @@ class AgentSupervisor:
         if self._kill_state is None:
             self._kill_state, self._kill_reason = state, reason
         if self._handle is not None:
+            await self._stop_handle()
+
+    async def _stop_handle(self) -> None:
+        """Stop the run's process once: later callers wait for the first stop instead of sending another."""
+        if self._handle is None:
+            return
+        if self._stopping is not None:
+            await self._stopping.wait()
+            return
+        self._stopping = stopping = anyio.Event()
+        try:
             await self._handle.stop()
+        finally:
+            self._stopping = None  # done (or failed): a later stop may try again
+            stopping.set()
 
     def _note(self, line: str) -> None:
         """A line of our own in the log and the feed (why a run was killed, why it could not start)."""

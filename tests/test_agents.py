@@ -243,3 +243,60 @@ async def test_lines_still_coming_after_the_process_ended_are_all_kept(tmp_path:
     outcome = await supervisor.run(make_spec(supervisor, tmp_path))
     assert outcome.state is RunState.SUCCEEDED
     assert len(log.lines) == 3000 and log.lines[-1] == "3000"
+
+
+@pytest.mark.anyio
+async def test_a_run_silent_for_stall_s_is_killed_as_stalled(tmp_path: Path) -> None:
+    began = time.monotonic()
+    _, log, outcome = await supervise(tmp_path, "echo up; sleep 60", stall_s=0.5)
+    assert outcome.state is RunState.TIMED_OUT  # type: ignore[attr-defined]
+    assert outcome.reason == "stalled: no output for 0.5 s"  # type: ignore[attr-defined]
+    assert time.monotonic() - began < 10
+    assert log.lines[0] == "up" and log.lines[-1] == "[fleet] stalled: no output for 0.5 s"
+
+
+@pytest.mark.anyio
+async def test_a_run_that_keeps_talking_is_no_stall_and_a_quiet_end_is_none_either(tmp_path: Path) -> None:
+    script = "for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.2; done"
+    _, log, outcome = await supervise(tmp_path, script, stall_s=0.6)
+    assert outcome.state is RunState.SUCCEEDED and len(log.lines) == 8  # type: ignore[attr-defined]
+
+
+class CountingRunner(LocalRunner):
+    """A local runner that counts how often a run is asked to stop."""
+
+    stops = 0
+
+    async def start(self, spec: RunSpec):  # type: ignore[no-untyped-def]
+        handle = await super().start(spec)
+        original = handle.stop
+
+        async def counted() -> None:
+            type(self).stops += 1
+            await original()
+        handle.stop = counted  # type: ignore[method-assign]
+        return handle
+
+
+@pytest.mark.anyio
+async def test_a_second_stop_while_one_is_under_way_sends_nothing_more(tmp_path: Path) -> None:
+    runner = CountingRunner(grace_s=1.0)
+    # The agent ignores SIGTERM: the first stop takes the whole grace period before its SIGKILL.
+    supervisor = AgentSupervisor(runner, ShellEngine("trap '' TERM; echo up; while :; do sleep 0.1; done"),
+                                 log=ListLog())
+    spec = make_spec(supervisor, tmp_path)
+    results = []
+    async with anyio.create_task_group() as tg:
+        async def run() -> None:
+            results.append(await supervisor.run(spec))
+
+        with supervisor.feed.subscribe() as sub:
+            tg.start_soon(run)
+            assert await sub.__anext__() == ("up",)
+            async with anyio.create_task_group() as stops:
+                stops.start_soon(supervisor.stop)
+                stops.start_soon(supervisor.stop, "stopped again")
+                stops.start_soon(supervisor.stop)
+    (outcome,) = results
+    assert CountingRunner.stops == 1
+    assert outcome.state is RunState.STOPPED and outcome.reason == "stopped by the operator"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +11,23 @@ from typing import Protocol
 
 from fleet_tui.engines.base import Invocation
 from fleet_tui.model import Role
+
+LABEL_INSTANCE = "fleet.instance"  # the fleet instance a run belongs to: the only key to its ownership
+LABEL_REPO = "fleet.repo"  # the forge repository, for people reading `docker ps`
+
+
+def fleet_instance_id(repo_id: str, state_dir: Path) -> str:
+    """The stable id of one fleet: its forge repository and where it keeps its state. Two fleets of the
+    same repository with different state dirs are different fleets; restarting one keeps its id."""
+    key = f"{repo_id.strip()}\0{Path(state_dir).expanduser().resolve()}"
+    return "f" + hashlib.sha256(key.encode()).hexdigest()[:15]
+
+
+def check_instance(instance: str) -> str:
+    """`instance` when it can name a fleet in labels, names and file names; a clear error otherwise."""
+    if not isinstance(instance, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", instance):
+        raise ValueError(f"a fleet instance id must be 1-63 letters, digits, '.', '_' or '-', got {instance!r}")
+    return instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +57,8 @@ class RunHandle(Protocol):
     run_id: str
 
     def lines(self) -> AsyncIterator[str]:
-        """Output lines (stdout and stderr merged) as they arrive, until the process ends."""
+        """Output lines (stdout and stderr merged) as they arrive, until the process ends. A handle from
+        `attach()` starts at the run's first line, so nothing written while nobody watched is lost."""
         ...
 
     async def wait(self) -> int:
@@ -58,8 +78,16 @@ class Runner(Protocol):
         ...
 
     async def start(self, spec: RunSpec) -> RunHandle: ...
-    async def find_runs(self) -> list[LiveRun]: ...
-    async def attach(self, run_id: str) -> RunHandle: ...
+
+    async def find_runs(self) -> list[LiveRun]:
+        """This fleet instance's runs not yet cleaned up (live, or ended with a result to collect); never
+        another instance's, even on a shared engine."""
+        ...
+
+    async def attach(self, run_id: str) -> RunHandle:
+        """A handle on one of this instance's runs, its output readable from the start."""
+        ...
+
     async def cleanup(self, run_id: str) -> None:
-        """Remove what the run left (the container), once its result is collected."""
+        """Remove what the run left (the container, the process record), once its result is collected."""
         ...

@@ -1,33 +1,41 @@
 """The Docker runner: one container per run, on any Docker engine (`DOCKER_HOST` unix://, tcp://, ssh://).
 
 The container gets the workspace at /workspace and the scratch dir at /fleet, the image, limits, network
-mode and non-root user from config, the Invocation's env and nothing else, and labels `fleet.run_id`,
-`fleet.issue`, `fleet.role` (plus `fleet.timeout_s`) so a restarted orchestrator finds and re-attaches to
-it. Containers are never auto-removed: the handle waits with a timeout, kills on timeout or stop, the
-caller collects the exit code and last logs, then `cleanup()` removes the container.
+mode and non-root user from config, the Invocation's env and nothing else, and labels `fleet.instance`,
+`fleet.repo`, `fleet.run_id`, `fleet.issue`, `fleet.role` (plus `fleet.timeout_s`). A runner sees, attaches
+to and removes only containers of its own fleet instance, so fleets sharing one engine never touch each
+other's runs. Containers are never auto-removed: Docker keeps a run's whole output and exit code until
+`cleanup()`, so a restarted orchestrator reads what it missed, even of a run that ended meanwhile.
 
-The docker SDK is blocking: every call runs in a worker thread with its own client. Log streams and waits
-use clients without a read timeout (the default one ends a quiet stream silently after 60 s), and a log
-stream that breaks while the container still runs is reopened from the last timestamp it saw.
+The docker SDK is blocking: every call runs in a daemon thread, and no call on the way out blocks without a
+bound (waits poll with a short timeout, log streams are closed from outside), so cancelling a supervisor
+returns at once and the process can always exit while its containers keep running. A log stream that ends
+early is reopened (container still running) or read once more without following (container ended): the
+engine may close a follow stream before it has sent everything, and every line must arrive exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 
 from fleet_tui.config import RunnerConfig
 from fleet_tui.model import Role
-from fleet_tui.runners.base import LiveRun, RunSpec
+from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
 
 if TYPE_CHECKING:
@@ -40,10 +48,12 @@ LABEL_ISSUE = "fleet.issue"
 LABEL_ROLE = "fleet.role"
 LABEL_TIMEOUT = "fleet.timeout_s"
 
+_log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _END = object()  # the log reader is done
-_WAKE = object()  # releases a getter blocked on an abandoned stream
 _QUEUE_FRAMES = 4096  # frames buffered between the reader thread and the consumer (backpressure beyond)
+_POLL_S = 1.0  # one bounded wait on the engine; a cancelled wait leaves a thread for at most this long
+_TAKE_S = 0.25  # how long the consumer's thread blocks on the frame queue before it looks again
 
 
 class DockerUnavailable(RunnerError):
@@ -62,28 +72,42 @@ def unreachable_message(exc: BaseException) -> str:
 
 
 class _Clients:
-    """One docker client per worker thread, and kind: with the normal timeout, or none (streams, waits)."""
+    """Docker clients for worker threads: a pool of ordinary ones (lent to one call at a time), and a fresh
+    one without a read timeout for each log stream (closed from outside when the stream is abandoned)."""
 
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
-        self._local = threading.local()
         self._version: str | None = None
+        self._idle: list[APIClient] = []
+        self._lock = threading.Lock()
 
-    def get(self, *, stream: bool = False) -> APIClient:
-        attr = "stream" if stream else "plain"
-        client = getattr(self._local, attr, None)
-        if client is None:
-            import docker
-            import docker.errors
+    def new(self, *, stream: bool = False) -> APIClient:
+        import docker.errors
 
-            try:
-                client = docker.from_env(timeout=None if stream else self._timeout,
-                                         version=self._version).api
-            except docker.errors.DockerException as exc:
-                raise DockerUnavailable(unreachable_message(exc)) from None
-            self._version = client.api_version  # later clients skip the version round trip
-            setattr(self._local, attr, client)
+        import docker
+
+        try:
+            client = docker.from_env(timeout=None if stream else self._timeout, version=self._version).api
+        except docker.errors.DockerException as exc:
+            raise DockerUnavailable(unreachable_message(exc)) from None
+        self._version = client.api_version  # later clients skip the version round trip
         return client
+
+    @contextmanager
+    def lend(self) -> Iterator[APIClient]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
+        if client is None:
+            client = self.new()
+        try:
+            yield client
+        finally:
+            with self._lock:
+                if len(self._idle) < 32:
+                    self._idle.append(client)
+                    client = None
+            if client is not None:
+                client.close()
 
 
 def _parse_ts(raw: bytes) -> tuple[int, int] | None:
@@ -102,6 +126,43 @@ def _container_time(value: str) -> float:
         return 0.0
     secs = datetime.fromisoformat(match.group(1) + "+00:00").timestamp()
     return secs + float("0." + (match.group(2) or "0"))
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return "timed out" in str(exc).lower()
+
+
+class _Resume:
+    """Where a log stream got to, so a reopened stream delivers every frame exactly once. Frames of one
+    stream are never dropped, even with equal timestamps (the pieces of a long line share one); a reopened
+    stream starts a little before the last timestamp seen and skips what was already delivered."""
+
+    def __init__(self) -> None:
+        self.last: tuple[int, int] | None = None
+        self.same = 0  # frames delivered with the timestamp `last`
+        self._skip_equal = 0
+        self._resuming = False
+
+    def reopen(self) -> float | None:
+        """The `since` for the next stream (epoch seconds, at or before the last frame), None for all."""
+        if self.last is None:
+            return None
+        self._resuming, self._skip_equal = True, self.same
+        return max(0.0, (self.last[0] * 1_000_000_000 + self.last[1] - 1_000_000) / 1e9)
+
+    def accept(self, key: tuple[int, int]) -> bool:
+        if self._resuming and self.last is not None:
+            if key < self.last:
+                return False
+            if key == self.last and self._skip_equal > 0:
+                self._skip_equal -= 1
+                return False
+            self._resuming = False
+        if key == self.last:
+            self.same += 1
+        else:
+            self.last, self.same = key, 1
+        return True
 
 
 class DockerRunHandle:
@@ -125,10 +186,12 @@ class DockerRunHandle:
         self._tail = tail
         self._done = anyio.Event()
         self._waiting = False
+        self._stop_done: anyio.Event | None = None
 
     # --- logs ---------------------------------------------------------------------------------
 
     async def lines(self) -> AsyncIterator[str]:
+        """Every line from the start of the run (or from `since`/`tail` given to `attach`) to its end."""
         frames: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_FRAMES)
         stop = threading.Event()
         holder: dict[str, Any] = {}
@@ -157,19 +220,11 @@ class DockerRunHandle:
                 raise holder["error"]
         finally:
             stop.set()
-            stream = holder.get("stream")
-            if stream is not None:
-                try:
-                    stream.close()
-                except Exception:  # noqa: BLE001 - closing a dead stream may fail in many ways
-                    pass
-            try:
-                frames.put_nowait(_WAKE)
-            except queue.Full:
-                pass
+            _close_stream(holder)
 
     def _read_logs(self, frames: queue.Queue[Any], stop: threading.Event, holder: dict[str, Any]) -> None:
-        """Thread: follow the container's log, frame by frame, reopening the stream if it breaks early."""
+        """Thread: follow the container's log frame by frame. A stream that ends while the container runs
+        is reopened; once it has ended, one last read without following picks up what the follow missed."""
         import docker.errors
         import requests
 
@@ -181,51 +236,74 @@ class DockerRunHandle:
                 except queue.Full:
                     continue
 
+        resume = _Resume()
         since: float | None = self._since
         tail: int | str = self._tail if self._tail is not None else "all"
-        last: tuple[int, int] | None = None
         failures = 0
+        follow = True
         try:
-            api = self._runner.clients.get(stream=True)
+            api = self._runner.clients.new(stream=True)
+            holder["api"] = api
             while not stop.is_set():
                 try:
-                    kwargs: dict[str, Any] = {"stream": True, "follow": True, "timestamps": True, "tail": tail}
+                    kwargs: dict[str, Any] = {"stream": True, "follow": follow, "timestamps": True, "tail": tail}
                     if since:
                         kwargs["since"] = since
                     stream = api.logs(self.container_id, **kwargs)
                     holder["stream"] = stream
+                    if stop.is_set():
+                        break
                     for frame in stream:
                         stamp, _, payload = frame.partition(b" ")
                         key = _parse_ts(stamp)
                         if key is None:  # no timestamp prefix: keep the frame as it is
                             put(frame)
-                            continue
-                        if last is not None and key <= last:
-                            continue  # seen before the stream was reopened
-                        last = key
-                        put(payload)
+                        elif resume.accept(key):
+                            put(payload)
                 except docker.errors.NotFound:
+                    holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all its "
+                                                  "output was read")
                     break
-                except (requests.exceptions.RequestException, docker.errors.APIError, OSError) as exc:
+                except docker.errors.APIError as exc:
+                    if exc.status_code == 409:  # dead or being removed: its logs are gone
+                        holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all "
+                                                      "its output was read")
+                        break
                     failures += 1
                     if stop.is_set() or failures > 5:
-                        holder["error"] = RunnerError(f"log stream of run {self.run_id} broke: {exc}")
+                        if not stop.is_set():
+                            holder["error"] = RunnerError(f"log stream of run {self.run_id} broke: {exc}")
                         break
                     stop.wait(min(2.0, 0.2 * failures))
-                if stop.is_set() or not self._runner.is_running(self.container_id):
+                    tail, since = "all", resume.reopen() or since
+                    continue
+                except (requests.exceptions.RequestException, OSError) as exc:
+                    _log.debug("log stream of %s broke: %r", self.run_id, exc)
+                    failures += 1
+                    if stop.is_set() or failures > 5:
+                        if not stop.is_set():
+                            holder["error"] = RunnerError(f"log stream of run {self.run_id} broke: {exc}")
+                        break
+                    stop.wait(min(2.0, 0.2 * failures))
+                    tail, since = "all", resume.reopen() or since
+                    continue
+                if stop.is_set() or not follow:
                     break
-                # The stream ended but the container lives on: reopen from the last line seen.
-                tail = "all"
-                since = (last[0] + last[1] / 1e9) if last else (since or None)
+                # The stream ended. The engine may end a follow stream before it has sent everything:
+                # reopen it while the container runs, else read the rest once without following.
+                follow = self._runner.is_running(self.container_id, api)
+                _log.debug("log stream of %s ended; container running: %s", self.run_id, follow)
+                tail, since = "all", resume.reopen() or since
         except RunnerError as exc:
             holder["error"] = exc
         finally:
             put(_END)
+            _close_client(holder.pop("api", None))
 
     async def last_logs(self, n: int = 50) -> list[str]:
         """The last `n` lines the container wrote (for the outcome, after the run ended)."""
-        def tail() -> bytes:
-            return self._runner.clients.get().logs(self.container_id, stdout=True, stderr=True, tail=n)
+        def tail(api: APIClient) -> bytes:
+            return api.logs(self.container_id, stdout=True, stderr=True, tail=n)
         try:
             data = await self._runner.call(tail)
         except RunnerError:
@@ -243,24 +321,38 @@ class DockerRunHandle:
         self._waiting = True
         try:
             with anyio.move_on_after(max(0.0, self._deadline - time.time())) as scope:
-                code = await self._runner.call(self._blocking_wait, long=True)
+                code = await self._wait_for_exit()
             if scope.cancelled_caught and not self.stopped:
                 self.timed_out = True
                 await self._runner.kill(self.container_id)
-                code = await self._runner.call(self._blocking_wait, long=True)
+                code = await self._wait_for_exit()
             self.exit_code = TIMEOUT_EXIT if self.timed_out else code
         finally:
-            self._done.set()
+            if self.exit_code is not None:
+                self._done.set()
+            else:
+                self._waiting = False  # cancelled: a later wait starts over
         return self.exit_code
 
-    def _blocking_wait(self) -> int:
-        import docker.errors
+    async def _wait_for_exit(self) -> int:
+        """Short bounded waits on the engine, so a cancelled wait leaves no thread blocked for long."""
+        while True:
+            code = await self._runner.call(self._wait_briefly)
+            if code is not None:
+                return code
 
-        api = self._runner.clients.get(stream=True)
+    def _wait_briefly(self, api: APIClient) -> int | None:
+        import docker.errors
+        import requests
+
         try:
-            result = api.wait(self.container_id)
+            result = api.wait(self.container_id, timeout=_POLL_S)
         except docker.errors.NotFound:
             raise RunnerError(f"the container of run {self.run_id} is gone") from None
+        except requests.exceptions.RequestException as exc:
+            if _timed_out(exc):
+                return None
+            raise
         try:
             self.oom_killed = bool(api.inspect_container(self.container_id)["State"].get("OOMKilled"))
         except docker.errors.APIError:
@@ -268,14 +360,40 @@ class DockerRunHandle:
         return int(result.get("StatusCode", -1))
 
     async def stop(self) -> None:
+        """Kill the container; a stop while another is under way waits for that one (one engine call)."""
         if self.exit_code is None:
             self.stopped = True
-        await self._runner.kill(self.container_id)
+        if self._stop_done is not None:
+            await self._stop_done.wait()
+            return
+        self._stop_done = anyio.Event()
+        try:
+            await self._runner.kill(self.container_id)
+        finally:
+            self._stop_done.set()
+            self._stop_done = None
+
+
+def _close_stream(holder: dict[str, Any]) -> None:
+    """Unblock a reader thread stuck in a quiet stream (the SDK's close shuts the socket down)."""
+    stream = holder.get("stream")
+    if stream is not None:
+        with contextlib.suppress(Exception):  # closing a dead stream may fail in many ways
+            stream.close()
+
+
+def _close_client(api: Any) -> None:
+    if api is not None:
+        with contextlib.suppress(Exception):
+            api.close()
 
 
 def _take_batch(frames: queue.Queue[Any]) -> list[Any]:
-    """Thread: block for one frame, then take whatever else is already there."""
-    batch = [frames.get()]
+    """Thread: wait a little for one frame, then take whatever else is already there ([] when none came)."""
+    try:
+        batch = [frames.get(timeout=_TAKE_S)]
+    except queue.Empty:
+        return []
     while len(batch) < 4096:
         try:
             batch.append(frames.get_nowait())
@@ -285,32 +403,38 @@ def _take_batch(frames: queue.Queue[Any]) -> list[Any]:
 
 
 class DockerRunner:
-    """Starts runs as containers on the Docker engine `docker.from_env()` finds."""
+    """Starts runs as containers on the Docker engine `docker.from_env()` finds, and sees only its own."""
 
     kind = "docker"
 
-    def __init__(self, config: RunnerConfig, *, labels: dict[str, str] | None = None, timeout_s: float = 60.0,
-                 grace_s: float = 2.0, max_threads: int = 256, init: bool = True) -> None:
-        """`labels` go on every container and narrow `find_runs()` (e.g. one orchestrator's repository).
-        `init`: run Docker's init as PID 1, so the agent gets signals (a stop's SIGTERM) and zombies are reaped."""
+    def __init__(self, config: RunnerConfig, *, instance: str, repo: str = "", labels: dict[str, str] | None = None,
+                 timeout_s: float = 60.0, grace_s: float = 2.0, max_threads: int = 256, init: bool = True) -> None:
+        """`instance`: this fleet's id (`fleet_instance_id()`); containers of other instances are invisible
+        here. `repo`: the forge repository, a label for people reading `docker ps`. `labels` go on every
+        container too. `init`: run Docker's init as PID 1, so the agent gets signals and zombies are reaped."""
+        self.instance = check_instance(instance)
+        self.repo = repo
         self.config = config
-        self.labels = dict(labels or {})
+        self.labels = {**(labels or {}), LABEL_INSTANCE: self.instance, LABEL_REPO: repo}
         self.clients = _Clients(timeout_s)
-        self.limiter = anyio.CapacityLimiter(max_threads)  # streams and waits block a thread each
+        self.limiter = anyio.CapacityLimiter(max_threads)  # engine calls in flight
         self._grace_s = grace_s
         self._init = init
 
     def paths(self, spec_workspace: Path, spec_scratch: Path) -> tuple[str, str]:
         return WORKDIR, SCRATCH
 
-    async def call(self, fn: Callable[[], _T], *, long: bool = False) -> _T:
-        """Run a blocking SDK call in a thread; Docker errors become `RunnerError`s with a clear message."""
+    async def call(self, fn: Callable[[APIClient], _T]) -> _T:
+        """Run a blocking SDK call with a lent client in a daemon thread; Docker errors become `RunnerError`s
+        with a clear message. Cancelling returns at once: the thread finishes (or not) on its own, and never
+        keeps the process from exiting."""
         import docker.errors
         import requests
 
         def guarded() -> _T:
             try:
-                return fn()
+                with self.clients.lend() as api:
+                    return fn(api)
             except RunnerError:
                 raise
             except requests.exceptions.ConnectionError as exc:
@@ -318,27 +442,29 @@ class DockerRunner:
             except docker.errors.DockerException as exc:
                 raise RunnerError(f"Docker: {exc}") from None
 
-        return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=long, limiter=self.limiter)
+        async with self.limiter:
+            return await _in_daemon_thread(guarded)
 
     async def ping(self) -> str:
         """The engine's version; raises `DockerUnavailable` when it cannot be reached."""
-        def version() -> str:
-            return str(self.clients.get().version().get("Version", "?"))
-        return await self.call(version)
+        return await self.call(lambda api: str(api.version().get("Version", "?")))
+
+    def _labels_of(self, spec: RunSpec) -> dict[str, str]:
+        return {**spec.labels, **self.labels, LABEL_RUN: spec.run_id,
+                LABEL_ISSUE: "" if spec.issue is None else str(spec.issue), LABEL_ROLE: str(spec.role),
+                LABEL_TIMEOUT: str(spec.timeout_s)}
 
     async def start(self, spec: RunSpec) -> DockerRunHandle:
         user = self.config.user.strip()
         if user in ("", "root", "0") or user.startswith(("0:", "root:")):
             raise RunnerError(f'runner.user is {user!r}: agents never run as root; use a uid like "1000:1000"')
         image = self.config.image
-        labels = {**self.labels, **spec.labels, LABEL_RUN: spec.run_id, LABEL_ISSUE: "" if spec.issue is None
-                  else str(spec.issue), LABEL_ROLE: str(spec.role), LABEL_TIMEOUT: str(spec.timeout_s)}
-        name = "fleet-" + re.sub(r"[^A-Za-z0-9_.-]", "-", spec.run_id)
+        labels = self._labels_of(spec)
+        name = "fleet-" + re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.instance}-{spec.run_id}")
 
-        def create_and_start() -> tuple[str, float]:
+        def create_and_start(api: APIClient) -> tuple[str, float]:
             import docker.errors
 
-            api = self.clients.get()
             try:
                 api.inspect_image(image)
             except docker.errors.ImageNotFound:
@@ -377,18 +503,27 @@ class DockerRunner:
                                timeout_s=spec.timeout_s)
 
     def _filters(self, run_id: str | None = None) -> dict[str, Any]:
-        wanted = [f"{k}={v}" for k, v in self.labels.items()]
+        """This instance's containers (of one run): the engine filters, and `_own` checks again."""
+        wanted = [f"{LABEL_INSTANCE}={self.instance}"]
         wanted.append(f"{LABEL_RUN}={run_id}" if run_id else LABEL_RUN)
         return {"label": wanted}
 
+    def _own(self, labels: dict[str, str] | None, run_id: str | None = None) -> bool:
+        labels = labels or {}
+        return (labels.get(LABEL_INSTANCE) == self.instance and LABEL_RUN in labels
+                and (run_id is None or labels[LABEL_RUN] == run_id))
+
     async def find_runs(self) -> list[LiveRun]:
-        """Every fleet container not yet cleaned up, running or exited: a run that ended while the
-        orchestrator was down still has a result to collect (`attach` + `wait` returns it at once)."""
-        def listing() -> list[dict[str, Any]]:
-            return self.clients.get().containers(all=True, filters=self._filters())
+        """This instance's containers not yet cleaned up, running or exited: a run that ended while the
+        orchestrator was down still has a result to collect (`attach` + `wait` returns it at once).
+        Containers of other fleet instances on the same engine are never listed."""
+        def listing(api: APIClient) -> list[dict[str, Any]]:
+            return api.containers(all=True, filters=self._filters())
         runs = []
         for row in await self.call(listing):
             labels = row.get("Labels") or {}
+            if not self._own(labels):
+                continue
             issue = labels.get(LABEL_ISSUE, "")
             try:
                 role = Role(labels.get(LABEL_ROLE, "dev"))
@@ -399,13 +534,14 @@ class DockerRunner:
         return runs
 
     async def attach(self, run_id: str, *, since: float | None = None, tail: int | None = None) -> DockerRunHandle:
-        """A handle on the container of `run_id`. Its `lines()` start now (or at epoch `since`, or with the
-        last `tail` lines); its `wait()` keeps the run's original deadline."""
-        def lookup() -> dict[str, Any]:
-            api = self.clients.get()
-            rows = api.containers(all=True, filters=self._filters(run_id))
+        """A handle on this instance's container of `run_id`. Its `lines()` give the whole output from the
+        run's start (or from epoch `since`, or the last `tail` lines); its `wait()` keeps the run's deadline."""
+        def lookup(api: APIClient) -> dict[str, Any]:
+            rows = [row for row in api.containers(all=True, filters=self._filters(run_id))
+                    if self._own(row.get("Labels"), run_id)]
             if not rows:
-                raise RunnerError(f"no container for run {run_id} on the Docker engine at {docker_host()}")
+                raise RunnerError(f"no container for run {run_id} of this fleet on the Docker engine at "
+                                  f"{docker_host()}")
             return api.inspect_container(rows[0]["Id"])
         info = await self.call(lookup)
         labels = info["Config"].get("Labels") or {}
@@ -415,16 +551,21 @@ class DockerRunner:
             timeout_s = float(labels.get(LABEL_TIMEOUT, "0")) or 1e9
         except ValueError:
             timeout_s = 1e9
-        if since is None and tail is None:
-            since = time.time()
-        return DockerRunHandle(self, run_id, info["Id"], role=Role(labels.get(LABEL_ROLE, "dev")),
+        try:
+            role = Role(labels.get(LABEL_ROLE, "dev"))
+        except ValueError:
+            role = Role.DEV
+        return DockerRunHandle(self, run_id, info["Id"], role=role,
                                issue=int(issue) if issue.isdigit() else None, started_at=started,
                                timeout_s=timeout_s, since=since, tail=tail)
 
-    def is_running(self, container_id: str) -> bool:
+    def is_running(self, container_id: str, api: APIClient | None = None) -> bool:
         """Thread: whether the container still runs (False when it is gone or the engine cannot say)."""
         try:
-            return bool(self.clients.get().inspect_container(container_id)["State"].get("Running"))
+            if api is not None:
+                return bool(api.inspect_container(container_id)["State"].get("Running"))
+            with self.clients.lend() as lent:
+                return bool(lent.inspect_container(container_id)["State"].get("Running"))
         except Exception:  # noqa: BLE001 - any failure means we cannot follow it further
             return False
 
@@ -432,9 +573,9 @@ class DockerRunner:
         """SIGTERM, then SIGKILL after the grace period; a container that already ended is fine."""
         import docker.errors
 
-        def stop() -> None:
+        def stop(api: APIClient) -> None:
             try:
-                self.clients.get().stop(container_id, timeout=max(1, int(self._grace_s)))
+                api.stop(container_id, timeout=max(1, int(self._grace_s)))
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:
@@ -443,13 +584,39 @@ class DockerRunner:
         await self.call(stop)
 
     async def cleanup(self, run_id: str) -> None:
-        def remove() -> None:
+        """Remove this instance's container of `run_id` (running or not); another fleet's is never touched."""
+        def remove(api: APIClient) -> None:
             import docker.errors
 
-            api = self.clients.get()
             for row in api.containers(all=True, filters=self._filters(run_id)):
+                if not self._own(row.get("Labels"), run_id):
+                    continue
                 try:
                     api.remove_container(row["Id"], force=True)
                 except docker.errors.NotFound:
                     pass
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: its removal is already under way
+                        raise
         await self.call(remove)
+
+
+async def _in_daemon_thread(fn: Callable[[], _T]) -> _T:
+    """Run `fn` in a new daemon thread and wait for it; cancelling the wait abandons the thread."""
+    token = anyio.lowlevel.current_token()
+    done = anyio.Event()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed over to the waiting task
+            box["error"] = exc
+        with contextlib.suppress(Exception):  # the event loop is gone: nobody waits any more
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    threading.Thread(target=target, name="fleet-docker-call", daemon=True).start()
+    await done.wait()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
