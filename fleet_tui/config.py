@@ -541,6 +541,14 @@ class RunnerConfig(_Section):
     workspace_retention_h: float = Field(24.0, ge=0)
     """Hours finished workspaces are kept before cleanup."""
 
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"
+    """Local runner only: `auto` runs agents inside bubblewrap when `bwrap` is installed (and plainly, with a
+    warning from `check`, when not); `bwrap` requires it; `none` runs them as you with no isolation."""
+
+    ro_paths: list[str] = []
+    """Local runner with bubblewrap: extra host paths shown read-only inside the sandbox (e.g. where an agent
+    CLI is installed under a home directory)."""
+
     @classmethod
     def _clean(cls, name: str, value: Any) -> Any:
         if name != "memory":
@@ -626,8 +634,8 @@ class UiConfig(_Section):
 
     keys: dict[str, str] = {}
     """Key remaps by binding id, e.g. `approve = "A"` or `stop = "ctrl+s"`. The ids: approve, reject, details,
-    tail_log, stop, retry, run_pm, open, merge, copy_url, pause, inbox, filter, switch_pane, fullscreen, help,
-    quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
+    tail_log, stop, retry, run_pm, open, merge, copy_url, restart_loop, pause, inbox, filter, switch_pane,
+    fullscreen, help, quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
 
     bell: bool = True
     """Ring the terminal bell when something needs the human."""

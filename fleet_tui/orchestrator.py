@@ -508,18 +508,23 @@ async def build_fleet(config: FleetConfig, *, repo_path: Path, state_dir: Path |
 
         forge = LocalForge(repo_path, base_branch=config.forge.base_branch)
         repo_id = str(repo_path.resolve())
+    from fleet_tui.runners.base import fleet_instance_id
+
     runner: Any
     owner = None
+    where = journal_dir(state_dir, repo_id)
+    instance = fleet_instance_id(repo_id, where)  # this fleet touches only runs that carry it
     if config.runner.kind == "docker":
         from fleet_tui.runners.docker import DockerRunner
 
-        runner = DockerRunner(config.runner)
+        runner = DockerRunner(config.runner, instance=instance, repo=repo_id)
         owner = parse_user(config.runner.user)
     else:
         from fleet_tui.runners.local import LocalRunner
 
-        runner = LocalRunner()
-    journal = Journal.open(journal_dir(state_dir, repo_id), lock=True)
+        runner = LocalRunner(instance=instance, repo=repo_id, runs_dir=where / "local-runs",
+                             sandbox=config.runner.sandbox, ro_paths=[Path(p) for p in config.runner.ro_paths])
+    journal = Journal.open(where, lock=True)
     try:
         workspaces = WorkspaceManager(journal.dir / "workspaces", retention_h=config.runner.workspace_retention_h,
                                       owner=owner)

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from fleet_tui.engines.base import EngineResult, Task
 from fleet_tui.model import AgentRun, Role, RunChanged, RunLogLines, RunState, Usage, Verdict
 from fleet_tui.roles import pm as pm_role
 from fleet_tui.roles import qa as qa_role
+
+
+LINES_SAVE_S = 1.0  # how often a live run's count of logged output lines is saved to the journal
 
 
 def usage_minus(a: Usage, b: Usage) -> Usage:
@@ -40,6 +44,7 @@ class _Live:
     usage: Usage = Usage()
     scope: anyio.CancelScope | None = None
     tests: Any = None  # the supervisor of the QA run's test command while it runs
+    lines_saved_at: float = 0.0  # when the count of output lines in the log was last saved
 
 
 
@@ -96,9 +101,9 @@ class RunSupervisor:
         await live.sup.stop(reason)
 
     async def reattach(self) -> None:
-        if self.ctx.runner.kind == "local":
-            self._sweep_local_orphans()
         found = {r.run_id: r for r in await self.ctx.runner.find_runs()}
+        if self.ctx.runner.kind == "local":
+            self._sweep_local_orphans(keep=set(found))
         for run in self.ctx.journal.runs(live_only=True):
             if run.run_id in self._live:
                 continue
@@ -111,10 +116,13 @@ class RunSupervisor:
                     self.end_lost(run, f"cannot re-attach: {exc}")
                     continue
                 live = self._make_live(run, engine)
+                live.usage = self.ctx.journal.spend_for_run(run.run_id)  # the ledger's count, to add only the rest
                 started = run.started_at.timestamp() if run.started_at else None
+                logged = int(self.ctx.extras(run.run_id).get("output_lines", 0))
                 self.ctx.notice(f"re-attached run {run.run_id}")
-                self._spawn(live, ws, lambda live=live, ws=ws, role_cfg=role_cfg, started=started: live.sup.reattach(
-                    live.run.run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s), started_at=started))
+                self._spawn(live, ws, lambda live=live, ws=ws, role_cfg=role_cfg, started=started, logged=logged:
+                            live.sup.reattach(live.run.run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s),
+                                              started_at=started, skip_lines=logged))
             else:
                 self.ctx.set_extras(run.run_id, interrupted=True)
                 self.end_lost(run, "the run was gone when the orchestrator started")
@@ -126,11 +134,11 @@ class RunSupervisor:
                     await handle.stop()
                     await self.ctx.runner.cleanup(run_id)
 
-    def _sweep_local_orphans(self) -> None:
+    def _sweep_local_orphans(self, *, keep: set[str]) -> None:
         """Kill what local runs of an earlier orchestrator process left running: a local agent leads its own
         session, so it outlives an orchestrator killed with SIGKILL, and a local run cannot be re-attached.
         Such processes are known by their HOME, which every engine puts inside the run's scratch dir."""
-        keep = set(self._live)
+        keep = keep | set(self._live)  # runs the runner can re-attach to, and our own
         for pid, run_id in _processes_of_workspaces(Path(self.ctx.workspaces.root), os.getpid()):
             if run_id in keep:
                 continue
@@ -239,7 +247,8 @@ class RunSupervisor:
         live = _Live(run=run, usage=run.usage, log=run_log)
         live.sup = AgentSupervisor(self.ctx.runner, engine, log=run_log,
                                    publish=lambda batch: self._on_lines(live, batch),
-                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd))
+                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd),
+                                   stall_s=float(self.ctx.config.policy.stall_s))
         self._live[run.run_id] = live
         return live
 
@@ -263,6 +272,10 @@ class RunSupervisor:
 
     def _on_lines(self, live: _Live, batch: tuple[str, ...]) -> None:
         self._account(live, live.sup.usage)
+        now = time.monotonic()
+        if now - live.lines_saved_at >= LINES_SAVE_S:  # a re-attach after a restart skips what the log holds
+            live.lines_saved_at = now
+            self.ctx.set_extras(live.run.run_id, output_lines=int(getattr(live.sup, "lines_seen", 0)))
         last = next((line for line in reversed(batch) if line.strip()), "")
         if last:
             live.run = dataclasses.replace(live.run, last_line=last[-300:])

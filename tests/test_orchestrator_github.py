@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from fleet_tui.store import Journal
 from fleet_tui.workspace import WorkspaceManager
 
 IMAGE = "fleet-test:latest"
+INSTANCE = "f" + uuid.uuid4().hex[:15]  # this test's own fleet: it never touches another fleet's containers
 LIMIT_S = 240
 PROPOSALS = [{"title": "Add a version flag", "body": "Print the version and exit."}]
 SCRIPT = {
@@ -65,7 +67,7 @@ def docker_engine() -> Iterator[None]:
             pytest.fail(f"Docker tests must run under CI=true: {exc}")
         pytest.skip(f"no Docker engine with {IMAGE}: {exc}")
     yield
-    for container in client.containers.list(all=True, filters={"label": ["fleet.test=orchestrator"]}):
+    for container in client.containers.list(all=True, filters={"label": [f"fleet.instance={INSTANCE}"]}):
         container.remove(force=True)
     client.close()
 
@@ -85,7 +87,7 @@ async def test_github_and_docker_pm_approve_dev_pr_qa_fix_pass(tmp_path: Path, d
         policy=PolicyConfig(test_command="test -d notes && git log --oneline -1"),
         poll_interval_s=5,
     )
-    runner = DockerRunner(config.runner, labels={"fleet.test": "orchestrator"}, grace_s=1)
+    runner = DockerRunner(config.runner, instance=INSTANCE, repo="octo/demo", grace_s=1)
     journal = Journal.open(tmp_path / "journal")
     changes: list[RunChanged] = []
     try:
@@ -151,6 +153,6 @@ async def test_github_and_docker_pm_approve_dev_pr_qa_fix_pass(tmp_path: Path, d
 
     client = docker.from_env(timeout=10)
     try:
-        assert client.containers.list(all=True, filters={"label": [LABEL_RUN, "fleet.test=orchestrator"]}) == []
+        assert client.containers.list(all=True, filters={"label": [LABEL_RUN, f"fleet.instance={INSTANCE}"]}) == []
     finally:
         client.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -231,7 +232,9 @@ class ScriptedEngine(ConfiguredEngine):
         resolved = {"workdir": workdir, "time_scale": self.time_scale, "steps": steps}
         env = self.env(scratch)
         env["PYTHONUNBUFFERED"] = "1"
-        argv = (self.config.command or "python3", f"{scratch}/{AGENT_FILE}", f"{scratch}/{SCRIPT_FILE}")
+        # on the host, the fleet's own interpreter (which the local sandbox shows); in a container, the image's
+        python = self.config.command or (sys.executable if self.local_runner and sys.executable else "python3")
+        argv = (python, f"{scratch}/{AGENT_FILE}", f"{scratch}/{SCRIPT_FILE}")
         files = {AGENT_FILE: agent_source(), SCRIPT_FILE: json.dumps(resolved, indent=1)}
         return Invocation(argv=argv, env=env, files=files, needs_network=False)
 

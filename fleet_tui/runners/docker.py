@@ -468,8 +468,9 @@ class DockerRunner:
             try:
                 api.inspect_image(image)
             except docker.errors.ImageNotFound:
-                raise RunnerError(f"image {image!r} is not on the Docker engine at {docker_host()}; build it "
-                                  "(docker build -t fleet-agent:latest docker/) or set runner.image") from None
+                raise RunnerError(f"image {image!r} is not on the Docker engine at {docker_host()}; build it with "
+                                  "`fleet-tui image build` (`--offline` where no registry is reachable) or set "
+                                  "runner.image") from None
             host_config = api.create_host_config(
                 binds={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
                        str(spec.scratch): {"bind": SCRATCH, "mode": "rw"}},
