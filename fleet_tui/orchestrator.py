@@ -427,6 +427,8 @@ class Orchestrator:
         self.wake()
 
     async def set_paused(self, paused: bool) -> None:
+        if not paused and self.journal.get_kv("budget_paused_on"):
+            await self.resume_budget()  # resuming while a budget stop holds lifts it for the day
         self.journal.set_kv("paused", paused)
         if not paused:
             self.journal.delete_kv("budget_paused_on")

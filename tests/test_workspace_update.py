@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,7 +374,7 @@ def sandbox():  # type: ignore[no-untyped-def]
             pytest.fail(f"Docker tests must run under CI=true: {exc}")
         pytest.skip(f"no Docker engine with {IMAGE}: {exc}")
     return DockerRunner(RunnerConfig(kind="docker", image=IMAGE, memory="256m", cpus=1.0, pids=64),
-                        labels={"fleet.test": "1"}, grace_s=1)
+                        instance="f" + uuid.uuid4().hex[:15], grace_s=1)
 
 
 @pytest.mark.docker
