@@ -902,6 +902,17 @@ async def test_polling_cost_does_not_grow_with_open_pulls(tmp_path: Path) -> Non
         assert all(f"/pulls/{fleet[0].number}" in p or p.endswith("/pulls") for p in detailed)
 
 
+async def test_one_pr_that_cannot_be_read_waits_and_the_poll_goes_on(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path, server_options={"git": False}, max_retries=0) as (forge, server):
+        fleet = [server.add_pull(f"fleet {n}", f"fleet/{n}-x") for n in range(3)]
+        broken = fleet[1].number
+        server.fault("GET", rf"/pulls/{broken}$", status=502, times=10)
+        pulls = {p.number: p for p in await forge.list_pulls(details_for={p.head for p in fleet})}
+        assert len(pulls) == 3
+        assert pulls[broken].mergeable is None and pulls[broken].ci_summary.startswith("cannot read")
+        assert all(pulls[p.number].mergeable is True for p in fleet if p.number != broken)
+
+
 async def test_answers_from_the_etag_cache_hand_their_connection_back(tmp_path: Path) -> None:
     """More 304s than the connection pool holds: each one's connection must go back to the pool."""
     async with open_github_forge(tmp_path, timeout=3.0, max_retries=0) as (forge, server):

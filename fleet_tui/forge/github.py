@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
     from fleet_tui.config import FleetConfig
 
+log = logging.getLogger("fleet_tui.forge.github")
 T = TypeVar("T")
 RateListener = Callable[[RateLimit], None]
 
@@ -1127,9 +1129,16 @@ class GitHubForge:
                 pulls.append(_pull_summary(item))
                 continue
             base = str(item["base"]["ref"])
-            if base not in bases:
-                bases[base] = await self._branch(base, rules=True)
-            pull = await self._detailed(item, bases[base])
+            try:
+                if base not in bases:
+                    bases[base] = await self._branch(base, rules=True)
+                pull = await self._detailed(item, bases[base])
+            except RateLimitedError:
+                raise
+            except ForgeError as exc:  # this PR waits for the next poll (unknown mergeability); the rest go on
+                log.warning("cannot read PR #%s in full this poll: %s", item.get("number"), exc)
+                pulls.append(dataclasses.replace(_pull_summary(item), ci_summary=f"cannot read: {exc}"[:200]))
+                continue
             if pull.mergeable is None:
                 unsettled.append(len(pulls))
             pulls.append(pull)
