@@ -26,9 +26,9 @@ from fleet_tui.execute import ActionExecutor
 from fleet_tui.forge.base import Forge, ForgeError, RateLimitedError, standing_label_event
 from fleet_tui.model import (
     Event,
+    LoopState,
     NeedsHuman,
     PullRequest,
-    LoopState,
     PullStatus,
     RateLimited,
     RunChanged,
@@ -466,11 +466,17 @@ class Orchestrator:
             if match:
                 with contextlib.suppress(ForgeError):
                     found_issue = await self.forge.get_issue(int(match.group(1)))
-        diffstat = ""
+        diffstat = diff = ""
         if pull is not None:
             diffstat = f"{pull.changed_files} files, +{pull.additions} -{pull.deletions}"
+            pull_diff = getattr(self.forge, "pull_diff", None)
+            if pull_diff is not None:
+                try:
+                    diff = await pull_diff(pull.number)
+                except ForgeError as exc:
+                    diff = f"(the diff cannot be read now: {exc})\n"
         return Detail(issue=found_issue, pull=pull, reviews=pull.reviews if pull else (),
-                      comments=found_issue.comments if found_issue else (), diffstat=diffstat)
+                      comments=found_issue.comments if found_issue else (), diffstat=diffstat, diff=diff)
 
 
 

@@ -977,8 +977,19 @@ class FakeGitHub:
             "sha": sha, "filename": name, "status": status, "additions": added, "deletions": deleted,
             "changes": added + deleted, "blob_url": f"{WEB}/{REPO}/blob/{pull.head_sha}/{name}",
             "raw_url": f"{WEB}/{REPO}/raw/{pull.head_sha}/{name}",
-            "contents_url": f"{API}/repos/{REPO}/contents/{name}?ref={pull.head_sha}", "patch": "@@ -1 +1 @@",
+            "contents_url": f"{API}/repos/{REPO}/contents/{name}?ref={pull.head_sha}", "patch": self.patch(pull, name),
         }
+
+    def patch(self, pull: PullRec, name: str) -> str | None:
+        """The file's hunks as GitHub's files endpoint gives them (no `diff --git` header); None for a binary."""
+        if not (pull.from_git and self.git_dir is not None):
+            return "@@ -1 +1 @@"
+        base = self.branch_sha(pull.base) or pull.base_sha
+        out = subprocess.run(["git", "diff", "--no-color", f"{base}...{pull.head_sha}", "--", name],
+                             cwd=str(self.git_dir), capture_output=True, text=True, check=False).stdout
+        if "Binary files" in out and "@@" not in out:
+            return None
+        return out[out.index("@@"):].rstrip("\n") if "@@" in out else ""
 
     def combined_status_json(self, sha: str) -> dict[str, Any]:
         latest: dict[str, StatusRec] = {}

@@ -448,3 +448,13 @@ async def test_edits_of_title_and_body_are_reported_with_who_and_when(forge: For
     read = await forge.get_issue(issue.number)
     assert (read.title, read.body) == ("Add two flags", "Add --verbose and --quiet.")
     assert [e.kind for e in await forge.label_events(issue.number)] == ["labeled"]
+
+
+async def test_a_pull_request_s_diff_shows_its_change_and_is_bounded(forge: Forge) -> None:
+    base = base_of(forge)
+    await make_branch(forge, "fleet/9-diff", {"docs/usage.md": "first line\nsecond line\n"})
+    opened = await forge.open_pull(title="Usage", body="Closes #9", head="fleet/9-diff", base=base)
+    diff = await forge.pull_diff(opened.number)
+    assert "docs/usage.md" in diff and "+first line" in diff and "+second line" in diff
+    cut = await forge.pull_diff(opened.number, limit=40)
+    assert len(cut.splitlines()[0].encode()) <= 40 and cut.rstrip().endswith("shown")

@@ -25,6 +25,18 @@ from fleet_tui.model import (
 )
 
 Permission = Literal["admin", "maintain", "write", "triage", "read", "none"]
+DIFF_LIMIT = 2_000_000  # bytes of a PR's diff the console is given at most
+
+
+def cut_diff(text: str, limit: int) -> str:
+    """`text`, or its first `limit` bytes up to a line end and a line saying the diff was truncated."""
+    raw = text.encode("utf-8", errors="replace")
+    if len(raw) <= limit:
+        return text
+    head = raw[:limit].decode("utf-8", errors="ignore")
+    head = head[:head.rfind("\n") + 1] if "\n" in head else head
+    return head + ("" if not head or head.endswith("\n") else "\n") + (
+        f"… diff truncated: {len(raw):,} bytes in all, {limit:,} shown\n")
 WRITE_PERMISSIONS: frozenset[str] = frozenset({"admin", "maintain", "write"})
 
 
@@ -170,6 +182,11 @@ class Forge(Protocol):
         ...
 
     async def get_pull(self, number: int) -> PullRequest: ...
+    async def pull_diff(self, number: int, *, limit: int = DIFF_LIMIT) -> str:
+        """The PR's unified diff against its base (untrusted text), cut after `limit` bytes with a last line
+        saying so."""
+        ...
+
     async def post_review(self, number: int, body: str, commit_id: str) -> Review:
         """A review with event COMMENT. No other event exists in this protocol."""
         ...

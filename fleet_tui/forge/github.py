@@ -28,7 +28,15 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from fleet_tui.forge.base import ForgeError, GitSource, NotFound, Permission, RateLimitedError
+from fleet_tui.forge.base import (
+    DIFF_LIMIT,
+    ForgeError,
+    GitSource,
+    NotFound,
+    Permission,
+    RateLimitedError,
+    cut_diff,
+)
 from fleet_tui.model import (
     Actor,
     CIState,
@@ -1285,6 +1293,21 @@ class GitHubForge:
             if 'rel="next"' not in response.headers.get("link", "") or not data.get("check_runs"):
                 return runs
             page += 1
+
+    async def pull_diff(self, number: int, *, limit: int = DIFF_LIMIT) -> str:
+        """From the files endpoint's per-file patches (revalidated with ETags, so a second look is free);
+        GitHub leaves out the patch of a binary or very large file, which is said instead."""
+        items = await self._pages(self._rest.pulls.async_list_files, self.owner, self.name, number,
+                                  what=f"GET files of PR #{number}")
+        parts: list[str] = []
+        for item in items:
+            name = str(item.get("filename") or "")
+            old = str(item.get("previous_filename") or name)
+            parts.append(f"diff --git a/{old} b/{name}\n--- a/{old}\n+++ b/{name}\n")
+            patch = item.get("patch")
+            parts.append(f"{patch}\n" if patch else f"(no text diff: {item.get('status', 'changed')}, binary or "
+                                                     "too large for GitHub to show)\n")
+        return cut_diff("".join(parts), limit)
 
     async def post_review(self, number: int, body: str, commit_id: str) -> Review:
         """A review with event COMMENT: the one review event this forge can send."""

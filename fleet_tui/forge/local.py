@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from fleet_tui.forge.base import ForgeError, GitSource, NotFound, Permission
+from fleet_tui.forge.base import DIFF_LIMIT, ForgeError, GitSource, NotFound, Permission, cut_diff
 from fleet_tui.git import GitError, git, git_env
 from fleet_tui.model import (
     Actor,
@@ -624,6 +624,15 @@ class LocalForge:
         stats = _DiffStats(additions, deletions, tuple(files))
         self._stats_cache[key] = stats
         return stats
+
+    async def pull_diff(self, number: int, *, limit: int = DIFF_LIMIT) -> str:
+        pull = await self.get_pull(number)
+        base_sha, head_sha = await self._branch_sha(pull.base), await self._branch_sha(pull.head)
+        if base_sha is None or head_sha is None:
+            return ""
+        out = await git("diff", "--no-color", "--no-ext-diff", "--no-textconv", "-M", f"{base_sha}...{head_sha}",
+                        "--", cwd=self._cwd)
+        return cut_diff(out, limit)
 
     async def _merge_tree(self, base_sha: str, head_sha: str) -> tuple[bool | None, list[str]]:
         """Whether head merges cleanly into base (None: this git cannot tell), and the conflicted files."""
