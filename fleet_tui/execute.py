@@ -15,16 +15,17 @@ from fleet_tui.forge.base import marker
 from fleet_tui.model import Issue, NeedsHuman, Role, Verdict
 from fleet_tui.observe import ForgeObserver
 from fleet_tui.reconcile import (
+    EDITED_AFTER_APPROVAL,
     Action,
     Claim,
+    ClaimRecord,
     Cleanup,
+    ClearHold,
     DispatchDev,
     DispatchFix,
     DispatchQA,
-    Kill,
-    ClearHold,
-    EDITED_AFTER_APPROVAL,
     DispatchUpdate,
+    Kill,
     MarkNeedsHuman,
     OpenPR,
     PauseForBudget,
@@ -144,6 +145,14 @@ class ActionExecutor:
             return f"fleet/{number}"
         return branch_name(number, title)
 
+    async def _claimed_and_approved(self, number: int, event_id: str) -> tuple[ClaimRecord, Issue] | None:
+        """This orchestrator's claim of the issue and the issue as approved; None when either is missing."""
+        claim = self.observer.claim_for(number, None)
+        if claim is None:
+            return None
+        issue = await self._approved_issue(number, event_id)
+        return None if issue is None else (claim, issue)
+
     async def _approved_issue(self, number: int, event_id: str) -> Issue | None:
         """The issue as approved, or None (and flagged) when it was edited after the approval."""
         issue = await self.ctx.forge.get_issue(number)
@@ -154,12 +163,10 @@ class ActionExecutor:
         return issue
 
     async def _do_dispatchdev(self, action: DispatchDev) -> None:
-        claim = self.observer.claim_for(action.issue, None)
-        if claim is None:
+        found = await self._claimed_and_approved(action.issue, action.event_id)
+        if found is None:
             return
-        issue = await self._approved_issue(action.issue, action.event_id)
-        if issue is None:
-            return
+        claim, issue = found
         run_id = self._fresh_id(claim.run_id if action.attempt == 1 else f"{claim.run_id}-a{action.attempt}")
         prompt = dev_role.build_prompt(issue, approvers=self.ctx.approvers, branch=action.branch, base=self.ctx.base)
         await self.supervisor.dispatch(Role.DEV, run_id, prompt, issue=action.issue, title=issue.title,
@@ -167,12 +174,10 @@ class ActionExecutor:
                              extras={"event_id": action.event_id})
 
     async def _do_dispatchfix(self, action: DispatchFix) -> None:
-        claim = self.observer.claim_for(action.issue, None)
-        if claim is None:
+        found = await self._claimed_and_approved(action.issue, action.event_id)
+        if found is None:
             return
-        issue = await self._approved_issue(action.issue, action.event_id)
-        if issue is None:
-            return
+        claim, issue = found
         again = f"-a{action.attempt}" if action.attempt > 1 else ""
         run_id = self._fresh_id(f"{claim.run_id}-r{action.round}{again}")
         prompt = dev_role.build_fix_prompt(issue, approvers=self.ctx.approvers, branch=action.branch,
@@ -184,12 +189,10 @@ class ActionExecutor:
                                                "fixes_head": action.head_sha})
 
     async def _do_dispatchupdate(self, action: DispatchUpdate) -> None:
-        claim = self.observer.claim_for(action.issue, None)
-        if claim is None:
+        found = await self._claimed_and_approved(action.issue, action.event_id)
+        if found is None:
             return
-        issue = await self._approved_issue(action.issue, action.event_id)
-        if issue is None:
-            return
+        claim, issue = found
         pull = await self.ctx.forge.get_pull(action.pr)
         if pull.head_sha != action.head_sha:
             return  # a newer head arrived; the next tick looks at that one

@@ -527,16 +527,9 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             if pushed_any:
                 continue  # the PR is being opened or was closed: nothing to dispatch
             ended = [r for r in first if r.run.state.finished]
-            failures, lost = _split_interrupted(ended)
-            if len(failures) >= config.roles.dev.max_attempts:
-                last = max(failures, key=lambda r: r.run.attempt)
-                needs_human(number, f"dev run failed {len(failures)} times: {_why(last)}")
-                continue
-            if len(lost) >= MAX_INTERRUPTIONS:
-                needs_human(number, f"the dev run was interrupted {len(lost)} times by orchestrator restarts")
-                continue
-            if over_issue_budget:
-                needs_human(number, "issue budget spent")
+            stop = _give_up(ended, config.roles.dev.max_attempts, "the dev run", over_issue_budget)
+            if stop:
+                needs_human(number, stop)
                 continue
             if may_dispatch and slots.take(Role.DEV, number):
                 actions.append(DispatchDev(number, event_id, claim.branch, len(ended) + 1))
@@ -555,16 +548,9 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
                             f"(cap {policy.max_update_rounds})", pull.number)
                 continue
             ended = [r for r in on_head if r.run.state.finished]
-            failures, lost = _split_interrupted(ended)
-            if len(failures) >= config.roles.dev.max_attempts:
-                needs_human(number, f"update round failed {len(failures)} times: {_why(failures[-1])}", pull.number)
-                continue
-            if len(lost) >= MAX_INTERRUPTIONS:
-                needs_human(number, f"the update run was interrupted {len(lost)} times by orchestrator restarts",
-                            pull.number)
-                continue
-            if over_issue_budget:
-                needs_human(number, "issue budget spent", pull.number)
+            stop = _give_up(ended, config.roles.dev.max_attempts, "the update run", over_issue_budget)
+            if stop:
+                needs_human(number, stop, pull.number)
                 continue
             if may_dispatch and slots.take(Role.DEV, number):
                 actions.append(DispatchUpdate(number, pull.number, event_id, claim.branch, used + 1, len(ended) + 1,
@@ -586,16 +572,9 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
                 needs_human(number, problem, pull.number)
                 continue
             ended = [r for r in pending if r.verdict is None]
-            failures, lost = _split_interrupted(ended)
-            if len(failures) >= config.roles.qa.max_attempts:
-                needs_human(number, f"QA run failed {len(failures)} times: {_why(failures[-1])}", pull.number)
-                continue
-            if len(lost) >= MAX_INTERRUPTIONS:
-                needs_human(number, f"the QA run was interrupted {len(lost)} times by orchestrator restarts",
-                            pull.number)
-                continue
-            if over_issue_budget:
-                needs_human(number, "issue budget spent", pull.number)
+            stop = _give_up(ended, config.roles.qa.max_attempts, "the QA run", over_issue_budget)
+            if stop:
+                needs_human(number, stop, pull.number)
                 continue
             if may_dispatch and slots.take(Role.QA, number):
                 actions.append(DispatchQA(number, pull.number, pull.head_sha, pull.head, len(verdicts) + 1,
@@ -617,18 +596,11 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
             r.fixes_head == pull.head_sha
             or (not r.fixes_head and head_verdict is not None and r.run.qa_round == fix_round > 0))]
         ended = [r for r in fixes if r.run.state.finished]
-        failures, lost = _split_interrupted(ended)
         if any(r.pushed for r in fixes):
             continue  # pushed: the new head is on its way
-        if len(failures) >= config.roles.dev.max_attempts:
-            needs_human(number, f"fix round {fix_round} failed {len(failures)} times", pull.number)
-            continue
-        if len(lost) >= MAX_INTERRUPTIONS:
-            needs_human(number, f"fix round {fix_round} was interrupted {len(lost)} times by orchestrator restarts",
-                        pull.number)
-            continue
-        if over_issue_budget:
-            needs_human(number, "issue budget spent", pull.number)
+        stop = _give_up(ended, config.roles.dev.max_attempts, f"fix round {fix_round}", over_issue_budget)
+        if stop:
+            needs_human(number, stop, pull.number)
             continue
         findings = ((tuple(head_verdict.findings) if qa_changes and head_verdict is not None else ()) + human
                     + gatekeeper_notes(pull, snapshot.approvers, pull.head_sha))
@@ -658,6 +630,18 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
 def _split_interrupted(ended: list[RunRecord]) -> tuple[list[RunRecord], list[RunRecord]]:
     """(attempts that failed on their own, runs lost to an orchestrator restart)."""
     return [r for r in ended if not r.interrupted], [r for r in ended if r.interrupted]
+
+
+def _give_up(ended: list[RunRecord], max_attempts: int, what: str, over_issue_budget: bool) -> str:
+    """Why a step's next attempt should go to a human instead ("" when it may go on): its attempts failed
+    `max_attempts` times, restarts interrupted it too often, or the issue's budget is spent."""
+    failures, lost = _split_interrupted(ended)
+    if len(failures) >= max_attempts:
+        last = max(failures, key=lambda r: r.run.attempt)
+        return f"{what} failed {len(failures)} times: {_why(last)}".removeprefix("the ")
+    if len(lost) >= MAX_INTERRUPTIONS:
+        return f"{what} was interrupted {len(lost)} times by orchestrator restarts"
+    return "issue budget spent" if over_issue_budget else ""
 
 
 def _why(rec: RunRecord) -> str:
