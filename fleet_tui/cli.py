@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(check, top=False)
     check.add_argument("--fix", action="store_true", help="create missing labels without asking")
 
+    stats = sub.add_parser("stats", help="spend, runs, merges, QA pass rate, latencies, cost per merged PR",
+                           description="The fleet's numbers from its journal: spend per hour and per day, runs "
+                                       "and merged PRs per day, how often QA passes a PR on its first review, "
+                                       "approve -> PR and PR -> merge latency, and cost per merged PR by engine "
+                                       "and by role. Reads only; works while the fleet runs.")
+    _common(stats, top=False)
+
     image = sub.add_parser("image", help="the agents' Docker image",
                            description="Build the agents' Docker image (runner.image) with the coding CLIs of the "
                                        "engines fleet.toml uses.")
@@ -180,6 +187,8 @@ def _dispatch(args: argparse.Namespace) -> int:
              args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
     if args.command == "image":
         return cmd_image(args, config)
+    if args.command == "stats":
+        return cmd_stats(config, _repo_path(args, config), state_dir)
     if args.command == "check":
         from fleet_tui.doctor import run_check
 
@@ -286,3 +295,23 @@ _INIT_HEADER = """\
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def cmd_stats(config: Any, repo: Path, state_dir: Path) -> int:
+    """`fleet-tui stats`: the stats view's numbers as text."""
+    from datetime import UTC, datetime
+
+    from fleet_tui.stats import compute, report
+    from fleet_tui.store import Journal, journal_dir
+
+    repo_id = config.forge.repo if config.forge.kind == "github" else str(repo.resolve())
+    where = journal_dir(state_dir, repo_id)
+    if not where.is_dir():
+        print(f"no journal for {repo_id} yet (under {state_dir}): run the fleet first")
+        return 0
+    journal = Journal.open(where, lock=False)
+    try:
+        print("\n".join(report(compute(journal, datetime.now(UTC)), budget_day_usd=config.policy.budget_day_usd)))
+    finally:
+        journal.close()
+    return 0

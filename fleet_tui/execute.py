@@ -281,6 +281,7 @@ class ActionExecutor:
                                                   base=self.ctx.base,
                                               body=dev_role.pr_body(issue, run_id=action.run_id))
             self.ctx.notice(f"opened PR #{pull.number} for issue #{action.issue}")
+            self.ctx.journal.append_event("pr_opened", {"issue": action.issue, "pr": pull.number})
         self.ctx.set_extras(action.run_id, pushed=True, head_sha=head, pr=pull.number)
 
     async def _do_postreview(self, action: PostReview) -> None:

@@ -63,6 +63,7 @@ class ForgeObserver:
             if claim is not None:
                 claims[number] = claim
         pulls = tuple(await self._pulls({claim.branch for claim in claims.values()}))
+        await self._note_closed(pulls, {claim.branch: number for number, claim in claims.items()})
         records: dict[str, RunRecord] = {}
         for number in claims:
             retry_at = self.ctx.retry_at(number)
@@ -118,6 +119,24 @@ class ForgeObserver:
         # a fork's branch may carry a fleet branch's name: only the repository's own branches are the fleet's
         repo = self.ctx.forge.repo.lower()
         return [p for p in pulls if not getattr(p, "head_repo", "") or p.head_repo.lower() == repo]
+
+    async def _note_closed(self, pulls: tuple[PullRequest, ...], branches: dict[str, int]) -> None:
+        """Record when a fleet PR left the open list, merged (by a human) or closed: the journal's numbers of
+        merged PRs and their cost come from here. One read of each PR that left; nothing while none does."""
+        open_now = {p.number: branches[p.head] for p in pulls if p.head in branches}
+        known: dict[str, int] = self.ctx.journal.get_kv("open_fleet_prs", {}) or {}
+        for number, issue in ((int(n), i) for n, i in known.items() if int(n) not in open_now):
+            try:
+                pull = await self.ctx.forge.get_pull(number)
+            except ForgeError:
+                continue  # asked again at the next look
+            if pull.state != "open":  # still open but no longer the fleet's to follow: forget it, say nothing
+                kind = "merged" if pull.state == "merged" else "pr_closed"
+                self.ctx.journal.append_event(kind, {"pr": number, "issue": issue})
+            known.pop(str(number), None)
+        known.update({str(n): i for n, i in open_now.items()})
+        if known != (self.ctx.journal.get_kv("open_fleet_prs", {}) or {}):
+            self.ctx.journal.set_kv("open_fleet_prs", known)
 
     async def _last_edit(self, issue: Issue) -> datetime | None:
         """When the issue's title or body was last edited (None when never, or when the forge cannot say),

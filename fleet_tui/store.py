@@ -607,6 +607,24 @@ class Journal:
         rows = self._db().execute(sql, params).fetchall()
         return [JournalEvent(row[0], _dt(row[1]) or _now(), row[2], json.loads(row[3])) for row in reversed(rows)]
 
+    @_guarded("read events")
+    def events_since(self, since: datetime, kinds: tuple[str, ...] = ()) -> list[JournalEvent]:
+        """Events at or after `since` (of `kinds` when given), oldest first."""
+        sql = "SELECT id, at, kind, data FROM events WHERE at >= ?"
+        params: list[Any] = [_ts(since)]
+        if kinds:
+            sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            params.extend(kinds)
+        rows = self._db().execute(sql + " ORDER BY id", params).fetchall()
+        return [JournalEvent(row[0], _dt(row[1]) or _now(), row[2], json.loads(row[3])) for row in rows]
+
+    @_guarded("read spend")
+    def usage_since(self, since: datetime) -> list[tuple[datetime, str, float, int]]:
+        """(at, run id, USD, tokens) of every spend recorded at or after `since`, oldest first."""
+        rows = self._db().execute("SELECT at, run_id, cost_usd, tokens FROM usage WHERE at >= ? ORDER BY id",
+                                  (_ts(since),)).fetchall()
+        return [(_dt(row[0]) or _now(), row[1], float(row[2]), int(row[3])) for row in rows]
+
     # approvals ------------------------------------------------------------------------------------
 
     @_guarded("pin an approval")
