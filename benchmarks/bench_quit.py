@@ -26,10 +26,10 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet_tui.forge.local import LocalForge  # noqa: E402
-from fleet_tui.git import git_sync  # noqa: E402
-from fleet_tui.runners.base import fleet_instance_id  # noqa: E402
-from fleet_tui.store import journal_dir  # noqa: E402
+from fleet_tui.forge.local import LocalForge
+from fleet_tui.git import git_sync
+from fleet_tui.runners.base import fleet_instance_id
+from fleet_tui.store import journal_dir
 
 SCRIPT = {"dev": [{"print": "working"}, {"sleep": 60}, {"final": "done"}],
           "qa": {"default": [{"final": "VERDICT: pass"}]}, "pm": [{"final": "none"}]}

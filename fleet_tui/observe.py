@@ -125,7 +125,7 @@ class ForgeObserver:
         merged PRs and their cost come from here. One read of each PR that left; nothing while none does."""
         open_now = {p.number: branches[p.head] for p in pulls if p.head in branches}
         known: dict[str, int] = self.ctx.journal.get_kv("open_fleet_prs", {}) or {}
-        for number, issue in ((int(n), i) for n, i in known.items() if int(n) not in open_now):
+        for number, issue in [(int(n), i) for n, i in known.items() if int(n) not in open_now]:
             try:
                 pull = await self.ctx.forge.get_pull(number)
             except ForgeError:

@@ -24,7 +24,6 @@ from fleet_tui.model import AgentRun, Role, RunChanged, RunLogLines, RunState, U
 from fleet_tui.roles import pm as pm_role
 from fleet_tui.roles import qa as qa_role
 
-
 LINES_SAVE_S = 1.0  # how often a live run's count of logged output lines is saved to the journal
 
 

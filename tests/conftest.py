@@ -15,6 +15,20 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A git repository with one commit (a README) on `main`."""
+    import subprocess
+
+    path = tmp_path / "project"
+    path.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "start"]):
+        if args[0] == "add":
+            (path / "README.md").write_text("# Project\n")
+        subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path_factory.mktemp("home")

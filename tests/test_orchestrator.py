@@ -18,7 +18,6 @@ import pytest
 from fleet_tui.config import EngineConfig, FleetConfig, PolicyConfig, RoleConfig, RolesConfig, RunnerConfig
 from fleet_tui.forge.base import ForgeError, marker, standing_label_event
 from fleet_tui.forge.local import LocalForge
-from fleet_tui.git import git_sync
 from fleet_tui.model import (
     AgentRun,
     Event,
@@ -51,22 +50,6 @@ SCRIPT = {
     },
 }
 LIMIT_S = 60
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    path = tmp_path / "project"
-    path.mkdir()
-    git_sync("init", "-q", "-b", "main", cwd=path)
-    (path / "README.md").write_text("# Project\n")
-    git_sync("add", "-A", cwd=path)
-    git_sync("commit", "-q", "-m", "start", cwd=path)
-    return path
 
 
 def make_config(tmp_path: Path, script_data: dict[str, Any] | None = None, **policy: Any) -> FleetConfig:

@@ -8,19 +8,17 @@ from typing import Any
 
 import anyio
 import pytest
-
-from fleet_tui.forge.base import ForgeError
-from fleet_tui.model import Event, LoopState, Notice, RunState, SnapshotPublished, Usage
-from test_orchestrator import (  # noqa: F401 - the fixtures are used by name
+from test_orchestrator import (
     LIMIT_S,
     SCRIPT,
-    anyio_backend,
     approve_new_issue,
     fleet,
     make_config,
-    repo,
     run_once,
 )
+
+from fleet_tui.forge.base import ForgeError
+from fleet_tui.model import Event, LoopState, Notice, RunState, SnapshotPublished, Usage
 
 
 @pytest.mark.anyio

@@ -8,18 +8,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from test_orchestrator import (
+    approve_new_issue,
+    fleet,
+    make_config,
+    run_once,
+)
 
 from fleet_tui.git import git_sync
 from fleet_tui.model import Role, RunState
 from fleet_tui.reconcile import readiness
-from test_orchestrator import (  # noqa: F401 - the fixtures are used by name
-    anyio_backend,
-    approve_new_issue,
-    fleet,
-    make_config,
-    repo,
-    run_once,
-)
 
 # Every Dev run appends a line to the same file, so the second PR conflicts once the first is merged.
 SCRIPT = {
@@ -34,8 +32,8 @@ SCRIPT = {
 }
 
 
-def _file_on(repo: Path, ref: str, path: str) -> str:
-    return git_sync("show", f"{ref}:{path}", cwd=repo)
+def _file_on(checkout: Path, ref: str, path: str) -> str:
+    return git_sync("show", f"{ref}:{path}", cwd=checkout)
 
 
 @pytest.mark.anyio

@@ -7,11 +7,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from test_orchestrator import (
+    SCRIPT,
+    approve_new_issue,
+    fleet,
+    make_config,
+    run_once,
+)
 
 from fleet_tui import stats
 from fleet_tui.model import AgentRun, Role, RunState, Usage, Verdict
 from fleet_tui.store import Journal
-from test_orchestrator import SCRIPT, anyio_backend, approve_new_issue, fleet, make_config, repo, run_once  # noqa: F401
 
 NOW = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)
 
@@ -64,7 +70,8 @@ def test_sparklines_scale_to_the_largest_value() -> None:
 
 @pytest.mark.anyio
 async def test_a_human_merge_on_the_forge_is_counted_with_its_cost(tmp_path: Path, repo: Path) -> None:
-    async with fleet(tmp_path, repo, make_config(tmp_path, dict(SCRIPT, qa={"default": SCRIPT["qa"]["default"]}))) as orch:
+    script = dict(SCRIPT, qa={"default": SCRIPT["qa"]["default"]})  # QA passes on its first review
+    async with fleet(tmp_path, repo, make_config(tmp_path, script)) as orch:
         await approve_new_issue(orch)
         await run_once(orch)
         [pull] = await orch.forge.list_pulls()
@@ -83,12 +90,14 @@ def test_the_stats_command_prints_the_numbers_and_says_when_there_is_no_journal(
     config = repo / "fleet.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\n[runner]\nkind = "local"\n')
     config.chmod(0o600)
-    first = subprocess.run([sys.executable, "-m", "fleet_tui", "stats"], cwd=repo, capture_output=True, text=True)
+    first = subprocess.run([sys.executable, "-m", "fleet_tui", "stats"], cwd=repo, capture_output=True, text=True,
+                           check=False)
     assert first.returncode == 0 and "no journal" in first.stdout
     from fleet_tui.store import journal_dir
 
     journal = Journal.open(journal_dir(tmp_path / "state", str(repo.resolve())))
     journal.add_usage("dev-1", 1, Usage(10, 1, 0, 0.25))
     journal.close()
-    shown = subprocess.run([sys.executable, "-m", "fleet_tui", "stats"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-m", "fleet_tui", "stats"], cwd=repo, capture_output=True, text=True,
+                           check=False)
     assert shown.returncode == 0 and "spend today       $0.25" in shown.stdout, shown.stdout + shown.stderr
