@@ -308,7 +308,7 @@ async def test_past_the_output_budget_the_run_is_stopped(tmp_path: Path) -> None
     the bytes it prints."""
     script = "i=0; while [ $i -lt 100 ]; do echo 0123456789abcdefghi; i=$((i+1)); done; sleep 60"
     began = time.monotonic()
-    supervisor, log, outcome = await supervise(tmp_path, script, budget=Budget(output_bytes=500))
+    _, log, outcome = await supervise(tmp_path, script, budget=Budget(output_bytes=500))
     assert outcome.state is RunState.OVER_BUDGET
     assert "output budget spent" in outcome.reason and "limit is 500" in outcome.reason
     assert "(520 bytes printed" in outcome.reason  # 26 lines of 20 bytes: stopped at the first past the cap
