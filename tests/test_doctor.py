@@ -416,3 +416,17 @@ def test_a_missing_image_skips_the_api_probe(tmp_path: Path) -> None:
     text = DOCKER_RUNNER.format(image="no-such-image:1", dev="codex")
     rows = {c.name: c for c in anyio.run(Doctor(parse_config(text), None, repo, tmp_path / "s", fix=True).run)}
     assert rows["model API"].status == "skip" and "image no-such-image:1 is missing" in rows["model API"].detail
+
+
+@pytest.mark.docker
+def test_nothing_listening_on_this_host_says_to_start_the_model_server(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed again before the probe: nothing listens there
+    rows = _api_check_rows(tmp_path, "host", port)
+    probe = rows[f"model API 127.0.0.1:{port}"]
+    assert probe.status == "fail"  # type: ignore[attr-defined]
+    assert "start the model server, or fix engines.house.base_url" in probe.fix  # type: ignore[attr-defined]
