@@ -359,21 +359,28 @@ class Doctor:
         from fleet_tui.untrusted import line_for_terminal
 
         runner = self.config.runner
-        container = None
         try:
-            container = client.containers.run(  # type: ignore[attr-defined]
-                runner.image, ["sh", "-c", _PROBE_SCRIPT], detach=True, network_mode=network, user=runner.user,
+            # created, then started: a container that fails to start is still ours to remove
+            container = client.containers.create(  # type: ignore[attr-defined]
+                runner.image, ["sh", "-c", _PROBE_SCRIPT], network_mode=network, user=runner.user,
                 entrypoint=[], environment={"FLEET_PROBE_HOST": host, "FLEET_PROBE_PORT": str(port)},
                 labels={CHECK_LABEL: "model-api"})
-            code = int(container.wait(timeout=PROBE_TIMEOUT_S + 25).get("StatusCode", -1))
+        except Exception as exc:  # noqa: BLE001 - any failure to create the probe is the report
+            return None, line_for_terminal(str(exc), limit=300)
+        try:
+            try:
+                container.start()
+            except Exception as exc:  # noqa: BLE001 - as above
+                return None, line_for_terminal(str(exc), limit=300)
+            try:
+                code = int(container.wait(timeout=PROBE_WAIT_S).get("StatusCode", -1))
+            except Exception:  # noqa: BLE001 - a name lookup that hangs past the connect timeout
+                return 124, f"no answer within {PROBE_WAIT_S} s"
             output = container.logs().decode("utf-8", "replace").strip().splitlines()
             return code, line_for_terminal(output[-1], limit=300) if output else ""
-        except Exception as exc:  # noqa: BLE001 - any failure to run the probe is the report
-            return None, line_for_terminal(str(exc), limit=300)
         finally:
-            if container is not None:
-                with contextlib.suppress(Exception):  # gone already, or the engine went away: nothing to keep
-                    container.remove(force=True)
+            with contextlib.suppress(Exception):  # gone already, or the engine went away: nothing to keep
+                container.remove(force=True)
 
     def _engine_binaries(self) -> list[tuple[str, str, str]]:
         import shlex
@@ -438,7 +445,8 @@ class Doctor:
 
 
 CHECK_LABEL = "fleet.check"  # on the containers `check` starts itself, and on no others
-PROBE_TIMEOUT_S = 5
+PROBE_TIMEOUT_S = 5  # the connect; the whole probe (container start, name lookup) gets PROBE_WAIT_S
+PROBE_WAIT_S = 30
 _PROBE_NO_TOOL = 3
 # python3, then node, then bash's /dev/tcp or nc: whatever the image has. Host and port come in the
 # environment, never in the script, so a base_url cannot inject shell.

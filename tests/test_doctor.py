@@ -430,3 +430,13 @@ def test_nothing_listening_on_this_host_says_to_start_the_model_server(tmp_path:
     probe = rows[f"model API 127.0.0.1:{port}"]
     assert probe.status == "fail"  # type: ignore[attr-defined]
     assert "start the model server, or fix engines.house.base_url" in probe.fix  # type: ignore[attr-defined]
+
+
+@pytest.mark.docker
+def test_a_missing_network_is_reported_once_and_not_probed(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    rows = _api_check_rows(tmp_path, "fleet-no-such-net", 9)
+    assert rows["network fleet-no-such-net"].status == "fail"  # type: ignore[attr-defined]
+    probe = rows["model API 127.0.0.1:9"]
+    assert probe.status == "skip" and "does not exist (see above)" in probe.detail  # type: ignore[attr-defined]
