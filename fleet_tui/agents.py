@@ -41,6 +41,7 @@ class Budget:
 
     tokens: int = 0
     usd: float = 0.0
+    output_bytes: int = 0  # acts mid-run for engines that report usage only at a turn's end (Codex)
 
     def exceeded(self, usage: Usage) -> str:
         """Why `usage` is over this budget, or "" when it is not."""
@@ -48,6 +49,12 @@ class Budget:
             return f"token budget of {self.tokens} passed ({usage.tokens} tokens used)"
         if self.usd and usage.cost_usd > self.usd:
             return f"budget of ${self.usd:.2f} passed (${usage.cost_usd:.2f} spent)"
+        return ""
+
+    def output_exceeded(self, printed: int) -> str:
+        """Why `printed` bytes of output are over this budget, or "" when they are not."""
+        if self.output_bytes and printed > self.output_bytes:
+            return f"output budget spent ({printed} bytes printed, the limit is {self.output_bytes})"
         return ""
 
 
@@ -164,6 +171,7 @@ class AgentSupervisor:
         self.state = RunState.QUEUED
         self.usage = Usage()
         self.lines_seen = 0
+        self.bytes_seen = 0  # raw output, replayed lines included: all of it is the run's output
         self.last_line = ""
         self._pending: list[str] = []
         self._handle: RunHandle | None = None
@@ -347,6 +355,7 @@ class AgentSupervisor:
 
     def _on_line(self, raw: str, parser: Any) -> None:
         self.lines_seen += 1
+        self.bytes_seen += len(raw.encode("utf-8", "replace")) + 1  # the line and its newline
         self._last_output = anyio.current_time()
         replayed = self.lines_seen <= self._skip  # already in the log before a restart
         if not replayed:
@@ -367,6 +376,10 @@ class AgentSupervisor:
                 over = self.budget.exceeded(out.usage)
                 if over and self._kill_state is None:
                     self._start_kill(RunState.OVER_BUDGET, over)
+        if self._kill_state is None:
+            over = self.budget.output_exceeded(self.bytes_seen)
+            if over:
+                self._start_kill(RunState.OVER_BUDGET, over)
         if len(self._pending) >= self._batch_max:
             self._flush()
 

@@ -426,6 +426,10 @@ class RoleConfig(_Section):
     budget_usd: float = Field(0.0, ge=0)
     """USD budget of one run (0 means no limit)."""
 
+    max_output_bytes: int = Field(0, ge=0)
+    """Bytes of output a run may print before it is stopped as over budget (0: no limit); the limit that acts
+    mid-run for engines that report usage only at a turn's end."""
+
     network: str = ""
     """Docker network of this role's containers; empty uses `runner.network` (QA test runs use `none`)."""
 

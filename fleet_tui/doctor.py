@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -242,9 +243,13 @@ class Doctor:
             self.add("agent image", "fail", f"{runner.image} is not on the engine",
                      "run `fleet-tui image build` (or `fleet-tui image build --offline` without a registry)")
             self._docker_networks(client)
+            if self._api_probes():
+                self.add("model API", "skip", f"not probed: the agent image {runner.image} is missing (see above)",
+                         required=False)
             return
         self.add("agent image", "ok", runner.image)
-        self._docker_networks(client)
+        missing_networks = self._docker_networks(client)
+        self._model_api(client, missing_networks)
         for role, name, binary in self._engine_binaries():
             try:
                 output = client.containers.run(runner.image, ["sh", "-c", f"command -v {binary}"], remove=True,
@@ -254,9 +259,11 @@ class Doctor:
                 self.add(f"{role} engine", "fail", f"{binary} is not in {runner.image}",
                          f"rebuild the image with {binary} installed: `fleet-tui image build`")
 
-    def _docker_networks(self, client: object) -> None:
+    def _docker_networks(self, client: object) -> set[str]:
+        """Checks the networks the roles' runs use; returns those the engine does not have."""
         import docker
 
+        missing: set[str] = set()
         wanted: dict[str, list[str]] = {}
         for role in ("pm", "dev", "qa"):
             network = getattr(self.config.roles, role).network or self.config.runner.network
@@ -274,11 +281,106 @@ class Doctor:
                     fix = f"docker network create {network}   (or set {where} to an existing network)"
                 self.add(f"network {network}", "fail", f"Docker network {network!r} ({', '.join(roles)} runs) "
                          "does not exist on the engine", fix)
+                missing.add(network)
             except docker.errors.APIError as exc:
                 self.add(f"network {network}", "fail", f"cannot look up Docker network {network!r}: {exc}",
                          "check the Docker engine")
             else:
                 self.add(f"network {network}", "ok", f"{', '.join(roles)} runs use {network}", required=False)
+        return missing
+
+    def _api_probes(self) -> dict[tuple[str, str, int], list[tuple[str, str]]]:
+        """(network, host, port) -> [(role, engine name)]: where the runs of each role that calls a model API
+        connect to, on the network they get (a run whose engine needs no API gets none). Roles whose API
+        address is unknown (a `command` engine without base_url) are noted and left out."""
+        probes: dict[tuple[str, str, int], list[tuple[str, str]]] = {}
+        for role in ("pm", "dev", "qa"):
+            role_cfg = getattr(self.config.roles, role)
+            name = role_cfg.engine
+            if name == BUILTIN_PM or not _needs_network(name, self.config):
+                continue
+            engine = self.config.engine(name)
+            address = api_address(engine)
+            if address is None:
+                self.add(f"{role} model API", "skip", f"engine {name} ({engine.kind}) has no base_url, so its API "
+                         "address is unknown: not probed",
+                         f"set engines.{name}.base_url to have `check` probe it", required=False)
+                continue
+            network = role_cfg.network or self.config.runner.network
+            probes.setdefault((network, *address), []).append((role, name))
+        return probes
+
+    def _model_api(self, client: object, missing_networks: set[str]) -> None:
+        """Each role's runs can open a TCP connection to their model API, from a container of the agent image
+        on the network they get: a run that cannot reach it fails only minutes in, after its timeout."""
+        for (network, host, port), users in self._api_probes().items():
+            roles = [role for role, _ in users]
+            name = f"model API {host}:{port}"
+            if network in missing_networks:
+                self.add(name, "skip", f"not probed: network {network!r} does not exist (see above)",
+                         required=False)
+                continue
+            code, output = self._probe(client, network, host, port)
+            if code == 0:
+                self.add(name, "ok", f"{', '.join(roles)} runs reach {host}:{port} on network {network!r}")
+            elif code == _PROBE_NO_TOOL:
+                self.add(name, "skip", f"not probed: {self.config.runner.image} has no python3, node, bash or nc "
+                         "to open a connection with", required=False)
+            elif code is None:
+                self.add(name, "warn", f"could not run the probe on network {network!r}: {output}",
+                         "check the Docker engine", required=False)
+            else:
+                why = f" ({output})" if output else ""
+                self.add(name, "fail", f"the agents cannot reach {host}:{port} on network {network!r}{why}",
+                         self._api_fix(network, host, port, users))
+
+    def _api_fix(self, network: str, host: str, port: int, users: list[tuple[str, str]]) -> str:
+        roles = [role for role, _ in users]
+        engines = sorted({name for _, name in users})
+        if any(getattr(self.config.roles, r).network for r in roles):
+            where = " / ".join(f"roles.{r}.network" for r in roles)
+        else:
+            where = "runner.network"
+        base_urls = " / ".join(f"engines.{name}.base_url" for name in engines)
+        if _is_loopback(host) and network != "host":
+            return (f"{host} is the container itself on network {network!r}: for a model server on this host set "
+                    f"{where} = \"host\" (and keep {base_urls} = http://127.0.0.1:{port}/…)")
+        if _is_loopback(host):
+            return f"nothing answers at {host}:{port} on this host: start the model server, or fix {base_urls}"
+        if network == "host":
+            return f"this host cannot reach {host}:{port}: check its egress (proxy, firewall) or {base_urls}"
+        return (f"set {where} to a network with egress, or for a model server on this host use network = "
+                f"\"host\" and {base_urls} = http://127.0.0.1:PORT")
+
+    def _probe(self, client: object, network: str, host: str, port: int) -> tuple[int | None, str]:
+        """Exit code and last output line of a short-lived container of the agent image that connects to
+        host:port on `network`; (None, why) when the probe itself could not run. The container carries the
+        label `fleet.check` and is removed whatever happens."""
+        from fleet_tui.untrusted import line_for_terminal
+
+        runner = self.config.runner
+        try:
+            # created, then started: a container that fails to start is still ours to remove
+            container = client.containers.create(  # type: ignore[attr-defined]
+                runner.image, ["sh", "-c", _PROBE_SCRIPT], network_mode=network, user=runner.user,
+                entrypoint=[], environment={"FLEET_PROBE_HOST": host, "FLEET_PROBE_PORT": str(port)},
+                labels={CHECK_LABEL: "model-api"})
+        except Exception as exc:  # noqa: BLE001 - any failure to create the probe is the report
+            return None, line_for_terminal(str(exc), limit=300)
+        try:
+            try:
+                container.start()
+            except Exception as exc:  # noqa: BLE001 - as above
+                return None, line_for_terminal(str(exc), limit=300)
+            try:
+                code = int(container.wait(timeout=PROBE_WAIT_S).get("StatusCode", -1))
+            except Exception:  # noqa: BLE001 - a name lookup that hangs past the connect timeout
+                return 124, f"no answer within {PROBE_WAIT_S} s"
+            output = container.logs().decode("utf-8", "replace").strip().splitlines()
+            return code, line_for_terminal(output[-1], limit=300) if output else ""
+        finally:
+            with contextlib.suppress(Exception):  # gone already, or the engine went away: nothing to keep
+                container.remove(force=True)
 
     def _engine_binaries(self) -> list[tuple[str, str, str]]:
         import shlex
@@ -340,6 +442,92 @@ class Doctor:
                 else:
                     self.add(f"env {var}", "warn", f"not set; {engine.kind} runs may fail to reach their model",
                              f"export {var}=…", required=False)
+
+
+CHECK_LABEL = "fleet.check"  # on the containers `check` starts itself, and on no others
+PROBE_TIMEOUT_S = 5  # the connect; the whole probe (container start, name lookup) gets PROBE_WAIT_S
+PROBE_WAIT_S = 30
+_PROBE_NO_TOOL = 3
+# python3, then node, then bash's /dev/tcp or nc: whatever the image has. Host and port come in the
+# environment, never in the script, so a base_url cannot inject shell.
+_PROBE_SCRIPT = f"""\
+if command -v python3 >/dev/null 2>&1; then
+  exec python3 -c '
+import os, socket, sys
+try:
+    socket.create_connection((os.environ["FLEET_PROBE_HOST"], int(os.environ["FLEET_PROBE_PORT"])),
+                             timeout={PROBE_TIMEOUT_S}).close()
+except OSError as exc:
+    sys.exit(str(exc) or type(exc).__name__)
+'
+fi
+if command -v node >/dev/null 2>&1; then
+  exec node -e '
+const s = require("net").connect({{host: process.env.FLEET_PROBE_HOST, port: +process.env.FLEET_PROBE_PORT}});
+s.setTimeout({PROBE_TIMEOUT_S * 1000}, () => {{ console.error("timed out"); process.exit(1); }});
+s.on("connect", () => {{ s.destroy(); process.exit(0); }});
+s.on("error", (e) => {{ console.error(e.message); process.exit(1); }});
+'
+fi
+if command -v bash >/dev/null 2>&1 && command -v timeout >/dev/null 2>&1; then
+  exec timeout {PROBE_TIMEOUT_S} bash -c 'exec 3<>"/dev/tcp/$FLEET_PROBE_HOST/$FLEET_PROBE_PORT"'
+fi
+if command -v nc >/dev/null 2>&1; then
+  exec nc -z -w {PROBE_TIMEOUT_S} "$FLEET_PROBE_HOST" "$FLEET_PROBE_PORT"
+fi
+echo "no python3, node, bash or nc in the image" >&2
+exit {_PROBE_NO_TOOL}
+"""
+
+_VENDOR_API = {"codex": ("api.openai.com", 443), "aider": ("api.openai.com", 443),
+               "claude": ("api.anthropic.com", 443)}
+
+
+def api_address(engine: object) -> tuple[str, int] | None:
+    """Host and port an engine's runs call: from its `base_url` when set, else its vendor's API; None when
+    not known (a `command` engine without base_url, or a base_url with no host)."""
+    from urllib.parse import urlsplit
+
+    base_url = str(getattr(engine, "base_url", "") or "").strip()
+    if not base_url:
+        return _VENDOR_API.get(str(getattr(engine, "kind", "")))
+    parts = urlsplit(base_url if "://" in base_url else f"http://{base_url}")
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _needs_network(name: str, config: FleetConfig) -> bool:
+    """Whether engine `name`'s runs get a network: the engine says so on its invocation."""
+    from fleet_tui.engines import make_engine
+    from fleet_tui.engines.base import Task
+    from fleet_tui.model import Role
+
+    try:
+        engine = make_engine(name, config, environ={})
+        invocation = engine.invocation(Task(run_id="check", role=Role.DEV, prompt=""), workdir="/workspace",
+                                       scratch="/fleet")
+    except Exception:  # noqa: BLE001 - a config the engine refuses is reported by the engine checks
+        try:
+            return config.engine(name).kind != "scripted"
+        except KeyError:
+            return False
+    return bool(invocation.needs_network)
 
 
 def _local_sandbox_available() -> bool:

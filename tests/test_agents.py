@@ -300,3 +300,43 @@ async def test_a_second_stop_while_one_is_under_way_sends_nothing_more(tmp_path:
     (outcome,) = results
     assert CountingRunner.stops == 1
     assert outcome.state is RunState.STOPPED and outcome.reason == "stopped by the operator"
+
+
+@pytest.mark.anyio
+async def test_past_the_output_budget_the_run_is_stopped(tmp_path: Path) -> None:
+    """A run that prints without reporting usage (Codex reports tokens only at a turn's end) is stopped by
+    the bytes it prints."""
+    script = "i=0; while [ $i -lt 100 ]; do echo 0123456789abcdefghi; i=$((i+1)); done; sleep 60"
+    began = time.monotonic()
+    _, log, outcome = await supervise(tmp_path, script, budget=Budget(output_bytes=500))
+    assert outcome.state is RunState.OVER_BUDGET
+    assert "output budget spent" in outcome.reason and "limit is 500" in outcome.reason
+    assert "(520 bytes printed" in outcome.reason  # 26 lines of 20 bytes: stopped at the first past the cap
+    assert time.monotonic() - began < 10
+    assert "output budget spent" in log.lines[-1]
+
+
+@pytest.mark.anyio
+async def test_output_under_the_budget_runs_to_the_end(tmp_path: Path) -> None:
+    _, _, outcome = await supervise(tmp_path, "echo short; echo lines", budget=Budget(output_bytes=500))
+    assert outcome.state is RunState.SUCCEEDED
+
+
+@pytest.mark.anyio
+async def test_lines_replayed_after_a_reattach_count_toward_the_output_budget(tmp_path: Path) -> None:
+    """The lines the log already has are not written again, but they are the run's output all the same."""
+    runner = LocalRunner(grace_s=0.5)
+    first = AgentSupervisor(runner, ShellEngine("echo 0123456789abcdefghi; echo 0123456789abcdefghi; sleep 60"),
+                            log=ListLog(), cleanup=False)
+    spec = make_spec(first, tmp_path, run_id="replay-1")
+    handle = await runner.start(spec)
+    try:
+        log = ListLog()
+        again = AgentSupervisor(runner, first.engine, log=log, budget=Budget(output_bytes=30))
+        with anyio.fail_after(20):
+            outcome = await again.reattach(handle.run_id, scratch=spec.scratch, skip_lines=2)
+    finally:
+        await handle.stop()
+    assert outcome.state is RunState.OVER_BUDGET
+    assert "40 bytes printed" in outcome.reason
+    assert log.lines == ["[fleet] output budget spent (40 bytes printed, the limit is 30)"]

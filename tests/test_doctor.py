@@ -332,3 +332,111 @@ def test_usd_budget_with_an_unpriced_model_warns(tmp_path: Path) -> None:
     assert warning.status == "warn" and "no price for model house-model-7" in warning.detail
     assert "price_input_per_mtok" in warning.fix
     assert "engine codex prices" not in rows  # the CLI default is priced by the table
+
+
+# --- the model API, probed from a container on the runs' network ---------------------------------
+
+def _api_check_rows(tmp_path: Path, network: str, port: int) -> dict[str, object]:
+    import anyio
+
+    from fleet_tui.config import parse_config
+    from fleet_tui.doctor import Doctor
+
+    repo = _repo(tmp_path / "repo")
+    text = (DOCKER_RUNNER.format(image="fleet-test:latest", dev="house")
+            + f'[engines.house]\nkind = "command"\ncommand = "true"\nbase_url = "http://127.0.0.1:{port}/v1"\n')
+    text = text.replace('kind = "docker"\n', f'kind = "docker"\nnetwork = "{network}"\n')
+    return {c.name: c for c in anyio.run(Doctor(parse_config(text), None, repo, tmp_path / "s", fix=True).run)}
+
+
+def _probe_containers() -> list[object]:
+    import docker
+    from fleet_tui.doctor import CHECK_LABEL
+
+    return docker.from_env(timeout=10).containers.list(all=True, filters={"label": CHECK_LABEL})
+
+
+@pytest.mark.docker
+def test_a_model_server_on_this_host_is_reached_on_the_host_network(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # listening is enough: the kernel accepts
+        port = server.getsockname()[1]
+        rows = _api_check_rows(tmp_path, "host", port)
+    probe = rows[f"model API 127.0.0.1:{port}"]
+    assert probe.status == "ok", probe  # type: ignore[attr-defined]
+    assert "dev runs reach" in probe.detail and "'host'" in probe.detail  # type: ignore[attr-defined]
+    assert not any(name.startswith("model API") for name in rows if name != f"model API 127.0.0.1:{port}"), \
+        "scripted roles need no network and get no probe"
+    assert _probe_containers() == []
+
+
+@pytest.mark.docker
+def test_no_network_cannot_reach_the_model_server_and_the_fix_says_what_to_set(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        rows = _api_check_rows(tmp_path, "none", port)
+    probe = rows[f"model API 127.0.0.1:{port}"]
+    assert probe.status == "fail" and probe.required  # type: ignore[attr-defined]
+    assert f"the agents cannot reach 127.0.0.1:{port} on network 'none'" in probe.detail  # type: ignore[attr-defined]
+    assert 'runner.network = "host"' in probe.fix  # type: ignore[attr-defined]
+    assert _probe_containers() == []
+
+
+def test_the_api_address_comes_from_base_url_else_the_vendor() -> None:
+    from fleet_tui.config import EngineConfig
+    from fleet_tui.doctor import api_address
+
+    assert api_address(EngineConfig(kind="codex")) == ("api.openai.com", 443)
+    assert api_address(EngineConfig(kind="aider")) == ("api.openai.com", 443)
+    assert api_address(EngineConfig(kind="claude")) == ("api.anthropic.com", 443)
+    assert api_address(EngineConfig(kind="codex", base_url="http://127.0.0.1:8000/v1")) == ("127.0.0.1", 8000)
+    assert api_address(EngineConfig(kind="claude", base_url="https://llm.internal.example")) == \
+        ("llm.internal.example", 443)
+    assert api_address(EngineConfig(kind="command")) is None
+    assert api_address(EngineConfig(kind="codex", base_url="http://host:notaport/v1")) is None
+
+
+@pytest.mark.docker
+def test_a_missing_image_skips_the_api_probe(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    import anyio
+
+    from fleet_tui.config import parse_config
+    from fleet_tui.doctor import Doctor
+
+    repo = _repo(tmp_path / "repo")
+    text = DOCKER_RUNNER.format(image="no-such-image:1", dev="codex")
+    rows = {c.name: c for c in anyio.run(Doctor(parse_config(text), None, repo, tmp_path / "s", fix=True).run)}
+    assert rows["model API"].status == "skip" and "image no-such-image:1 is missing" in rows["model API"].detail
+
+
+@pytest.mark.docker
+def test_nothing_listening_on_this_host_says_to_start_the_model_server(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed again before the probe: nothing listens there
+    rows = _api_check_rows(tmp_path, "host", port)
+    probe = rows[f"model API 127.0.0.1:{port}"]
+    assert probe.status == "fail"  # type: ignore[attr-defined]
+    assert "start the model server, or fix engines.house.base_url" in probe.fix  # type: ignore[attr-defined]
+
+
+@pytest.mark.docker
+def test_a_missing_network_is_reported_once_and_not_probed(tmp_path: Path) -> None:
+    if not _docker_reachable():
+        pytest.skip("no reachable Docker engine")
+    rows = _api_check_rows(tmp_path, "fleet-no-such-net", 9)
+    assert rows["network fleet-no-such-net"].status == "fail"  # type: ignore[attr-defined]
+    probe = rows["model API 127.0.0.1:9"]
+    assert probe.status == "skip" and "does not exist (see above)" in probe.detail  # type: ignore[attr-defined]
