@@ -246,7 +246,8 @@ class RunSupervisor:
         live = _Live(run=run, usage=run.usage, log=run_log)
         live.sup = AgentSupervisor(self.ctx.runner, engine, log=run_log,
                                    publish=lambda batch: self._on_lines(live, batch),
-                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd),
+                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd,
+                                                 role_cfg.max_output_bytes),
                                    stall_s=float(self.ctx.config.policy.stall_s))
         self._live[run.run_id] = live
         return live
