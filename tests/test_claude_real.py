@@ -97,11 +97,11 @@ def stub(workspace: Path) -> Iterator[Any]:
         yield server
 
 
-def claude_engine(claude: str, stub: Any, *, args: list[str] | None = None) -> ClaudeEngine:
+def claude_engine(claude: str, stub: Any, *, args: list[str] | None = None, max_turns: int = 5) -> ClaudeEngine:
     """As the fleet builds it: an `[engines]` entry of kind claude, through make_engine."""
     config = FleetConfig(engines={"stub-claude": EngineConfig(
         kind="claude", command=claude, model=MODEL, base_url=stub.base_url, api_key_env="FLEET_STUB_KEY",
-        max_turns=5, args=args or [])})
+        max_turns=max_turns, args=args or [])})
     engine = make_engine("stub-claude", config, environ={"FLEET_STUB_KEY": STUB_KEY, "GITHUB_TOKEN": "not-for-agents",
                                                          "ANTHROPIC_API_KEY": "not-this-one"})
     assert isinstance(engine, ClaudeEngine)
@@ -240,6 +240,21 @@ def test_real_claude_api_error_fails_the_run(claude: str, workspace: Path, tmp_p
         assert [o.usage for o in outputs if isinstance(o, UsageUpdate)] == [Usage()]
         assert not (workspace / "notes.txt").exists()
         assert_only_the_stub_api(stub)
+
+
+def test_real_claude_run_stopped_by_the_turn_cap_fails_with_the_reason(
+    claude: str, stub: Any, workspace: Path, tmp_path: Path
+) -> None:
+    engine = claude_engine(claude, stub, max_turns=1)
+    scratch = tmp_path / "scratch"
+    inv = engine.invocation(Task(run_id="run-cap", role=Role.DEV, prompt="Write notes.txt."),
+                            workdir=str(workspace), scratch=str(scratch))
+    proc, lines, _ = run(inv, workspace, scratch, stub)
+    assert proc.returncode == 1 and result_event(lines)["subtype"] == "error_max_turns"
+    _, texts, result, _ = parse(engine, lines, proc.returncode, scratch)
+    assert not result.ok and result.summary == "Reached maximum number of turns (1)"
+    assert "claude: Reached maximum number of turns (1)" in texts
+    assert result.usage.output_tokens == ANSWER_USAGE[0][1]  # the one answer it had, from the result
 
 
 def test_real_claude_takes_a_prompt_too_long_for_argv_on_stdin(

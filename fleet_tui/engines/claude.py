@@ -115,6 +115,7 @@ class ClaudeParser(JsonLinesParser):
         self.is_error: bool | None = None
         self.subtype = ""
         self.denials: list[str] = []  # "Tool target" of each tool call the CLI refused
+        self.errors: list[str] = []
 
     def _event(self, event: dict[str, Any]) -> list[Output] | None:
         kind = event["type"]
@@ -142,6 +143,8 @@ class ClaudeParser(JsonLinesParser):
         result = event.get("result")
         if isinstance(result, str):
             self.final_text = result
+        errors = event.get("errors")  # error_max_turns and the like: no `result`, the reason here
+        self.errors = [e for e in errors if isinstance(e, str)] if isinstance(errors, list) else []
         denials = event.get("permission_denials")
         self.denials = [_denial(d) for d in denials if isinstance(d, dict)] if isinstance(denials, list) else []
         cost = as_float(event.get("total_cost_usd"))
@@ -157,8 +160,8 @@ class ClaudeParser(JsonLinesParser):
                     f"{u.input_tokens} in, {u.output_tokens} out, ${u.cost_usd:.4f}", "event"),
         ]
         out += [LogLine(f"claude: denied {denial}", "err") for denial in self.denials]
-        if self.is_error and self.final_text:
-            out.append(LogLine(f"claude: {self.final_text}", "err"))
+        if self.is_error:
+            out += [LogLine(f"claude: {text}", "err") for text in [self.final_text, *self.errors] if text]
         return out
 
     def _blocks(self, content: object) -> list[Output]:
@@ -197,7 +200,7 @@ class ClaudeParser(JsonLinesParser):
             return EngineResult(ok=False, summary=summary or f"claude exited with code {exit_code} before its result",
                                 usage=self.usage)
         if self.is_error or exit_code != 0:
-            reason = self.final_text or f"claude: {self.subtype or 'error'} (exit code {exit_code})"
+            reason = self.final_text or "; ".join(self.errors) or f"claude: {self.subtype or 'error'} (exit code {exit_code})"
             return EngineResult(ok=False, summary=reason, usage=self.usage)
         if self.denials:
             # A refused call leaves the run "successful": the work it was to do is not done.

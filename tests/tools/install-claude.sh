@@ -40,4 +40,9 @@ fi
 
 mkdir -p "$prefix"
 npm install --global --no-audit --no-fund --prefix "$prefix" "@anthropic-ai/claude-code@$version"
+# The package's postinstall puts the native binary in place of bin/claude.exe; an npm that skips install
+# scripts (ignore-scripts, or scripts not allowed) leaves a placeholder, so run it here in that case.
+if ! DISABLE_AUTOUPDATER=1 "$bin" --version >/dev/null 2>&1; then
+    (cd "$prefix/lib/node_modules/@anthropic-ai/claude-code" && node install.cjs)
+fi
 echo "install-claude: claude $(DISABLE_AUTOUPDATER=1 "$bin" --version) installed in $prefix"
