@@ -6,7 +6,7 @@ tool_use, tool_result), and a final `result` with `result` (the final text), `is
 run for real in tests/test_claude_real.py: an `assistant` line is written per content block as it ends, with
 the usage of its message's start (output_tokens 1), so usage is read from `result` alone; a refused tool call
 still ends in `subtype: success` with exit 0 (only `permission_denials` shows it); an API error exits 1 with
-`is_error: true` but `subtype: success`.
+`is_error: true` but `subtype: success`; the turn cap exits 1 with `error_max_turns` and its reason in `errors`.
 """
 
 from __future__ import annotations
@@ -71,10 +71,16 @@ class ClaudeEngine(ConfiguredEngine):
             # No one answers permission prompts in a headless run, and a denied call does not fail it (exit 0,
             # `subtype: success`): every tool is allowed, the run's sandbox is what contains it. Not
             # `--permission-mode acceptEdits`, which works as root too but denies every command beyond simple
-            # file ones (`python3 -c ...` is "requires approval"). Deny rules the engine's args add (`--settings` with `permissions.deny`)
-            # still hold, and a call they refuse makes the run fail. As root the flag needs IS_SANDBOX=1
-            # (RUN_ENV).
+            # file ones (`python3 -c ...` "requires approval"). Deny rules the engine's args add (`--settings`
+            # with `permissions.deny`) still hold, and a call they refuse fails the run. As root the flag
+            # needs IS_SANDBOX=1 (RUN_ENV).
             "--dangerously-skip-permissions",
+            # Settings come from the engine's config (and the empty HOME), not from the workspace: a
+            # `.claude/settings.json` in the repository, which an earlier agent may have written, is read
+            # otherwise, and its `env` overrides the run's own (ANTHROPIC_BASE_URL, the key's destination
+            # with it). `--settings` in the engine's args still applies.
+            "--setting-sources",
+            "user",
         ]
         # With no prompt argument `claude -p` reads the prompt from stdin (used for very long prompts).
         return self.prompted(argv, task, scratch, model_flag="--model", stdin_marker="")
@@ -200,7 +206,8 @@ class ClaudeParser(JsonLinesParser):
             return EngineResult(ok=False, summary=summary or f"claude exited with code {exit_code} before its result",
                                 usage=self.usage)
         if self.is_error or exit_code != 0:
-            reason = self.final_text or "; ".join(self.errors) or f"claude: {self.subtype or 'error'} (exit code {exit_code})"
+            reason = (self.final_text or "; ".join(self.errors)
+                      or f"claude: {self.subtype or 'error'} (exit code {exit_code})")
             return EngineResult(ok=False, summary=reason, usage=self.usage)
         if self.denials:
             # A refused call leaves the run "successful": the work it was to do is not done.
