@@ -41,8 +41,10 @@ MAX_DENIAL_CHARS = 80
 RUN_ENV = {
     # Claude Code refuses --dangerously-skip-permissions as root (exit 1, before any request) unless it is
     # told it runs in a sandbox. Agents run as uid 1000 in their container, where the flag works anyway, but
-    # a run as root (an image or runner.user set to root, the local runner started by root, CI) is still in
-    # the sandbox the fleet made for it: the container, or bubblewrap with the local runner.
+    # a run as root (runner.user or the image set to root, the local runner started by root, CI) is still in
+    # the sandbox the fleet made for it: the container, or bubblewrap with the local runner (or none, when
+    # the operator chose runner.sandbox = "none"). One more effect: repeated 529 "overloaded" answers are
+    # retried rather than failed early; the run's stall and budget limits still bound it.
     "IS_SANDBOX": "1",
     # No traffic but the model API: telemetry, error reports, auto-update checks, release notes and the like
     # are off (the first covers the rest; they are named too, as Claude Code's docs list them).
@@ -54,7 +56,8 @@ RUN_ENV = {
 
 
 class ClaudeEngine(ConfiguredEngine):
-    """Builds `claude -p` command lines with permissions skipped: the container is the sandbox."""
+    """Builds `claude -p` command lines with permissions skipped (the run's container, or bubblewrap with the
+    local runner, is the sandbox), no non-essential traffic and no settings read from the workspace."""
 
     default_name = "claude"
 
