@@ -3,8 +3,9 @@
 The stub (tests/tools/anthropic_stub.py) speaks the Anthropic Messages API as SSE: first a `Write` of a new
 file in the workspace, then, once the tool's result comes back, a final text answer; or a refusal of the
 request. The run's HTTPS_PROXY and HTTP_PROXY point at the stub too, so a request for any other host reaches
-it as a CONNECT and is seen. Install the CLI with `tests/tools/install-claude.sh`. Skipped without the
-binary, except under CI=true where it must run.
+it as a CONNECT and is seen. The runs are as root (these tests), as uid 1000 (setpriv) and as uid 1000 in a
+container of the test image, as the Docker runner starts agents. Install the CLI with
+`tests/tools/install-claude.sh`. Skipped without the binary, except under CI=true where it must run.
 """
 
 from __future__ import annotations
@@ -320,3 +321,42 @@ def test_real_claude_same_command_line_runs_as_uid_1000(claude: str, tmp_path: P
             assert_only_the_stub_api(stub)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+TEST_IMAGE = "fleet-test:latest"
+
+
+@pytest.mark.docker
+def test_real_claude_runs_as_uid_1000_in_a_container(claude: str, tmp_path: Path) -> None:
+    """As the Docker runner starts agents: uid 1000, every capability dropped, the workspace at /workspace and
+    scratch at /fleet. The CLI is mounted from the host (the test image does not carry it); the network is
+    the host's only so the container reaches the stub on loopback."""
+    image = subprocess.run(["docker", "image", "inspect", TEST_IMAGE], capture_output=True, check=False)
+    if shutil.which("docker") is None or image.returncode != 0:
+        pytest.skip(f"needs a Docker engine with {TEST_IMAGE} (tests/docker/build-test-image.sh)")
+    ws, scratch = tmp_path / "ws", tmp_path / "scratch"
+    for path in (ws, scratch):
+        path.mkdir()
+        path.chmod(0o777)
+    binary = Path(os.path.realpath(claude))  # the native executable the npm launcher links to
+    with stub_api.AnthropicStub(stub_api.write_then_finish("/workspace/notes.txt", NOTE, FINAL_MESSAGE)) as stub:
+        engine = claude_engine(f"/opt/claude/{binary.name}", stub)
+        inv = engine.invocation(Task(run_id="run-docker", role=Role.DEV, prompt="Write notes.txt."),
+                                workdir="/workspace", scratch="/fleet")
+        env = {**inv.env, "HTTPS_PROXY": stub.base_url, "HTTP_PROXY": stub.base_url, "NO_PROXY": "127.0.0.1"}
+        name = f"fleet-claude-check-{os.getpid()}-{time.monotonic_ns() % 10**9}"
+        docker = ["docker", "run", "--rm", "--name", name, "--user", "1000:1000", "--cap-drop", "ALL",
+                  "--network", "host", "--volume", f"{binary.parent}:/opt/claude:ro", "--volume", f"{ws}:/workspace",
+                  "--volume", f"{scratch}:/fleet", "--workdir", "/workspace",
+                  *[arg for key, value in env.items() for arg in ("--env", f"{key}={value}")], TEST_IMAGE, *inv.argv]
+        try:
+            proc = subprocess.run(docker, capture_output=True, text=True, timeout=180, check=False)
+        finally:
+            subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
+        lines = proc.stdout.splitlines() + proc.stderr.splitlines()
+        assert proc.returncode == 0, "\n".join(lines[-30:])
+        _, texts, result, _ = parse(engine, lines, proc.returncode, scratch)
+        assert result.ok and result.summary == FINAL_MESSAGE
+        assert "$ Write: /workspace/notes.txt" in texts
+        assert (ws / "notes.txt").read_text() == NOTE and (ws / "notes.txt").stat().st_uid == 1000
+        assert_only_the_stub_api(stub)
