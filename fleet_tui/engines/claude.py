@@ -205,9 +205,9 @@ class ClaudeParser(JsonLinesParser):
 
     def result(self, exit_code: int, scratch: Path) -> EngineResult:
         summary = self.final_text or self.last_text
-        if self.is_error is None:  # no result line: the CLI stopped before its end
-            return EngineResult(ok=False, summary=summary or f"claude exited with code {exit_code} before its result",
-                                usage=self.usage)
+        if self.is_error is None:  # no result line: the CLI was stopped (or crashed) before its end
+            reason = f"claude exited with code {exit_code} before its result"
+            return EngineResult(ok=False, summary=f"{reason}\n{summary}" if summary else reason, usage=self.usage)
         if self.is_error or exit_code != 0:
             reason = (self.final_text or "; ".join(self.errors)
                       or f"claude: {self.subtype or 'error'} (exit code {exit_code})")
