@@ -13,6 +13,7 @@ from fleet_tui.config import EngineConfig, FleetConfig, ForgeConfig
 from fleet_tui.engines import EngineConfigError, make_engine
 from fleet_tui.engines.aider import AiderEngine
 from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, OutputParser, Task, UsageUpdate
+from fleet_tui.engines.claude import RUN_ENV as CLAUDE_RUN_ENV
 from fleet_tui.engines.claude import ClaudeEngine
 from fleet_tui.engines.codex import CodexEngine
 from fleet_tui.engines.command import CommandEngine
@@ -56,7 +57,8 @@ def test_builtin_engines_pass_only_listed_variables_and_a_scratch_home(name: str
     engine = make_engine(name, FleetConfig(), environ=OPERATOR_ENV)
     inv = engine.invocation(TASK, workdir="/workspace", scratch="/scratch")
     listed = set(FleetConfig().engine(name).env)
-    assert set(inv.env) - {"HOME", "PYTHONUNBUFFERED"} == listed & set(OPERATOR_ENV)
+    fixed = set(CLAUDE_RUN_ENV) if name == "claude" else set()  # the engine's own settings, not the operator's
+    assert set(inv.env) - {"HOME", "PYTHONUNBUFFERED"} - fixed == listed & set(OPERATOR_ENV)
     assert inv.env["HOME"] == "/scratch/home"
     assert FAKE_FORGE_TOKEN not in inv.env.values()
     assert "AWS_SECRET_ACCESS_KEY" not in inv.env and "PATH" not in inv.env
@@ -257,25 +259,41 @@ def test_claude_argv_is_headless_stream_json_with_a_turn_cap() -> None:
     assert argv[argv.index("--model") + 1] == "sonnet"
     assert "--dangerously-skip-permissions" in argv
     assert argv[-2:] == ["--", TASK.prompt]
-    assert inv.env == {"ANTHROPIC_API_KEY": "test-anthropic-key", "HOME": "/s/home"}
+    assert inv.env == {"ANTHROPIC_API_KEY": "test-anthropic-key", "HOME": "/s/home", **CLAUDE_RUN_ENV}
+    assert inv.env["IS_SANDBOX"] == "1" and inv.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert argv[argv.index("--setting-sources") + 1] == "user"
 
 
-def test_claude_stream_gives_lines_running_usage_and_the_reported_cost(tmp_path: Path) -> None:
+def test_claude_stream_gives_lines_and_the_result_usage_once(tmp_path: Path) -> None:
     parser = ClaudeEngine(CLAUDE_CONFIG, environ={}).parser()
     out = feed_all(parser, CLAUDE_STREAM)
     lines = texts(out)
     assert "I will run the tests." in lines and "$ Bash: pytest -q" in lines
     assert "1 failed" in lines and "Fixed." in lines
-    running = usages(out)
-    # Running usage is priced from the built-in table ("sonnet": $3 in, $15 out per million) until the CLI
-    # reports the run's own cost.
-    assert running[0] == Usage(input_tokens=1110, output_tokens=50, cached_tokens=1000,
-                               cost_usd=pytest.approx((1110 * 3 + 50 * 15) / 1e6))
-    assert running[1] == Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000,
-                               cost_usd=pytest.approx((1115 * 3 + 70 * 15) / 1e6))
-    assert running[-1] == Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000, cost_usd=0.0421)
+    # Assistant lines carry their message's start usage only; the result's totals and cost are the usage.
+    assert usages(out) == [Usage(input_tokens=1115, output_tokens=70, cached_tokens=1000, cost_usd=0.0421)]
     result = parser.result(0, tmp_path)
-    assert result.ok and result.summary == "Fixed the parser; all tests pass." and result.usage == running[-1]
+    assert result.ok and result.summary == "Fixed the parser; all tests pass." and result.usage == usages(out)[0]
+
+
+def test_claude_denied_tool_calls_and_api_errors_fail_the_run(tmp_path: Path) -> None:
+    parser = ClaudeEngine(CLAUDE_CONFIG, environ={}).parser()
+    out = feed_all(parser, [json.dumps({
+        "type": "result", "subtype": "success", "is_error": False, "result": "Done.", "total_cost_usd": 0.01,
+        "permission_denials": [{"tool_name": "Write", "tool_input": {"file_path": "/ws/a.txt"}},
+                               {"tool_name": "Bash", "tool_input": {"command": "pytest -q"}}]})])
+    assert "claude: denied Write /ws/a.txt" in texts(out)
+    result = parser.result(0, tmp_path)
+    assert not result.ok and result.summary == "claude denied 2 tool calls: Write /ws/a.txt; Bash pytest -q\nDone."
+    parser = ClaudeEngine(CLAUDE_CONFIG, environ={}).parser()
+    feed_all(parser, [json.dumps({"type": "result", "subtype": "success", "is_error": True,
+                                  "result": "API Error: 400 bad request"})])
+    result = parser.result(1, tmp_path)
+    assert not result.ok and result.summary == "API Error: 400 bad request"
+    parser = ClaudeEngine(CLAUDE_CONFIG, environ={}).parser()
+    feed_all(parser, ["claude: crashed"])
+    result = parser.result(137, tmp_path)
+    assert result == EngineResult(ok=False, summary="claude exited with code 137 before its result")
 
 
 def test_claude_error_result_unknown_and_malformed_lines() -> None:
@@ -568,7 +586,7 @@ def test_claude_base_url_and_key_variable() -> None:
                           api_key_env="TEAM_ANTHROPIC_KEY")
     inv = ClaudeEngine(config, environ={"TEAM_ANTHROPIC_KEY": "sk-team"}).invocation(TASK, workdir="/w", scratch="/s")
     assert inv.env == {"ANTHROPIC_API_KEY": "sk-team", "ANTHROPIC_BASE_URL": "https://gateway.example/anthropic",
-                       "HOME": "/s/home"}
+                       "HOME": "/s/home", **CLAUDE_RUN_ENV}
 
 
 def test_aider_base_url() -> None:
