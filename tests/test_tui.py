@@ -956,3 +956,95 @@ def test_no_markup_is_built_from_data_in_the_console_source() -> None:
                             if not (literal or wrapped):
                                 problems.append(f"{where}: {target.attr} from data")
     assert not problems, problems
+
+
+# --- every size -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_at_80x24_the_panes_are_tabs_and_each_one_is_reachable_with_rows(tmp_path: Path) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert app.main.compact
+        seen = []
+        for _ in range(4):
+            await pilot.pause()
+            table = app.focused
+            assert isinstance(table, PaneTable)
+            shown = [name for name in ("proposals", "agents", "qa", "ready") if pane(app, name).display]
+            assert shown == [table.pane]  # one pane on screen: the focused one
+            assert table.size.height >= 5 and table.row_count > 0
+            assert table.region.bottom <= 23  # above the footer
+            seen.append(table.pane)
+            await pilot.press("tab")
+        assert seen == ["proposals", "agents", "qa", "ready"]
+        await pilot.pause()
+        assert app.focused is app.main.log_pane.log_widget
+        assert app.main.log_pane.log_widget.size.height >= 5  # the log keeps the rest of the screen
+        await pilot.click("#tab-qa")
+        await pilot.pause()
+        assert app.focused is pane(app, "qa") and pane(app, "qa").display
+
+
+@pytest.mark.anyio
+async def test_at_80x24_the_header_keeps_the_needs_human_count_and_the_footer_only_live_keys(tmp_path: Path) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        header = app.main.query_one(HeaderBar).render_line(0).text
+        assert "needs-human 2" in header and "running" in header
+        footer = app.screen.query_one("Footer")
+        footer_text = " ".join(widget.render_line(0).text for widget in footer.query("FooterKey"))
+        assert "Approve" in footer_text and "Help" in footer_text
+        assert "Stop" not in footer_text  # no live run is selected in Proposals: the key is left out
+        assert sum(widget.size.width for widget in footer.query("FooterKey")) <= 80
+        # Ready to merge, full width: its last column shows whole
+        await pilot.press("tab", "tab", "tab")
+        await pilot.pause()
+        ready_pane = pane(app, "ready")
+        assert "Mergeable" in ready_pane.render_line(0).text  # the header row
+        assert "clean" in ready_pane.render_line(1).text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(120, 36), (200, 50)])
+async def test_wide_terminals_give_the_spare_width_to_titles_and_last_lines(tmp_path: Path,
+                                                                          size: tuple[int, int]) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        assert not app.main.compact
+        for name in ("proposals", "agents", "qa", "ready"):
+            table = pane(app, name)
+            used = sum(column.get_render_width(table) for column in table.columns.values())
+            assert table.scrollable_content_region.width - 2 <= used <= table.scrollable_content_region.width
+        if size[0] >= 200:
+            row = pane(app, "proposals").render_line(1).text
+            assert "Add retry with jitter to the webhook client" in row
+            assert "Add --json output to the report command" in pane(app, "ready").render_line(1).text
+
+
+def test_column_widths_share_the_spare_room_by_weight() -> None:
+    from fleet_tui.tui.widgets import column_widths
+
+    columns = [("#", "number", 4), ("Title", "title", 12), ("Verdict", "verdict", 9)]
+    assert column_widths(columns, {"title": 3, "verdict": 1}, 10, 2) == {"title": 12, "verdict": 9}
+    widths = column_widths(columns, {"title": 3, "verdict": 1}, 6 + 14 + 11 + 40, 2)
+    assert widths == {"title": 42, "verdict": 19}
+
+
+def test_a_narrow_header_drops_the_least_needed_parts_first() -> None:
+    from fleet_tui.tui.view import HeaderState, LoopStatus, Styles, header_text
+
+    state = HeaderState(repo="acme/widgets", forge_kind="github", polled_at=NOW, snapshot=sample_snapshot(),
+                        needs_human=3, loop=LoopStatus("running"))
+    wide = header_text(state, FleetConfig(), NOW, Styles(), width=200).plain
+    assert wide.startswith("fleet-tui acme/widgets (github)") and "rate 4,812" in wide
+    for width in (80, 60, 40, 30):
+        text = header_text(state, FleetConfig(), NOW, Styles(), width=width)
+        assert text.cell_len <= width
+        assert text.plain.endswith("needs-human 3"), text.plain
+    assert "running" in header_text(state, FleetConfig(), NOW, Styles(), width=40).plain
