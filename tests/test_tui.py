@@ -267,7 +267,8 @@ async def test_details_screen_shows_the_control_detail(tmp_path: Path) -> None:
         assert fake.called("detail") == [(12, None), (None, 40)]
         assert isinstance(app.screen, DetailScreen)
         text = app.export_screenshot()
-        assert "end&#160;=&#160;start&#160;+&#160;size" in text and "Please&#160;keep" in text
+        assert "Please&#160;keep" in text
+        assert "end = start + size" in str(app.screen.query_one("#detail-diff").render())
 
 
 @pytest.mark.anyio
@@ -1048,3 +1049,92 @@ def test_a_narrow_header_drops_the_least_needed_parts_first() -> None:
         assert text.cell_len <= width
         assert text.plain.endswith("needs-human 3"), text.plain
     assert "running" in header_text(state, FleetConfig(), NOW, Styles(), width=40).plain
+
+
+# --- the detail screen: Markdown, files, diff -------------------------------------------------------
+
+
+def test_a_diff_lists_its_files_with_sizes_even_when_a_line_looks_like_a_header() -> None:
+    from fleet_tui.tui.rendering import parse_diff
+
+    diff = ("diff --git a/notes.md b/notes.md\n--- a/notes.md\n+++ b/notes.md\n@@ -1,3 +1,3 @@\n keep\n"
+            "--- a deleted line that looks like a header\n+++ an added one that does too\n keep\n"
+            "diff --git a/old.py b/new.py\nsimilarity index 90%\nrename from old.py\nrename to new.py\n"
+            "diff --git a/logo.png b/logo.png\nBinary files a/logo.png and b/logo.png differ\n"
+            "diff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n--- a/gone.txt\n+++ /dev/null\n"
+            "@@ -1,2 +0,0 @@\n-one\n-two\n")
+    files = parse_diff(diff)
+    assert [(f.path, f.additions, f.deletions, f.status) for f in files] == [
+        ("notes.md", 1, 1, "modified"), ("old.py → new.py", 0, 0, "renamed"), ("logo.png", 0, 0, "binary"),
+        ("gone.txt", 0, 2, "deleted")]
+
+
+def test_markdown_shows_links_as_text_and_target_never_as_actions_or_markup() -> None:
+    from fleet_tui.tui.rendering import TextStyles, markdown_text
+
+    source = ("## Plan\n\nSee [the docs](https://example.com/docs) and **[@click=app.quit]bold[/]**.\n\n"
+              "- `code` \x1b]8;;https://evil.example\x07here\x1b]8;;\x07\n- [x](javascript:alert(1))\n")
+    text = markdown_text(source, TextStyles())
+    plain = text.plain
+    assert "Plan" in plain and "##" not in plain
+    assert "the docs (https://example.com/docs)" in plain
+    assert "[@click=app.quit]bold[/]" in plain  # shown as typed
+    assert "\x1b" not in plain and "here" in plain
+    assert "• code here" in plain
+    assert all(not span.style.link and not (span.style.meta or {}) for span in text.spans
+               if not isinstance(span.style, str))
+
+
+def test_a_huge_diff_is_cut_with_a_line_that_says_so() -> None:
+    from fleet_tui.tui.rendering import MAX_DIFF_LINES, TextStyles, diff_text
+
+    diff = "diff --git a/big.txt b/big.txt\n--- a/big.txt\n+++ b/big.txt\n@@ -0,0 +1,9000 @@\n"
+    diff += "".join(f"+line {n}\n" for n in range(9000))
+    text = diff_text(diff, TextStyles()).plain
+    assert text.count("\n") == MAX_DIFF_LINES + 1
+    assert text.rstrip().endswith(f"diff truncated: {MAX_DIFF_LINES:,} of 9,004 lines shown; the whole diff is on "
+                                  "the forge")
+
+
+@pytest.mark.anyio
+async def test_the_detail_of_a_pr_shows_its_files_and_diff_and_d_jumps_to_the_diff(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    fake.details[(None, 40)] = sample_detail()
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DetailScreen) and screen.loaded
+        files = str(screen.query_one("#detail-files").render())
+        assert "2 files · +7 −1" in files and "tests/test_pages.py" in files and "(added)" in files
+        content = str(screen.query_one("#detail-content").render())
+        assert "What changed" in content and "the issue (https://github.com/acme/widgets/issues/10)" in content
+        body = screen.query_one("#detail-body")
+        assert body.scroll_y == 0
+        await pilot.press("d")
+        await pilot.pause()
+        assert body.scroll_y > 0
+        diff = screen.query_one("#detail-diff")
+        assert diff.region.y <= body.region.y + body.scrollable_content_region.height
+        assert "+    end = start + size" in str(diff.render())
+
+
+@pytest.mark.anyio
+async def test_a_huge_diff_loads_in_the_background_and_says_it_was_cut(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    diff = "diff --git a/big.txt b/big.txt\n--- a/big.txt\n+++ b/big.txt\n@@ -0,0 +1,200000 @@\n"
+    diff += "".join(f"+line {n} \x1b[2J\n" for n in range(200_000))
+    fake.details[(None, 40)] = replace(sample_detail(), diff=diff)
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        start = time.monotonic()
+        await pilot.press("tab", "tab", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded, timeout=20)
+        assert time.monotonic() - start < 10
+        files = str(app.screen.query_one("#detail-files").render())
+        shown = str(app.screen.query_one("#detail-diff").render())
+        assert "big.txt" in files
+        assert "\x1b" not in shown and "diff truncated" in shown

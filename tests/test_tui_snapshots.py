@@ -105,6 +105,16 @@ def test_detail_screen(snap_compare: Snap, tmp_path: Path) -> None:
                         run_before=scenario("tab", "tab", "enter", then=loaded))
 
 
+def test_detail_screen_diff(snap_compare: Snap, tmp_path: Path) -> None:
+    async def at_the_diff(pilot: Pilot[None]) -> None:
+        await _until(pilot, lambda: getattr(pilot.app.screen, "loaded", False))
+        await pilot.press("d")
+        await pilot.pause()
+
+    assert snap_compare(console(tmp_path), terminal_size=(80, 24),
+                        run_before=scenario("tab", "tab", "enter", then=at_the_diff))
+
+
 def test_help(snap_compare: Snap, tmp_path: Path) -> None:
     assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario("question_mark"))
 
