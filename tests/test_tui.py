@@ -437,19 +437,102 @@ async def test_filter_narrows_the_focused_pane(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_bell_rings_when_something_needs_the_human(tmp_path: Path) -> None:
     app, fake = build(tmp_path=tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await ready(pilot)
-        fake.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
-        fake.push(Notice(at=NOW, level="info", message="just so you know"))
+        fake.push(NeedsHuman(at=NOW, issue=20, reason="tests failed twice"))
+        fake.push(Notice(at=NOW, level="info", message="opened PR #44 for issue #19"))  # routine: no toast
         fake.push(Notice(at=NOW, level="error", message="over budget", bell=True))
-        await wait_for(pilot, lambda: app.bells == 2)
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
         assert len(app.inbox) == 3
+        assert app.bells == 1  # one burst, one bell
+        assert sorted(n.message for n in app._notifications) == ["Needs you: #20 tests failed twice", "over budget"]
     quiet, fake2 = build(tmp_path=tmp_path, bell=False)
-    async with quiet.run_test(size=SIZE) as pilot:
+    async with quiet.run_test(size=SIZE, notifications=True) as pilot:
         await ready(pilot)
         fake2.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
-        await wait_for(pilot, lambda: len(quiet.inbox) == 3)
+        await wait_for(pilot, lambda: len(list(quiet._notifications)) == 1)
         assert quiet.bells == 0
+
+
+@pytest.mark.anyio
+async def test_one_event_heard_three_ways_is_one_toast_and_one_bell(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        item = NeedsHuman(at=NOW, issue=20, pr=45, reason="QA rounds exhausted (3/3)")
+        fake.push(item)  # the event, the fleet's notice of it, and the next snapshot holding it
+        fake.push(Notice(at=NOW, level="warning", message="issue #20 needs a human: QA rounds exhausted (3/3)",
+                         bell=True))
+        fake.publish(replace(sample_snapshot(), needs_human=(*sample_snapshot().needs_human, item)))
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
+        assert [n.message for n in app._notifications] == ["Needs you: #20 QA rounds exhausted (3/3)"]
+        assert app.bells == 1
+
+
+@pytest.mark.anyio
+async def test_new_proposals_ready_prs_and_a_budget_stop_each_toast_once(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.3)
+        assert not list(app._notifications) and app.bells == 0  # what is on screen at start is not news
+        clock = [1000.0]
+        app.alerts.clock = lambda: clock[0]
+        snap = sample_snapshot()
+        status = [replace(s, ready=True) if s.pr == 39 else s for s in snap.pull_status]
+        newer = replace(snap, proposals=(*snap.proposals, replace(snap.proposals[0], number=16, title="Add a CLI")),
+                        pull_status=tuple(status))
+        fake.publish(newer)
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 2)
+        assert sorted(n.message for n in app._notifications) == [
+            "PR #39 is ready for you to merge: Bump the lock file", "Proposal #16 awaits your approval: Add a CLI"]
+        assert app.bells == 1
+        fake.publish(newer)  # the same again: nothing
+        clock[0] += 10
+        fake.publish(replace(newer, budget_stop="spent $20.00 of $20.00 today"))
+        fake.push(Notice(at=NOW, level="error", message="budget stop: spent $20.00 of $20.00 today; dispatch is "
+                                                        "paused until you resume or the day ends", bell=True))
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 3)
+        await pilot.pause(0.3)
+        assert [n.message for n in app._notifications][-1] == "Budget stop: spent $20.00 of $20.00 today"
+        assert len(list(app._notifications)) == 3 and app.bells == 2
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_alerts_is_one_toast_and_bells_are_rate_limited(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        for issue in range(50, 56):
+            fake.push(NeedsHuman(at=NOW, issue=issue, reason="run timed out"))
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
+        messages = [n.message for n in app._notifications]
+        assert len(messages) == 1 and messages[0].startswith("6 things need you: Needs you: #50 run timed out")
+        assert messages[0].endswith("and 3 more (i: inbox)")
+        fake.push(NeedsHuman(at=NOW, issue=60, reason="run timed out"))  # a new event within the bell gap
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 2)
+        await pilot.pause(0.3)
+        assert app.bells == 1
+
+
+def test_an_event_that_cleared_and_came_back_is_news_again() -> None:
+    from fleet_tui.tui.alerts import AlertGate
+
+    clock = [0.0]
+    gate = AlertGate(clock=lambda: clock[0])
+    snap = sample_snapshot()
+    assert gate.from_snapshot(snap) == []  # the baseline
+    assert gate.admit(gate.from_snapshot(snap)) == []
+    without = replace(snap, proposals=snap.proposals[1:])
+    assert gate.from_snapshot(without) == []
+    back = gate.admit(gate.from_snapshot(snap))
+    assert [alert.key for alert in back] == ["proposal:12"]
+    assert gate.may_ring() and not gate.may_ring()
+    clock[0] += 6
+    assert gate.may_ring()
 
 
 # --- log pane -------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from fleet_tui.model import (
 )
 from fleet_tui.tui import themes
 from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
+from fleet_tui.tui.alerts import BURST, Alert, AlertGate, summary
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.messages import (
     EventsEnded,
@@ -85,6 +86,7 @@ FRAME_S = 1 / 30  # log lines reach the screen at most this often
 LAST_LINE_S = 0.5
 PM_NOTE_S = 120.0  # how long the header says "PM requested…" when the fleet never reports the PM's result  # the Agents pane's "last line" column is a glance: refreshed at most this often
 PANES = ("proposals", "agents", "qa", "ready")
+ALERT_BATCH_S = 0.25  # alerts that arrive this close together are one batch: at most one bell, bursts summed up
 COMPACT_WIDTH = 100  # below this many columns (or COMPACT_HEIGHT rows) the panes are tabs, one on screen
 COMPACT_HEIGHT = 30
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
@@ -526,6 +528,9 @@ class FleetApp(App[None]):
         self.shown_run: str | None = None
         self.errors: list[str] = []
         self.bells = 0
+        self.alerts = AlertGate()
+        self._alerts_pending: list[Alert] = []
+        self._alerts_armed = False
         self._loop_worker: Worker[None] | None = None
         # after an approve: (issue, the runs it had, the Agents cursor then) until its new run shows up
         self._follow: tuple[int, frozenset[str], str | None] | None = None
@@ -695,6 +700,7 @@ class FleetApp(App[None]):
                 del self._history[run_id]
                 self._last_lines.pop(run_id, None)
         self.refresh_panes()
+        self.queue_alerts(self.alerts.from_snapshot(snap))
         if self.shown_run is None and self.runs:
             self.show_run(agent_order(list(self.runs.values()))[0].run_id)
 
@@ -706,19 +712,42 @@ class FleetApp(App[None]):
         item = message.item
         if all(inbox_key(existing) != inbox_key(item) for existing in self.inbox):
             self.inbox.append(item)
-        target = f"PR #{item.pr}" if item.pr is not None else f"#{item.issue}" if item.issue is not None else ""
-        self.notify(f"Needs you: {target} {clean(item.reason, 200)}".strip(), title="needs-human",
-                    severity="warning", markup=False)
-        self.ring()
+        self.queue_alerts([self.alerts.from_needs_human(item)])
         self.refresh_panes()
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         notice = message.notice
         if _PM_WORD_RE.search(notice.message):
             self._pm_reported()
-        severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
-        self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
-        if notice.bell:
+        alert = self.alerts.from_notice(notice)
+        if alert is not None:
+            self.queue_alerts([alert])
+
+    # --- alerts: one toast and one bell per event that needs the operator -----------------------
+
+    def queue_alerts(self, alerts: list[Alert]) -> None:
+        """Announce `alerts` not announced before; what arrives within one short batch is shown together."""
+        admitted = self.alerts.admit(alerts)
+        for alert in admitted:
+            if not alert.needs_you:  # an answer to the operator's own intent: at once, no bell
+                self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False)
+        admitted = [alert for alert in admitted if alert.needs_you]
+        if not admitted:
+            return
+        self._alerts_pending.extend(admitted)
+        if not self._alerts_armed:
+            self._alerts_armed = True
+            self.set_timer(ALERT_BATCH_S, self.flush_alerts, name="alerts")
+
+    def flush_alerts(self) -> None:
+        pending, self._alerts_pending = self._alerts_pending, []
+        self._alerts_armed = False
+        if not pending:
+            return
+        shown = [summary(pending)] if len(pending) > BURST else pending
+        for alert in shown:
+            self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False)
+        if any(alert.needs_you for alert in pending) and self.config.ui.bell and self.alerts.may_ring():
             self.ring()
 
     def on_rate_limit_arrived(self, message: RateLimitArrived) -> None:
@@ -908,6 +937,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-approve", exit_on_error=False, description="Approve")
     async def approve_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         try:
             await self.control.approve(issue)
         except Exception:
@@ -917,6 +947,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-reject", exit_on_error=False, description="Reject")
     async def reject_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         await self.control.reject(issue)
         self.notify(f"Rejected #{issue}", markup=False)
 
@@ -925,15 +956,18 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-stop", exit_on_error=False, description="Stop agent")
     async def stop_agent(self, run_id: str) -> None:
+        self.alerts.intent_sent()
         await self.control.stop_run(run_id)
 
     @work(exclusive=True, group="intent-retry", exit_on_error=False, description="Retry")
     async def retry_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         await self.control.retry(issue)
         self.notify(f"Retrying #{issue}", markup=False)
 
     @work(exclusive=True, group="intent-pm", exit_on_error=False, description="Run PM")
     async def run_pm_now(self) -> None:
+        self.alerts.intent_sent()
         self.header.extra["pm"] = "PM requested…"
         self.update_header()
         try:
@@ -956,6 +990,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-pause", exit_on_error=False, description="Pause/resume")
     async def _set_paused(self, paused: bool) -> None:
+        self.alerts.intent_sent()
         try:
             await self.control.set_paused(paused)
         except Exception:
@@ -965,6 +1000,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-merge", exit_on_error=False, description="Merge")
     async def merge_pr(self, pr: int) -> None:
+        self.alerts.intent_sent()
         await self.control.merge(pr)
 
     def open_detail(self, *, issue: int | None, pr: int | None) -> None:
