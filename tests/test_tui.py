@@ -33,7 +33,7 @@ from fleet_tui.model import (
 from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
 from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
 from fleet_tui.tui.view import SetupItem
-from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable, TextLines
 
 SIZE = (120, 36)
 
@@ -268,7 +268,7 @@ async def test_details_screen_shows_the_control_detail(tmp_path: Path) -> None:
         assert isinstance(app.screen, DetailScreen)
         text = app.export_screenshot()
         assert "Please&#160;keep" in text
-        assert "end = start + size" in str(app.screen.query_one("#detail-diff").render())
+        assert "end = start + size" in app.screen.query_one("#detail-diff", TextLines).plain()
 
 
 @pytest.mark.anyio
@@ -1199,9 +1199,11 @@ async def test_the_detail_of_a_pr_shows_its_files_and_diff_and_d_jumps_to_the_di
         await pilot.press("d")
         await pilot.pause()
         assert body.scroll_y > 0
-        diff = screen.query_one("#detail-diff")
+        diff = screen.query_one("#detail-diff", TextLines)
         assert diff.region.y <= body.region.y + body.scrollable_content_region.height
-        assert "+    end = start + size" in str(diff.render())
+        assert "+    end = start + size" in diff.plain()
+        drawn = [diff.render_line(y).text for y in range(diff.line_count)]
+        assert any(line.startswith("-    end = start + size + 1") for line in drawn)
 
 
 @pytest.mark.anyio
@@ -1218,6 +1220,25 @@ async def test_a_huge_diff_loads_in_the_background_and_says_it_was_cut(tmp_path:
         await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded, timeout=20)
         assert time.monotonic() - start < 10
         files = str(app.screen.query_one("#detail-files").render())
-        shown = str(app.screen.query_one("#detail-diff").render())
+        shown = app.screen.query_one("#detail-diff", TextLines).plain()
         assert "big.txt" in files
         assert "\x1b" not in shown and "diff truncated" in shown
+
+
+@pytest.mark.anyio
+async def test_a_long_diff_line_folds_at_the_screen_width(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    long_line = "+" + "x" * 299
+    diff = f"diff --git a/min.js b/min.js\n--- a/min.js\n+++ b/min.js\n@@ -0,0 +1,1 @@\n{long_line}\n"
+    fake.details[(None, 40)] = replace(sample_detail(), diff=diff)
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "enter")
+        await settle(pilot)
+        diff_view = app.screen.query_one("#detail-diff", TextLines)
+        width = diff_view.size.width
+        drawn = [diff_view.render_line(y).text for y in range(diff_view.line_count)]
+        folded = [line.rstrip() for line in drawn if set(line.strip()) <= {"x", "+"} and line.strip()]
+        assert "".join(folded) == long_line
+        assert all(len(line) <= width for line in drawn)

@@ -28,7 +28,7 @@ from fleet_tui.tui.rendering import (
     parse_diff,
 )
 from fleet_tui.tui.view import SetupItem, Styles, clean, inbox_rows, setup_text
-from fleet_tui.tui.widgets import PaneTable
+from fleet_tui.tui.widgets import PaneTable, TextLines
 from fleet_tui.untrusted import for_terminal, strip_fleet_markers
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class DetailScreen(Screen[None]):
         with VerticalScroll(id="detail-body"):
             yield Static(Text("loading…", style="dim"), id="detail-content")
             yield Static(Text(), id="detail-files")
-            yield Static(Text(), id="detail-diff")
+            yield TextLines(id="detail-diff")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -226,7 +226,7 @@ class DetailScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "jump" and parameters and parameters[0] != "top":
-            part = self.query_one(f"#detail-{parameters[0]}", Static)
+            part = self.query_one(f"#detail-{parameters[0]}")
             return True if self.loaded and part.display else None
         return True
 
@@ -247,10 +247,12 @@ class DetailScreen(Screen[None]):
             self._pending = parts
             return
         self.query_one("#detail-content", Static).update(parts.content)
-        for name, text in (("files", parts.files), ("diff", parts.diff)):
-            part = self.query_one(f"#detail-{name}", Static)
-            part.update(text)
-            part.display = bool(text.plain)
+        files = self.query_one("#detail-files", Static)
+        files.update(parts.files)
+        files.display = bool(parts.files.plain)
+        diff = self.query_one("#detail-diff", TextLines)
+        diff.set_text(parts.diff)
+        diff.display = bool(parts.diff.plain)
         self.loaded = True
         self.refresh_bindings()
 
@@ -265,7 +267,7 @@ class DetailScreen(Screen[None]):
         if where == "top":
             body.scroll_home(animate=False)
         else:
-            body.scroll_to_widget(self.query_one(f"#detail-{where}", Static), animate=False, top=True)
+            body.scroll_to_widget(self.query_one(f"#detail-{where}"), animate=False, top=True)
 
     def action_scroll(self, lines: int) -> None:
         body = self.query_one("#detail-body", VerticalScroll)

@@ -4,7 +4,7 @@ pane (batched writes, follow mode, search) and the pane filter."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
@@ -13,8 +13,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.coordinate import Coordinate
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Log, Static
 from textual.widgets.data_table import ColumnKey
 
@@ -330,3 +333,66 @@ class LogPane(Vertical):
             log.scroll_to(y=max(0, found - log.size.height // 2), animate=False, immediate=True)
         self._retitle()
         return found
+
+
+class TextLines(Widget):
+    """A long styled text (a diff) drawn one line at a time where it is visible (Textual's line API): its
+    height is its line count, so a parent scrolls it without laying out thousands of lines on each frame.
+    Long lines fold at the widget's width; only those are re-wrapped when the width changes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._source: list[Text] = []
+        self._lines: list[Text] = []
+        self._wrapped_for = -1
+        self._strips: dict[int, Strip] = {}
+
+    def set_text(self, text: Text) -> None:
+        self._source = list(text.split("\n"))
+        self._wrapped_for = -1
+        self.refresh(layout=True)
+
+    @property
+    def line_count(self) -> int:
+        return len(self._lines) if self._wrapped_for >= 0 else len(self._source)
+
+    def _wrap(self, width: int) -> None:
+        if width == self._wrapped_for or width <= 0:
+            return
+        lines: list[Text] = []
+        for line in self._source:
+            if line.cell_len <= width:
+                lines.append(line)
+            else:
+                lines.extend(line.divide(range(width, len(line.plain), width)))
+        self._lines = lines
+        self._wrapped_for = width
+        self._strips.clear()
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        self._wrap(width)
+        return len(self._lines)
+
+    def plain(self) -> str:
+        return "\n".join(line.plain for line in self._source)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        self._wrap(width)
+        strip = self._strips.get(y)
+        if strip is None:
+            if y >= len(self._lines):
+                return Strip.blank(width, self.rich_style)
+            segments = list(self._lines[y].render(self.app.console))
+            strip = Strip(segments).apply_style(self.rich_style).adjust_cell_length(width, self.rich_style)
+            if len(self._strips) > 2_000:
+                self._strips.clear()
+            self._strips[y] = strip
+        return strip
+
+    def on_resize(self) -> None:
+        self._strips.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
