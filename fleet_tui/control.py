@@ -24,8 +24,9 @@ class Detail:
     pull: PullRequest | None = None
     reviews: tuple[Review, ...] = ()
     comments: tuple[Comment, ...] = ()
-    diffstat: str = ""
-    diff: str = ""
+    diffstat: str = ""  # shown when there is no diff (e.g. "3 files, +42 -7")
+    diff: str = ""  # the PR's unified diff (`git diff base...head` form); untrusted, any size: the console
+    # sanitizes it, lists its files with their sizes and shows at most its first 4,000 lines
 
 
 class FleetControl(Protocol):

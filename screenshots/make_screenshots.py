@@ -41,11 +41,17 @@ SHOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "console-light": ((), "fleet-light", "github"),
     "agents": (("tab",), "fleet-dark", "github"),
     "detail": (("tab", "tab", "enter"), "fleet-dark", "github"),
+    "detail-diff": (("tab", "tab", "enter", "d"), "fleet-dark", "github"),
+    "console-80x24": ((), "fleet-dark", "github"),
+    "console-200x50": ((), "fleet-dark", "github"),
     "inbox": (("i",), "fleet-dark", "github"),
     "log-full-screen": (("f",), "fleet-dark", "github"),
     "help": (("question_mark",), "fleet-dark", "github"),
     "confirm-merge-local": (("tab", "tab", "tab", "m"), "fleet-dark", "local"),
 }
+
+
+SIZES = {"console-80x24": (80, 24), "console-200x50": (200, 50)}  # the rest: SIZE
 
 
 async def _until(condition: Callable[[], object], pilot_pause: Callable[..., object], timeout: float = 5) -> None:
@@ -62,7 +68,7 @@ async def shoot(name: str, keys: tuple[str, ...], theme: str, forge: str, out: P
     state = Path(tempfile.mkdtemp(prefix="fleet-shots-"))
     app: FleetApp = make_app(fake, FleetConfig(ui=UiConfig(theme=theme)), clock=fixed_clock, state_dir=state,
                              theme_dir=state, environ={"DISPLAY": ":0"}, platform="linux")
-    async with app.run_test(size=SIZE, notifications=True) as pilot:
+    async with app.run_test(size=SIZES.get(name, SIZE), notifications=True) as pilot:
         await _until(lambda: app.snapshot is not None and app.main.table("proposals").row_count > 0, pilot.pause)
         agents = app.main.table("agents")  # the Dev run on #9, whose log this is
         agents.move_cursor(row=agents.get_row_index("run-7f3a"), animate=False)
@@ -72,6 +78,8 @@ async def shoot(name: str, keys: tuple[str, ...], theme: str, forge: str, out: P
         for key in keys:
             await pilot.press(key)
             await pilot.pause()
+            if hasattr(app.screen, "loaded"):  # the detail screen: let its worker finish before the next key
+                await _until(lambda: app.screen.loaded, pilot.pause)  # type: ignore[attr-defined]
         short_lived = [w for w in app.workers if w.group.startswith(("intent", "detail"))]
         if short_lived:
             await app.workers.wait_for_complete(short_lived)

@@ -200,12 +200,40 @@ def sample_snapshot(*, paused: bool = False) -> SnapshotPublished:
                              paused=paused)
 
 
+SAMPLE_DIFF = """\
+diff --git a/src/pages.py b/src/pages.py
+index 3f2a1c0..9b7e4d2 100644
+--- a/src/pages.py
++++ b/src/pages.py
+@@ -10,7 +10,7 @@ def page(items, size):
+     if size <= 0:
+         raise ValueError("size must be positive")
+     start = index * size
+-    end = start + size + 1
++    end = start + size
+     return items[start:end]
+ 
+ 
+diff --git a/tests/test_pages.py b/tests/test_pages.py
+new file mode 100644
+index 0000000..5d1e2aa
+--- /dev/null
++++ b/tests/test_pages.py
+@@ -0,0 +1,6 @@
++from widgets.pages import page
++
++
++def test_last_page_is_not_padded():
++    assert page(list(range(5)), size=2, index=2) == [4]
++    assert page([], size=2, index=0) == []
+"""
+
+
 def sample_detail() -> Detail:
     pull = sample_snapshot().pulls[0]
+    pull = replace(pull, body="Closes #10.\n\n## What changed\n\n- `end` no longer runs **one past** the page\n"
+                              "- a test for the last page\n\nSee [the issue](https://github.com/acme/widgets/issues/10).")
     comment = Comment("c1", Actor("mara"), "Please keep the old argument name as an alias.", NOW - timedelta(minutes=5))
-    diff = ("diff --git a/src/pages.py b/src/pages.py\n--- a/src/pages.py\n+++ b/src/pages.py\n"
-            "@@ -10,7 +10,7 @@ def page(items, size):\n-    end = start + size + 1\n+    end = start + size\n"
-            "     return items[start:end]\n")
     return Detail(pull=pull, reviews=pull.reviews, comments=(comment,),
-                  diffstat=" src/pages.py       | 4 ++--\n tests/test_pages.py | 45 +++++++++\n 2 files changed",
-                  diff=diff)
+                  diffstat=" src/pages.py        | 2 +-\n tests/test_pages.py | 6 ++++++\n 2 files changed",
+                  diff=SAMPLE_DIFF)

@@ -33,7 +33,7 @@ from fleet_tui.model import (
 from fleet_tui.tui.app import FleetApp, history_line, is_remote_terminal, make_app
 from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
 from fleet_tui.tui.view import SetupItem
-from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneTable, TextLines
 
 SIZE = (120, 36)
 
@@ -267,7 +267,8 @@ async def test_details_screen_shows_the_control_detail(tmp_path: Path) -> None:
         assert fake.called("detail") == [(12, None), (None, 40)]
         assert isinstance(app.screen, DetailScreen)
         text = app.export_screenshot()
-        assert "end&#160;=&#160;start&#160;+&#160;size" in text and "Please&#160;keep" in text
+        assert "Please&#160;keep" in text
+        assert "end = start + size" in app.screen.query_one("#detail-diff", TextLines).plain()
 
 
 @pytest.mark.anyio
@@ -436,19 +437,102 @@ async def test_filter_narrows_the_focused_pane(tmp_path: Path) -> None:
 @pytest.mark.anyio
 async def test_bell_rings_when_something_needs_the_human(tmp_path: Path) -> None:
     app, fake = build(tmp_path=tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
         await ready(pilot)
-        fake.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
-        fake.push(Notice(at=NOW, level="info", message="just so you know"))
+        fake.push(NeedsHuman(at=NOW, issue=20, reason="tests failed twice"))
+        fake.push(Notice(at=NOW, level="info", message="opened PR #44 for issue #19"))  # routine: no toast
         fake.push(Notice(at=NOW, level="error", message="over budget", bell=True))
-        await wait_for(pilot, lambda: app.bells == 2)
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
         assert len(app.inbox) == 3
+        assert app.bells == 1  # one burst, one bell
+        assert sorted(n.message for n in app._notifications) == ["Needs you: #20 tests failed twice", "over budget"]
     quiet, fake2 = build(tmp_path=tmp_path, bell=False)
-    async with quiet.run_test(size=SIZE) as pilot:
+    async with quiet.run_test(size=SIZE, notifications=True) as pilot:
         await ready(pilot)
         fake2.push(NeedsHuman(at=NOW, issue=20, reason="budget stop"))
-        await wait_for(pilot, lambda: len(quiet.inbox) == 3)
+        await wait_for(pilot, lambda: len(list(quiet._notifications)) == 1)
         assert quiet.bells == 0
+
+
+@pytest.mark.anyio
+async def test_one_event_heard_three_ways_is_one_toast_and_one_bell(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        item = NeedsHuman(at=NOW, issue=20, pr=45, reason="QA rounds exhausted (3/3)")
+        fake.push(item)  # the event, the fleet's notice of it, and the next snapshot holding it
+        fake.push(Notice(at=NOW, level="warning", message="issue #20 needs a human: QA rounds exhausted (3/3)",
+                         bell=True))
+        fake.publish(replace(sample_snapshot(), needs_human=(*sample_snapshot().needs_human, item)))
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
+        assert [n.message for n in app._notifications] == ["Needs you: #20 QA rounds exhausted (3/3)"]
+        assert app.bells == 1
+
+
+@pytest.mark.anyio
+async def test_new_proposals_ready_prs_and_a_budget_stop_each_toast_once(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        await pilot.pause(0.3)
+        assert not list(app._notifications) and app.bells == 0  # what is on screen at start is not news
+        clock = [1000.0]
+        app.alerts.clock = lambda: clock[0]
+        snap = sample_snapshot()
+        status = [replace(s, ready=True) if s.pr == 39 else s for s in snap.pull_status]
+        newer = replace(snap, proposals=(*snap.proposals, replace(snap.proposals[0], number=16, title="Add a CLI")),
+                        pull_status=tuple(status))
+        fake.publish(newer)
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 2)
+        assert sorted(n.message for n in app._notifications) == [
+            "PR #39 is ready for you to merge: Bump the lock file", "Proposal #16 awaits your approval: Add a CLI"]
+        assert app.bells == 1
+        fake.publish(newer)  # the same again: nothing
+        clock[0] += 10
+        fake.publish(replace(newer, budget_stop="spent $20.00 of $20.00 today"))
+        fake.push(Notice(at=NOW, level="error", message="budget stop: spent $20.00 of $20.00 today; dispatch is "
+                                                        "paused until you resume or the day ends", bell=True))
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 3)
+        await pilot.pause(0.3)
+        assert [n.message for n in app._notifications][-1] == "Budget stop: spent $20.00 of $20.00 today"
+        assert len(list(app._notifications)) == 3 and app.bells == 2
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_alerts_is_one_toast_and_bells_are_rate_limited(tmp_path: Path) -> None:
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await ready(pilot)
+        for issue in range(50, 56):
+            fake.push(NeedsHuman(at=NOW, issue=issue, reason="run timed out"))
+        await wait_for(pilot, lambda: app.bells == 1)
+        await pilot.pause(0.3)
+        messages = [n.message for n in app._notifications]
+        assert len(messages) == 1 and messages[0].startswith("6 things need you: Needs you: #50 run timed out")
+        assert messages[0].endswith("and 3 more (i: inbox)")
+        fake.push(NeedsHuman(at=NOW, issue=60, reason="run timed out"))  # a new event within the bell gap
+        await wait_for(pilot, lambda: len(list(app._notifications)) == 2)
+        await pilot.pause(0.3)
+        assert app.bells == 1
+
+
+def test_an_event_that_cleared_and_came_back_is_news_again() -> None:
+    from fleet_tui.tui.alerts import AlertGate
+
+    clock = [0.0]
+    gate = AlertGate(clock=lambda: clock[0])
+    snap = sample_snapshot()
+    assert gate.from_snapshot(snap) == []  # the baseline
+    assert gate.admit(gate.from_snapshot(snap)) == []
+    without = replace(snap, proposals=snap.proposals[1:])
+    assert gate.from_snapshot(without) == []
+    back = gate.admit(gate.from_snapshot(snap))
+    assert [alert.key for alert in back] == ["proposal:12"]
+    assert gate.may_ring() and not gate.may_ring()
+    clock[0] += 6
+    assert gate.may_ring()
 
 
 # --- log pane -------------------------------------------------------------------------------------
@@ -956,3 +1040,205 @@ def test_no_markup_is_built_from_data_in_the_console_source() -> None:
                             if not (literal or wrapped):
                                 problems.append(f"{where}: {target.attr} from data")
     assert not problems, problems
+
+
+# --- every size -----------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_at_80x24_the_panes_are_tabs_and_each_one_is_reachable_with_rows(tmp_path: Path) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert app.main.compact
+        seen = []
+        for _ in range(4):
+            await pilot.pause()
+            table = app.focused
+            assert isinstance(table, PaneTable)
+            shown = [name for name in ("proposals", "agents", "qa", "ready") if pane(app, name).display]
+            assert shown == [table.pane]  # one pane on screen: the focused one
+            assert table.size.height >= 5 and table.row_count > 0
+            assert table.region.bottom <= 23  # above the footer
+            seen.append(table.pane)
+            await pilot.press("tab")
+        assert seen == ["proposals", "agents", "qa", "ready"]
+        await pilot.pause()
+        assert app.focused is app.main.log_pane.log_widget
+        assert app.main.log_pane.log_widget.size.height >= 5  # the log keeps the rest of the screen
+        await pilot.click("#tab-qa")
+        await pilot.pause()
+        assert app.focused is pane(app, "qa") and pane(app, "qa").display
+
+
+@pytest.mark.anyio
+async def test_at_80x24_the_header_keeps_the_needs_human_count_and_the_footer_only_live_keys(tmp_path: Path) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        header = app.main.query_one(HeaderBar).render_line(0).text
+        assert "needs-human 2" in header and "running" in header
+        footer = app.screen.query_one("Footer")
+        footer_text = " ".join(widget.render_line(0).text for widget in footer.query("FooterKey"))
+        assert "Approve" in footer_text and "Help" in footer_text
+        assert "Stop" not in footer_text  # no live run is selected in Proposals: the key is left out
+        assert sum(widget.size.width for widget in footer.query("FooterKey")) <= 80
+        # Ready to merge, full width: its last column shows whole
+        await pilot.press("tab", "tab", "tab")
+        await pilot.pause()
+        ready_pane = pane(app, "ready")
+        assert "Mergeable" in ready_pane.render_line(0).text  # the header row
+        assert "clean" in ready_pane.render_line(1).text
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("size", [(120, 36), (200, 50)])
+async def test_wide_terminals_give_the_spare_width_to_titles_and_last_lines(tmp_path: Path,
+                                                                          size: tuple[int, int]) -> None:
+    app, _fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=size) as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        assert not app.main.compact
+        for name in ("proposals", "agents", "qa", "ready"):
+            table = pane(app, name)
+            used = sum(column.get_render_width(table) for column in table.columns.values())
+            assert table.scrollable_content_region.width - 2 <= used <= table.scrollable_content_region.width
+        if size[0] >= 200:
+            row = pane(app, "proposals").render_line(1).text
+            assert "Add retry with jitter to the webhook client" in row
+            assert "Add --json output to the report command" in pane(app, "ready").render_line(1).text
+
+
+def test_column_widths_share_the_spare_room_by_weight() -> None:
+    from fleet_tui.tui.widgets import column_widths
+
+    columns = [("#", "number", 4), ("Title", "title", 12), ("Verdict", "verdict", 9)]
+    assert column_widths(columns, {"title": 3, "verdict": 1}, 10, 2) == {"title": 12, "verdict": 9}
+    widths = column_widths(columns, {"title": 3, "verdict": 1}, 6 + 14 + 11 + 40, 2)
+    assert widths == {"title": 42, "verdict": 19}
+
+
+def test_a_narrow_header_drops_the_least_needed_parts_first() -> None:
+    from fleet_tui.tui.view import HeaderState, LoopStatus, Styles, header_text
+
+    state = HeaderState(repo="acme/widgets", forge_kind="github", polled_at=NOW, snapshot=sample_snapshot(),
+                        needs_human=3, loop=LoopStatus("running"))
+    wide = header_text(state, FleetConfig(), NOW, Styles(), width=200).plain
+    assert wide.startswith("fleet-tui acme/widgets (github)") and "rate 4,812" in wide
+    for width in (80, 60, 40, 30):
+        text = header_text(state, FleetConfig(), NOW, Styles(), width=width)
+        assert text.cell_len <= width
+        assert text.plain.endswith("needs-human 3"), text.plain
+    assert "running" in header_text(state, FleetConfig(), NOW, Styles(), width=40).plain
+
+
+# --- the detail screen: Markdown, files, diff -------------------------------------------------------
+
+
+def test_a_diff_lists_its_files_with_sizes_even_when_a_line_looks_like_a_header() -> None:
+    from fleet_tui.tui.rendering import parse_diff
+
+    diff = ("diff --git a/notes.md b/notes.md\n--- a/notes.md\n+++ b/notes.md\n@@ -1,3 +1,3 @@\n keep\n"
+            "--- a deleted line that looks like a header\n+++ an added one that does too\n keep\n"
+            "diff --git a/old.py b/new.py\nsimilarity index 90%\nrename from old.py\nrename to new.py\n"
+            "diff --git a/logo.png b/logo.png\nBinary files a/logo.png and b/logo.png differ\n"
+            "diff --git a/gone.txt b/gone.txt\ndeleted file mode 100644\n--- a/gone.txt\n+++ /dev/null\n"
+            "@@ -1,2 +0,0 @@\n-one\n-two\n")
+    files = parse_diff(diff)
+    assert [(f.path, f.additions, f.deletions, f.status) for f in files] == [
+        ("notes.md", 1, 1, "modified"), ("old.py → new.py", 0, 0, "renamed"), ("logo.png", 0, 0, "binary"),
+        ("gone.txt", 0, 2, "deleted")]
+
+
+def test_markdown_shows_links_as_text_and_target_never_as_actions_or_markup() -> None:
+    from fleet_tui.tui.rendering import TextStyles, markdown_text
+
+    source = ("## Plan\n\nSee [the docs](https://example.com/docs) and **[@click=app.quit]bold[/]**.\n\n"
+              "- `code` \x1b]8;;https://evil.example\x07here\x1b]8;;\x07\n- [x](javascript:alert(1))\n")
+    text = markdown_text(source, TextStyles())
+    plain = text.plain
+    assert "Plan" in plain and "##" not in plain
+    assert "the docs (https://example.com/docs)" in plain
+    assert "[@click=app.quit]bold[/]" in plain  # shown as typed
+    assert "\x1b" not in plain and "here" in plain
+    assert "• code here" in plain
+    assert all(not span.style.link and not (span.style.meta or {}) for span in text.spans
+               if not isinstance(span.style, str))
+
+
+def test_a_huge_diff_is_cut_with_a_line_that_says_so() -> None:
+    from fleet_tui.tui.rendering import MAX_DIFF_LINES, TextStyles, diff_text
+
+    diff = "diff --git a/big.txt b/big.txt\n--- a/big.txt\n+++ b/big.txt\n@@ -0,0 +1,9000 @@\n"
+    diff += "".join(f"+line {n}\n" for n in range(9000))
+    text = diff_text(diff, TextStyles()).plain
+    assert text.count("\n") == MAX_DIFF_LINES + 1
+    assert text.rstrip().endswith(f"diff truncated: {MAX_DIFF_LINES:,} of 9,004 lines shown; the whole diff is on "
+                                  "the forge")
+
+
+@pytest.mark.anyio
+async def test_the_detail_of_a_pr_shows_its_files_and_diff_and_d_jumps_to_the_diff(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    fake.details[(None, 40)] = sample_detail()
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "enter")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, DetailScreen) and screen.loaded
+        files = str(screen.query_one("#detail-files").render())
+        assert "2 files · +7 −1" in files and "tests/test_pages.py" in files and "(added)" in files
+        content = str(screen.query_one("#detail-content").render())
+        assert "What changed" in content and "the issue (https://github.com/acme/widgets/issues/10)" in content
+        body = screen.query_one("#detail-body")
+        assert body.scroll_y == 0
+        await pilot.press("d")
+        await pilot.pause()
+        assert body.scroll_y > 0
+        diff = screen.query_one("#detail-diff", TextLines)
+        assert diff.region.y <= body.region.y + body.scrollable_content_region.height
+        assert "+    end = start + size" in diff.plain()
+        drawn = [diff.render_line(y).text for y in range(diff.line_count)]
+        assert any(line.startswith("-    end = start + size + 1") for line in drawn)
+
+
+@pytest.mark.anyio
+async def test_a_huge_diff_loads_in_the_background_and_says_it_was_cut(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    diff = "diff --git a/big.txt b/big.txt\n--- a/big.txt\n+++ b/big.txt\n@@ -0,0 +1,200000 @@\n"
+    diff += "".join(f"+line {n} \x1b[2J\n" for n in range(200_000))
+    fake.details[(None, 40)] = replace(sample_detail(), diff=diff)
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        start = time.monotonic()
+        await pilot.press("tab", "tab", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DetailScreen) and app.screen.loaded, timeout=20)
+        assert time.monotonic() - start < 10
+        files = str(app.screen.query_one("#detail-files").render())
+        shown = app.screen.query_one("#detail-diff", TextLines).plain()
+        assert "big.txt" in files
+        assert "\x1b" not in shown and "diff truncated" in shown
+
+
+@pytest.mark.anyio
+async def test_a_long_diff_line_folds_at_the_screen_width(tmp_path: Path) -> None:
+    fake = FakeFleet()
+    long_line = "+" + "x" * 299
+    diff = f"diff --git a/min.js b/min.js\n--- a/min.js\n+++ b/min.js\n@@ -0,0 +1,1 @@\n{long_line}\n"
+    fake.details[(None, 40)] = replace(sample_detail(), diff=diff)
+    app, _ = build(fake, tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("tab", "tab", "enter")
+        await settle(pilot)
+        diff_view = app.screen.query_one("#detail-diff", TextLines)
+        width = diff_view.size.width
+        drawn = [diff_view.render_line(y).text for y in range(diff_view.line_count)]
+        folded = [line.rstrip() for line in drawn if set(line.strip()) <= {"x", "+"} and line.strip()]
+        assert "".join(folded) == long_line
+        assert all(len(line) <= width for line in drawn)

@@ -79,6 +79,15 @@ def test_main_screen(snap_compare: Snap, tmp_path: Path) -> None:
     assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario())
 
 
+@pytest.mark.parametrize("size", [(80, 24), (200, 50)], ids=["80x24", "200x50"])
+def test_main_screen_sizes(snap_compare: Snap, tmp_path: Path, size: tuple[int, int]) -> None:
+    assert snap_compare(console(tmp_path), terminal_size=size, run_before=scenario())
+
+
+def test_small_terminal_agents_tab(snap_compare: Snap, tmp_path: Path) -> None:
+    assert snap_compare(console(tmp_path), terminal_size=(80, 24), run_before=scenario("tab"))
+
+
 @pytest.mark.parametrize("tabs", [1, 2, 3, 4], ids=["agents", "qa", "ready", "log"])
 def test_pane_focused(snap_compare: Snap, tmp_path: Path, tabs: int) -> None:
     assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario(*["tab"] * tabs))
@@ -94,6 +103,16 @@ def test_detail_screen(snap_compare: Snap, tmp_path: Path) -> None:
 
     assert snap_compare(console(tmp_path), terminal_size=SIZE,
                         run_before=scenario("tab", "tab", "enter", then=loaded))
+
+
+def test_detail_screen_diff(snap_compare: Snap, tmp_path: Path) -> None:
+    async def at_the_diff(pilot: Pilot[None]) -> None:
+        await _until(pilot, lambda: getattr(pilot.app.screen, "loaded", False))
+        await pilot.press("d")
+        await pilot.pause()
+
+    assert snap_compare(console(tmp_path), terminal_size=(80, 24),
+                        run_before=scenario("tab", "tab", "enter", then=at_the_diff))
 
 
 def test_help(snap_compare: Snap, tmp_path: Path) -> None:

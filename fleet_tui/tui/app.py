@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from rich.style import Style
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.containers import Grid
 from textual.css.query import NoMatches
@@ -46,6 +46,7 @@ from fleet_tui.model import (
 )
 from fleet_tui.tui import themes
 from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
+from fleet_tui.tui.alerts import BURST, Alert, AlertGate, summary
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.messages import (
     EventsEnded,
@@ -78,13 +79,16 @@ from fleet_tui.tui.view import (
     run_target,
     safe_url,
 )
-from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneFilter, PaneTable
+from fleet_tui.tui.widgets import HeaderBar, LinkBar, LogPane, PaneFilter, PaneTab, PaneTable, PaneTabs
 from fleet_tui.untrusted import line_for_terminal
 
 FRAME_S = 1 / 30  # log lines reach the screen at most this often
 LAST_LINE_S = 0.5
 PM_NOTE_S = 120.0  # how long the header says "PM requested…" when the fleet never reports the PM's result  # the Agents pane's "last line" column is a glance: refreshed at most this often
 PANES = ("proposals", "agents", "qa", "ready")
+ALERT_BATCH_S = 0.25  # alerts that arrive this close together are one batch: at most one bell, bursts summed up
+COMPACT_WIDTH = 100  # below this many columns (or COMPACT_HEIGHT rows) the panes are tabs, one on screen
+COMPACT_HEIGHT = 30
 _ISO_PREFIX_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ](\d{2}:\d{2}:\d{2})\S*\s?")
 _PM_WORD_RE = re.compile(r"\bPM\b", re.IGNORECASE)  # a Notice about the PM answers the "PM requested" note
 _ROW_ACTIONS = {"approve", "reject", "details", "tail_log", "stop", "retry", "open", "merge", "copy_url"}
@@ -157,6 +161,7 @@ class MainScreen(Screen[None]):
         super().__init__()
         self.log_lines = log_lines
         self.filter_target: str | None = None
+        self.active_pane = "proposals"  # the pane a small terminal shows
         self._keys_signature: tuple[bool | None, ...] = ()
 
     @property
@@ -166,17 +171,18 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
+        yield PaneTabs(PANES, id="tabs")
         with Grid(id="panes"):
-            yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 22),
-                                                        ("Approval", "approval", 13)])
+            yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 12),
+                                                        ("Approval", "approval", 13)], flex={"title": 1})
             yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("Rnd", "round", 3),
                                                   ("State", "state", 9), ("Time", "elapsed", 6), ("Tok", "tokens", 4),
-                                                  ("Cost", "cost", 5), ("Last line", "last", 24)])
-            yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 15), ("Round", "round", 5),
-                                          ("Verdict", "verdict", 9), ("Fnd", "findings", 3)])
-            yield PaneTable("ready", "Ready to merge", [("PR", "number", 4), ("Title", "title", 23),
+                                                  ("Cost", "cost", 5), ("Last line", "last", 12)], flex={"last": 1})
+            yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 12), ("Round", "round", 5),
+                                          ("Verdict", "verdict", 9), ("Fnd", "findings", 3)], flex={"title": 3, "verdict": 1})
+            yield PaneTable("ready", "Ready to merge", [("PR", "number", 4), ("Title", "title", 12),
                                                         ("CI", "ci", 7), ("Size", "size", 15),
-                                                        ("Mergeable", "mergeable", 9)])
+                                                        ("Mergeable", "mergeable", 9)], flex={"title": 1})
         yield LogPane(self.log_lines, id="logpane")
         yield LinkBar(id="linkbar", classes="hidden")
         yield PaneFilter(placeholder="filter this pane (enter: keep, escape: clear)", id="filter", classes="hidden")
@@ -184,7 +190,45 @@ class MainScreen(Screen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        self._show_active()
         self.call_after_refresh(self.fleet.refresh_panes)  # the header and panes as soon as they exist
+
+    # --- sizes: on a small terminal the panes are tabs -------------------------------------------
+
+    @property
+    def compact(self) -> bool:
+        return self.has_class("-compact")
+
+    def on_resize(self, event: events.Resize) -> None:
+        compact = event.size.width < COMPACT_WIDTH or event.size.height < COMPACT_HEIGHT
+        if compact != self.compact:
+            self.set_class(compact, "-compact")
+            self._show_active()
+            self._keys_signature = ()  # the footer shows other keys in the compact layout
+            self.update_keys()
+        self.fleet.update_header()
+
+    def _show_active(self) -> None:
+        for pane in PANES:
+            self.table(pane).set_class(pane == self.active_pane, "-shown")
+        self.update_tabs()
+
+    def update_tabs(self) -> None:
+        labels = {pane: f"{self.table(pane).title} {self.table(pane).total}" for pane in PANES}
+        self.query_one(PaneTabs).show(labels, self.active_pane)
+
+    def show_pane(self, pane: str) -> None:
+        """Focus a pane; on a small terminal also bring it on screen."""
+        self.active_pane = pane
+        self._show_active()
+        self.table(pane).focus()
+
+    @on(PaneTab.Chosen)
+    def _tab_chosen(self, event: PaneTab.Chosen) -> None:
+        event.stop()
+        if self.has_class("-log-full"):
+            self.action_fullscreen()
+        self.show_pane(event.pane)
 
     def table(self, pane: str) -> PaneTable:
         return self.query_one(f"#{pane}", PaneTable)
@@ -238,6 +282,11 @@ class MainScreen(Screen[None]):
     # --- which keys apply ----------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        applies = self._applies(action)
+        # On a small terminal a key that does not apply leaves the footer, so the ones that do stay legible.
+        return False if applies is None and self.compact else applies
+
+    def _applies(self, action: str) -> bool | None:
         if action in _LOOP_ACTIONS:
             state = self.fleet.header.loop.state
             if action == "restart_loop":
@@ -271,7 +320,7 @@ class MainScreen(Screen[None]):
 
     def update_keys(self) -> None:
         """Refresh the footer, but only when the set of keys that apply changed (a footer rebuild costs a frame)."""
-        signature = tuple(self.check_action(action, ()) for action in sorted(_ROW_ACTIONS | _LOOP_ACTIONS))
+        signature = tuple(self._applies(action) for action in sorted(_ROW_ACTIONS | _LOOP_ACTIONS))
         if signature != self._keys_signature:
             self._keys_signature = signature
             self.refresh_bindings()
@@ -283,7 +332,10 @@ class MainScreen(Screen[None]):
             self.fleet.show_run(event.row_key.value)
             self.fleet.note_selected_run()
 
-    def on_descendant_focus(self) -> None:
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if isinstance(event.widget, PaneTable) and event.widget.pane in PANES and event.widget.pane != self.active_pane:
+            self.active_pane = event.widget.pane
+            self._show_active()
         self.update_keys()
 
     # --- actions ---------------------------------------------------------------------------------
@@ -419,14 +471,14 @@ class MainScreen(Screen[None]):
         if following == "log":
             self.log_pane.log_widget.focus()
         else:
-            self.table(following).focus()
+            self.show_pane(following)
 
     def action_fullscreen(self) -> None:
         self.toggle_class("-log-full")
         if self.has_class("-log-full"):
             self.log_pane.log_widget.focus()
         else:
-            self.table("agents").focus()
+            self.show_pane("agents")
 
     def action_help(self) -> None:
         self.app.push_screen(HelpScreen(self.fleet.current_keys()))
@@ -476,6 +528,9 @@ class FleetApp(App[None]):
         self.shown_run: str | None = None
         self.errors: list[str] = []
         self.bells = 0
+        self.alerts = AlertGate()
+        self._alerts_pending: list[Alert] = []
+        self._alerts_armed = False
         self._loop_worker: Worker[None] | None = None
         # after an approve: (issue, the runs it had, the Agents cursor then) until its new run shows up
         self._follow: tuple[int, frozenset[str], str | None] | None = None
@@ -540,7 +595,7 @@ class FleetApp(App[None]):
 
     def _set_loop(self, status: LoopStatus) -> None:
         self.header.loop = status
-        self._update_header()
+        self.update_header()
         if self.main.is_mounted:
             self.main.update_keys()
 
@@ -645,6 +700,7 @@ class FleetApp(App[None]):
                 del self._history[run_id]
                 self._last_lines.pop(run_id, None)
         self.refresh_panes()
+        self.queue_alerts(self.alerts.from_snapshot(snap))
         if self.shown_run is None and self.runs:
             self.show_run(agent_order(list(self.runs.values()))[0].run_id)
 
@@ -656,25 +712,48 @@ class FleetApp(App[None]):
         item = message.item
         if all(inbox_key(existing) != inbox_key(item) for existing in self.inbox):
             self.inbox.append(item)
-        target = f"PR #{item.pr}" if item.pr is not None else f"#{item.issue}" if item.issue is not None else ""
-        self.notify(f"Needs you: {target} {clean(item.reason, 200)}".strip(), title="needs-human",
-                    severity="warning", markup=False)
-        self.ring()
+        self.queue_alerts([self.alerts.from_needs_human(item)])
         self.refresh_panes()
 
     def on_notice_arrived(self, message: NoticeArrived) -> None:
         notice = message.notice
         if _PM_WORD_RE.search(notice.message):
             self._pm_reported()
-        severity = {"info": "information", "warning": "warning", "error": "error"}.get(notice.level, "information")
-        self.notify(clean(notice.message, 500), severity=severity, markup=False)  # type: ignore[arg-type]
-        if notice.bell:
+        alert = self.alerts.from_notice(notice)
+        if alert is not None:
+            self.queue_alerts([alert])
+
+    # --- alerts: one toast and one bell per event that needs the operator -----------------------
+
+    def queue_alerts(self, alerts: list[Alert]) -> None:
+        """Announce `alerts` not announced before; what arrives within one short batch is shown together."""
+        admitted = self.alerts.admit(alerts)
+        for alert in admitted:
+            if not alert.needs_you:  # an answer to the operator's own intent: at once, no bell
+                self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False)
+        admitted = [alert for alert in admitted if alert.needs_you]
+        if not admitted:
+            return
+        self._alerts_pending.extend(admitted)
+        if not self._alerts_armed:
+            self._alerts_armed = True
+            self.set_timer(ALERT_BATCH_S, self.flush_alerts, name="alerts")
+
+    def flush_alerts(self) -> None:
+        pending, self._alerts_pending = self._alerts_pending, []
+        self._alerts_armed = False
+        if not pending:
+            return
+        shown = [summary(pending)] if len(pending) > BURST else pending
+        for alert in shown:
+            self.notify(alert.message, title=alert.title, severity=alert.severity, markup=False)
+        if any(alert.needs_you for alert in pending) and self.config.ui.bell and self.alerts.may_ring():
             self.ring()
 
     def on_rate_limit_arrived(self, message: RateLimitArrived) -> None:
         self.header.rate_limited_until = message.event.until
         self.notify(f"Rate limited: {clean(message.event.reason, 200)}", severity="warning", markup=False)
-        self._update_header()
+        self.update_header()
 
     def on_loop_state_arrived(self, message: LoopStateArrived) -> None:
         event = message.event
@@ -800,7 +879,8 @@ class FleetApp(App[None]):
         review = [pull for pull in pulls if not is_ready(pull, statuses.get(pull.number))]
         main.table("qa").sync(qa_rows(review, runs, self.config.roles.qa.max_qa_rounds, styles, statuses))
         main.table("ready").sync(ready_rows(ready, self.config.policy.max_pr_lines, styles))
-        self._update_header()
+        main.update_tabs()
+        self.update_header()
         main.update_keys()
         if isinstance(self.screen, InboxScreen):
             self.screen.refresh_rows()
@@ -835,7 +915,7 @@ class FleetApp(App[None]):
             agents.move_cursor(row=agents.get_row_index(run_id), animate=False)
             self.show_run(run_id)
 
-    def _update_header(self) -> None:
+    def update_header(self) -> None:
         if self.main.is_mounted:
             self.header.repo = self.control.repo  # a deferred control learns its repository once started
             self.header.forge_kind = self.control.forge_kind
@@ -844,10 +924,11 @@ class FleetApp(App[None]):
                 bar = self.main.query_one(HeaderBar)
             except NoMatches:  # the screen is being torn down (the clock can tick during shut-down)
                 return
-            bar.update(header_text(self.header, self.config, self.now(), self.cell_styles))
+            width = bar.content_region.width or None
+            bar.update(header_text(self.header, self.config, self.now(), self.cell_styles, width=width))
 
     def _tick(self) -> None:
-        self._update_header()
+        self.update_header()
         agents = self.main.table_if_present("agents")
         if agents is not None and any(run.state.live for run in self.runs.values()):
             agents.sync(agent_rows(list(self.runs.values()), self._last_lines, self.now(), self.cell_styles))
@@ -856,6 +937,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-approve", exit_on_error=False, description="Approve")
     async def approve_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         try:
             await self.control.approve(issue)
         except Exception:
@@ -865,6 +947,7 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-reject", exit_on_error=False, description="Reject")
     async def reject_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         await self.control.reject(issue)
         self.notify(f"Rejected #{issue}", markup=False)
 
@@ -873,17 +956,20 @@ class FleetApp(App[None]):
 
     @work(exclusive=True, group="intent-stop", exit_on_error=False, description="Stop agent")
     async def stop_agent(self, run_id: str) -> None:
+        self.alerts.intent_sent()
         await self.control.stop_run(run_id)
 
     @work(exclusive=True, group="intent-retry", exit_on_error=False, description="Retry")
     async def retry_issue(self, issue: int) -> None:
+        self.alerts.intent_sent()
         await self.control.retry(issue)
         self.notify(f"Retrying #{issue}", markup=False)
 
     @work(exclusive=True, group="intent-pm", exit_on_error=False, description="Run PM")
     async def run_pm_now(self) -> None:
+        self.alerts.intent_sent()
         self.header.extra["pm"] = "PM requested…"
-        self._update_header()
+        self.update_header()
         try:
             await self.control.run_pm()
         except Exception:
@@ -894,25 +980,27 @@ class FleetApp(App[None]):
 
     def _pm_reported(self) -> None:
         if self.header.extra.pop("pm", None) is not None:
-            self._update_header()
+            self.update_header()
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
         self.header.paused = self.paused  # the header shows it at once; the fleet's Notice confirms it
-        self._update_header()
+        self.update_header()
         self._set_paused(self.paused)
 
     @work(exclusive=True, group="intent-pause", exit_on_error=False, description="Pause/resume")
     async def _set_paused(self, paused: bool) -> None:
+        self.alerts.intent_sent()
         try:
             await self.control.set_paused(paused)
         except Exception:
             self.paused = self.header.paused = not paused
-            self._update_header()
+            self.update_header()
             raise
 
     @work(exclusive=True, group="intent-merge", exit_on_error=False, description="Merge")
     async def merge_pr(self, pr: int) -> None:
+        self.alerts.intent_sent()
         await self.control.merge(pr)
 
     def open_detail(self, *, issue: int | None, pr: int | None) -> None:

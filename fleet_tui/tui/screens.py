@@ -4,7 +4,7 @@ the needs-human inbox. They only show text that went through `fleet_tui.untruste
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import anyio
@@ -19,8 +19,16 @@ from textual.widgets import Button, DataTable, Footer, Static
 
 from fleet_tui.control import Detail
 from fleet_tui.tui.actions import ACTIONS, KEY_DISPLAY
+from fleet_tui.tui.rendering import (
+    MAX_DIFF_CHARS,
+    TextStyles,
+    diff_text,
+    files_text,
+    markdown_text,
+    parse_diff,
+)
 from fleet_tui.tui.view import SetupItem, Styles, clean, inbox_rows, setup_text
-from fleet_tui.tui.widgets import PaneTable
+from fleet_tui.tui.widgets import PaneTable, TextLines
 from fleet_tui.untrusted import for_terminal, strip_fleet_markers
 
 if TYPE_CHECKING:
@@ -63,53 +71,24 @@ class ConfirmScreen(ModalScreen[bool]):
 # A body longer than this is cut (the rest is one key away in the browser): Textual lays out the whole text on
 # the event loop, and a stranger's megabyte must not freeze the console.
 MAX_BODY_CHARS = 100_000
-MAX_DIFF_LINES = 4_000
 # Details with more text than this are sanitized and styled in a thread, off the event loop.
 OFF_LOOP_CHARS = 32_000
 
-
-@dataclass(frozen=True, slots=True)
-class DetailStyles:
-    """The detail view's styles, taken from the theme on the event loop before the text is built."""
-
-    head: Style = field(default_factory=lambda: Style(bold=True))
-    add: Style = field(default_factory=lambda: Style(color="green"))
-    delete: Style = field(default_factory=lambda: Style(color="red"))
-    hunk: Style = field(default_factory=lambda: Style(color="cyan"))
-    meta: Style = field(default_factory=lambda: Style(bold=True))
+DetailStyles = TextStyles  # the detail view's styles, taken from the theme before the text is built
 
 
 def _bounded(text: str, limit: int) -> tuple[str, int]:
     return (text, 0) if len(text) <= limit else (text[:limit], len(text) - limit)
 
 
-def _untrusted_block(text: str) -> Text:
-    """A body as plain text; the fleet's own idempotency markers are left out, any other hidden comment shows."""
+def _untrusted_block(text: str, styles: TextStyles) -> Text:
+    """A body as Markdown, rendered as plain styled text; the fleet's own idempotency markers are left out, any
+    other hidden comment shows as typed."""
     text, cut = _bounded(text or "", MAX_BODY_CHARS)
-    shown = strip_fleet_markers(for_terminal(text)).expandtabs(4).rstrip()
-    out = Text(shown or "(empty)")
+    shown = strip_fleet_markers(for_terminal(text)).rstrip()
+    out = markdown_text(shown, styles) if shown.strip() else Text("(empty)", style=styles.dim)
     if cut:
         out.append(f"\n… {cut:,} more characters not shown (o opens it in the browser)", style="dim")
-    return out
-
-
-def _diff_text(diff: str, styles: DetailStyles) -> Text:
-    out = Text()
-    lines = for_terminal(diff[: MAX_BODY_CHARS * 4]).expandtabs(4).splitlines()
-    for line in lines[:MAX_DIFF_LINES]:
-        if line.startswith(("+++", "---")):
-            style = styles.meta
-        elif line.startswith("+"):
-            style = styles.add
-        elif line.startswith("-"):
-            style = styles.delete
-        elif line.startswith("@@"):
-            style = styles.hunk
-        else:
-            style = Style()
-        out.append(line + "\n", style=style)
-    if len(lines) > MAX_DIFF_LINES or len(diff) > MAX_BODY_CHARS * 4:
-        out.append("… the rest of the diff is not shown\n", style="dim")
     return out
 
 
@@ -123,9 +102,18 @@ def detail_size(detail: Detail) -> int:
     return size
 
 
-def detail_text(detail: Detail, styles: DetailStyles) -> Text:
-    """The whole detail view as one Text: every string from the forge sanitized, no markup parsed. Pure (no
-    widget, no app), so it can run in a thread."""
+@dataclass(frozen=True, slots=True)
+class DetailParts:
+    """The detail view in three parts: the issue or PR with its QA thread, the changed files, the diff."""
+
+    content: Text
+    files: Text
+    diff: Text
+
+
+def detail_parts(detail: Detail, styles: TextStyles) -> DetailParts:
+    """Every string from the forge sanitized, no markup parsed. Pure (no widget, no app), so it can run in a
+    thread."""
     head = styles.head
     out = Text()
     if detail.issue is not None:
@@ -133,16 +121,16 @@ def detail_text(detail: Detail, styles: DetailStyles) -> Text:
         out.append(f"Issue #{issue.number}: ", style=head)
         out.append(clean(issue.title, 300) + "\n", style=Style(bold=True))
         out.append(f"by {clean(issue.author.login, 60)} · {clean(issue.state, 20)} · labels: "
-                   f"{clean(', '.join(issue.labels), 200) or '—'}\n", style=Style(dim=True))
-        out.append_text(_untrusted_block(issue.body))
+                   f"{clean(', '.join(issue.labels), 200) or '—'}\n\n", style=Style(dim=True))
+        out.append_text(_untrusted_block(issue.body, styles))
         out.append("\n\n")
     if detail.pull is not None:
         pull = detail.pull
         out.append(f"PR #{pull.number}: ", style=head)
         out.append(clean(pull.title, 300) + "\n", style=Style(bold=True))
         out.append(f"{clean(pull.head, 100)} → {clean(pull.base, 100)} · CI {pull.ci.value} · "
-                   f"+{pull.additions} −{pull.deletions} in {pull.changed_files} files\n", style=Style(dim=True))
-        out.append_text(_untrusted_block(pull.body))
+                   f"+{pull.additions} −{pull.deletions} in {pull.changed_files} files\n\n", style=Style(dim=True))
+        out.append_text(_untrusted_block(pull.body, styles))
         out.append("\n\n")
     thread = sorted(
         [(r.submitted_at, f"review by {r.author.login} ({r.state})", r.body) for r in detail.reviews]
@@ -155,46 +143,73 @@ def detail_text(detail: Detail, styles: DetailStyles) -> Text:
     for when, who, body in thread:
         stamp = when.strftime("%Y-%m-%d %H:%M") if when else ""
         out.append(f"── {clean(who, 120)} {stamp}\n", style=Style(bold=True))
-        out.append_text(_untrusted_block(body))
+        out.append_text(_untrusted_block(body, styles))
         out.append("\n\n")
-    out.append("\nDiff stat\n", style=head)
-    out.append_text(_untrusted_block(detail.diffstat) if detail.diffstat else Text("no diff\n", style="dim"))
+    out.rstrip()
+    files = Text()
+    diff = Text()
+    changes = parse_diff(detail.diff[:MAX_DIFF_CHARS]) if detail.diff else []
+    if changes:
+        files.append("Files changed\n", style=head)
+        files.append_text(files_text(changes, styles))
+        files.rstrip()
+    elif detail.diffstat:
+        files.append("Diff stat\n", style=head)
+        text, _cut = _bounded(detail.diffstat, MAX_BODY_CHARS)
+        files.append(for_terminal(text).expandtabs(4).rstrip() + "\n")
+    elif detail.pull is not None:
+        files.append("Files changed\n", style=head)
+        files.append("no diff\n", style=Style(dim=True))
     if detail.diff:
-        out.append("\n\nDiff\n", style=head)
-        out.append_text(_diff_text(detail.diff, styles))
-    return out
+        diff.append("Diff\n", style=head)
+        diff.append_text(diff_text(detail.diff, styles))
+    return DetailParts(out, files, diff)
+
+
+def detail_text(detail: Detail, styles: TextStyles) -> Text:
+    """The whole detail view as one Text (the parts one after the other)."""
+    parts = detail_parts(detail, styles)
+    return Text("\n\n").join(part for part in (parts.content, parts.files, parts.diff) if part.plain)
 
 
 class DetailScreen(Screen[None]):
-    """An issue or PR: body, QA thread (reviews and comments), diff stat and diff, loaded by a worker."""
+    """An issue or PR: body and QA thread as Markdown, the changed files with their sizes, and the diff, built
+    by the loading worker (in a thread when large)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "Back", id="detail_close"),
         Binding("q", "close", "Back", show=False),
+        Binding("f", "jump('files')", "Files", id="detail_files"),
+        Binding("d", "jump('diff')", "Diff", id="detail_diff"),
+        Binding("t", "jump('top')", "Top", id="detail_top"),
+        Binding("j,down", "scroll(1)", "Down", show=False),
+        Binding("k,up", "scroll(-1)", "Up", show=False),
     ]
 
     def __init__(self, title: str) -> None:
         super().__init__()
         self.heading = title
         self.loaded = False
-        self._pending: Text | str | None = None
+        self._pending: DetailParts | str | None = None
         self._composed = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.heading, style="bold"), id="detail-title")
         with VerticalScroll(id="detail-body"):
             yield Static(Text("loading…", style="dim"), id="detail-content")
+            yield Static(Text(), id="detail-files")
+            yield TextLines(id="detail-diff")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#detail-body").focus()
         self._composed = True
-        if isinstance(self._pending, Text):
-            self.show_text(self._pending)
+        if isinstance(self._pending, DetailParts):
+            self.show_parts(self._pending)
         elif isinstance(self._pending, str):
             self.show_error(self._pending)
 
-    def styles_from_theme(self) -> DetailStyles:
+    def styles_from_theme(self) -> TextStyles:
         theme = self.app.current_theme
 
         def color(value: str | None, fallback: str) -> Style:
@@ -203,27 +218,43 @@ class DetailScreen(Screen[None]):
             except Exception:  # noqa: BLE001 - a user theme may hold a colour Rich cannot read
                 return Style.parse(fallback)
 
-        return DetailStyles(head=Style(bold=True) + color(theme.primary, "cyan"), add=color(theme.success, "green"),
-                            delete=color(theme.error, "red"), hunk=color(theme.accent, "cyan"))
+        return TextStyles(head=Style(bold=True) + color(theme.primary, "cyan"), add=color(theme.success, "green"),
+                          delete=color(theme.error, "red"), hunk=color(theme.accent, "cyan"),
+                          code=color(theme.warning, "yellow"), link=Style(underline=True) + color(theme.primary, "cyan"),
+                          file=Style(bold=True, color=theme.foreground or "white", bgcolor=theme.panel or "grey23")
+                          if _parses(theme.foreground, theme.panel) else Style(bold=True, reverse=True))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "jump" and parameters and parameters[0] != "top":
+            part = self.query_one(f"#detail-{parameters[0]}")
+            return True if self.loaded and part.display else None
+        return True
 
     async def load(self, detail: Detail) -> None:
         """Show `detail`; a large one is sanitized and styled in a thread so the console keeps drawing."""
         styles = self.styles_from_theme()
         if detail_size(detail) > OFF_LOOP_CHARS:
-            text = await anyio.to_thread.run_sync(detail_text, detail, styles)
+            parts = await anyio.to_thread.run_sync(detail_parts, detail, styles)
         else:
-            text = detail_text(detail, styles)
-        self.show_text(text)
+            parts = detail_parts(detail, styles)
+        self.show_parts(parts)
 
     def show_detail(self, detail: Detail) -> None:
-        self.show_text(detail_text(detail, self.styles_from_theme()))
+        self.show_parts(detail_parts(detail, self.styles_from_theme()))
 
-    def show_text(self, text: Text) -> None:
+    def show_parts(self, parts: DetailParts) -> None:
         if not self._composed:
-            self._pending = text
+            self._pending = parts
             return
-        self.query_one("#detail-content", Static).update(text)
+        self.query_one("#detail-content", Static).update(parts.content)
+        files = self.query_one("#detail-files", Static)
+        files.update(parts.files)
+        files.display = bool(parts.files.plain)
+        diff = self.query_one("#detail-diff", TextLines)
+        diff.set_text(parts.diff)
+        diff.display = bool(parts.diff.plain)
         self.loaded = True
+        self.refresh_bindings()
 
     def show_error(self, message: str) -> None:
         if not self._composed:
@@ -231,8 +262,29 @@ class DetailScreen(Screen[None]):
             return
         self.query_one("#detail-content", Static).update(Text(clean(message, 500), style="bold red"))
 
+    def action_jump(self, where: str) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        if where == "top":
+            body.scroll_home(animate=False)
+        else:
+            body.scroll_to_widget(self.query_one(f"#detail-{where}"), animate=False, top=True)
+
+    def action_scroll(self, lines: int) -> None:
+        body = self.query_one("#detail-body", VerticalScroll)
+        body.scroll_relative(y=lines, animate=False)
+
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def _parses(*colors: str | None) -> bool:
+    try:
+        for value in colors:
+            if value:
+                Style.parse(f"on {value}")
+    except Exception:  # noqa: BLE001 - a user theme may hold a colour Rich cannot read
+        return False
+    return all(colors)
 
 
 class HelpScreen(ModalScreen[None]):

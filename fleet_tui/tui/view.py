@@ -295,44 +295,65 @@ class HeaderState:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: Styles) -> Text:
-    sep = Text(" · ", style=styles.dim)
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append("fleet-tui ", style=styles.bold)
-    text.append(clean(state.repo, 80), style=styles.accent)
-    text.append(f" ({clean(state.forge_kind, 20)})", style=styles.dim)
-    text.append_text(sep)
+def header_text(state: HeaderState, config: FleetConfig, now: datetime, styles: Styles, *,
+                width: int | None = None) -> Text:
+    """The header line. Within `width` cells the least needed parts go first (the name, the forge, the rate,
+    then the poll age), so the loop state and the needs-human count always show."""
+    parts: list[tuple[int, Text]] = []  # (priority: higher stays longer, part)
+    parts.append((0, Text("fleet-tui ", style=styles.bold)))
+    repo = Text(clean(state.repo, 80), style=styles.accent)
+    parts.append((6, repo))
+    parts.append((1, Text(f"({clean(state.forge_kind, 20)})", style=styles.dim)))
     if state.loop.state == "unconfigured":
-        text.append("no config: see the set-up screen (fleet-tui init)", style=styles.warn)
+        parts.append((5, Text("no config: see the set-up screen (fleet-tui init)", style=styles.warn)))
     elif state.polled_at is None:
-        text.append("waiting for the first poll", style=styles.dim)
+        parts.append((3, Text("waiting for the first poll", style=styles.dim)))
     else:
-        text.append(f"polled {short_duration(now - state.polled_at)} ago")
+        parts.append((3, Text(f"polled {short_duration(now - state.polled_at)} ago")))
     snap = state.snapshot
     if snap is not None:
         rate = snap.rate
         if rate.remaining is not None:
-            text.append_text(sep)
             low = rate.limit and rate.remaining < rate.limit * 0.1
-            text.append(f"rate {rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit else ""),
-                        style=styles.warn if low else "")
-        text.append_text(sep)
+            parts.append((5 if low else 2, Text(f"rate {rate.remaining:,}" + (f"/{rate.limit:,}" if rate.limit else ""),
+                                                style=styles.warn if low else "")))
         budget = config.policy.budget_day_usd
         spent = snap.spend_today.cost_usd
         over = budget and spent >= budget
-        text.append(f"spend ${spent:.2f}" + (f" / ${budget:.2f}" if budget else "") + " today",
-                    style=styles.bad if over else "")
+        parts.append((7 if over else 4, Text(f"spend ${spent:.2f}" + (f" / ${budget:.2f}" if budget else "") + " today",
+                                             style=styles.bad if over else "")))
     limited = state.rate_limited_until
     if limited is not None and limited > now:
-        text.append_text(sep)
-        text.append(f"rate-limited {short_duration(limited - now)}", style=styles.warn)
-    text.append_text(sep)
-    text.append_text(loop_text(state.loop, state.paused, styles))
+        parts.append((7, Text(f"rate-limited {short_duration(limited - now)}", style=styles.warn)))
+    parts.append((9, loop_text(state.loop, state.paused, styles)))
     for note in state.extra.values():
-        text.append_text(sep)
-        text.append(clean(note, 40), style=styles.accent)
-    text.append_text(sep)
-    text.append(f"needs-human {state.needs_human}", style=styles.bad if state.needs_human else styles.dim)
+        parts.append((5, Text(clean(note, 40), style=styles.accent)))
+    parts.append((10, Text(f"needs-human {state.needs_human}",
+                           style=styles.bad if state.needs_human else styles.dim)))
+
+    def joined(chosen: list[tuple[int, Text]]) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for index, (_, part) in enumerate(chosen):
+            if part.plain.startswith("("):
+                text.append(" ")
+            elif index and not chosen[index - 1][1].plain.endswith(" "):
+                text.append(" · ", style=styles.dim)
+            text.append_text(part)
+        return text
+
+    text = joined(parts)
+    if width is not None:
+        while text.cell_len > width and len(parts) > 2:
+            lowest = min(range(len(parts)), key=lambda index: (parts[index][0], -index))
+            if parts[lowest][0] >= 9:
+                break
+            del parts[lowest]
+            text = joined(parts)
+        if text.cell_len > width:  # only the loop state and the count are left: keep the count, cut the state
+            last = parts[-1][1]
+            head = joined(parts[:-1])
+            head.truncate(max(0, width - last.cell_len - 3), overflow="ellipsis")
+            text = joined([(0, head), (0, last)])
     return text
 
 

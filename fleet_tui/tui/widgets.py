@@ -3,19 +3,23 @@ pane (batched writes, follow mode, search) and the pane filter."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.coordinate import Coordinate
+from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Log, Static
+from textual.widgets.data_table import ColumnKey
 
 from fleet_tui.tui.view import Row, clean
 
@@ -42,19 +46,48 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
         Binding("end", "scroll_bottom", "Bottom", show=False),
     ]
 
-    def __init__(self, pane: str, title: str, columns: Sequence[tuple[str, str, int | None]]) -> None:
+    def __init__(self, pane: str, title: str, columns: Sequence[tuple[str, str, int | None]],
+                 flex: Mapping[str, int] | None = None) -> None:
+        """`columns` are (label, key, least width); `flex` names the columns that share the spare width, with
+        their weights (the others keep their width)."""
         super().__init__(id=pane, cursor_type="row", zebra_stripes=False, cell_padding=1)
         self.pane = pane
         self.title = title
         self.filter_text = ""
         self.note = ""  # shown at the bottom when no filter is
         self._columns_spec = columns
+        self._flex = dict(flex or {})
+        self._fitted_to = -1
         self._total = 0
         self.border_title = Content(title)
 
     def on_mount(self) -> None:
         for label, key, width in self._columns_spec:
             self.add_column(label, key=key, width=width)
+
+    @property
+    def total(self) -> int:
+        """How many rows the pane has before its filter."""
+        return self._total
+
+    def on_resize(self) -> None:
+        self.fit_columns(self.scrollable_content_region.width)
+
+    def fit_columns(self, width: int) -> None:
+        """Give the flexible columns (titles, the last line) the room the fixed ones leave in `width` cells."""
+        if not self._flex or width == self._fitted_to or width <= 0:
+            return
+        self._fitted_to = width
+        widths = column_widths(self._columns_spec, self._flex, width, 2 * self.cell_padding)
+        for key, column_width in widths.items():
+            column = self.columns.get(ColumnKey(key))
+            if column is not None and column.width != column_width:
+                column.width = column_width
+                column.auto_width = False
+        # DataTable has no public way to resize a column: drop its cached lines and re-measure.
+        self._clear_caches()
+        self._require_update_dimensions = True
+        self.refresh()
 
     @property
     def selected_key(self) -> str | None:
@@ -119,6 +152,55 @@ class PaneTable(DataTable[Text], inherit_bindings=False):
         else:
             self.border_subtitle = Content(self.note) if self.note else None
         self.set_class(bool(self.note) and not self.filter_text, "-note")
+
+
+def column_widths(columns: Sequence[tuple[str, str, int | None]], flex: Mapping[str, int], width: int,
+                  padding: int) -> dict[str, int]:
+    """The width of each flexible column when a table is `width` cells wide: the fixed columns keep theirs, the
+    flexible ones share what is left by weight, never below their least width."""
+    fixed = sum((least or 0) + padding for _, key, least in columns if key not in flex)
+    least_flex = {key: least or 1 for _, key, least in columns if key in flex}
+    spare = max(0, width - fixed - sum(least + padding for least in least_flex.values()))
+    total_weight = sum(flex[key] for key in least_flex) or 1
+    widths = {key: least + spare * flex[key] // total_weight for key, least in least_flex.items()}
+    if least_flex:  # the rounding remainder goes to the first flexible column
+        first = next(iter(least_flex))
+        widths[first] += spare - sum(widths[key] - least_flex[key] for key in least_flex)
+    return widths
+
+
+class PaneTab(Static):
+    """One pane's name and row count in the tab strip of a small terminal; a click shows that pane."""
+
+    def __init__(self, pane: str) -> None:
+        super().__init__(id=f"tab-{pane}", classes="pane-tab")
+        self.pane = pane
+
+    class Chosen(Message):
+        def __init__(self, pane: str) -> None:
+            super().__init__()
+            self.pane = pane
+
+    def on_click(self) -> None:
+        self.post_message(self.Chosen(self.pane))
+
+
+class PaneTabs(Horizontal):
+    """On a small terminal the panes are tabs: this strip names them (tab or a click switches)."""
+
+    def __init__(self, panes: Sequence[str], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.panes = tuple(panes)
+
+    def compose(self) -> ComposeResult:
+        for pane in self.panes:
+            yield PaneTab(pane)
+
+    def show(self, labels: Mapping[str, str], active: str) -> None:
+        """`labels` per pane (its title and count); `active` is the pane on screen."""
+        for tab in self.query(PaneTab):
+            tab.update(Content(f" {labels.get(tab.pane, tab.pane)} "))
+            tab.set_class(tab.pane == active, "-active")
 
 
 class PaneFilter(Input):
@@ -251,3 +333,66 @@ class LogPane(Vertical):
             log.scroll_to(y=max(0, found - log.size.height // 2), animate=False, immediate=True)
         self._retitle()
         return found
+
+
+class TextLines(Widget):
+    """A long styled text (a diff) drawn one line at a time where it is visible (Textual's line API): its
+    height is its line count, so a parent scrolls it without laying out thousands of lines on each frame.
+    Long lines fold at the widget's width; only those are re-wrapped when the width changes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._source: list[Text] = []
+        self._lines: list[Text] = []
+        self._wrapped_for = -1
+        self._strips: dict[int, Strip] = {}
+
+    def set_text(self, text: Text) -> None:
+        self._source = list(text.split("\n"))
+        self._wrapped_for = -1
+        self.refresh(layout=True)
+
+    @property
+    def line_count(self) -> int:
+        return len(self._lines) if self._wrapped_for >= 0 else len(self._source)
+
+    def _wrap(self, width: int) -> None:
+        if width == self._wrapped_for or width <= 0:
+            return
+        lines: list[Text] = []
+        for line in self._source:
+            if line.cell_len <= width:
+                lines.append(line)
+            else:
+                lines.extend(line.divide(range(width, len(line.plain), width)))
+        self._lines = lines
+        self._wrapped_for = width
+        self._strips.clear()
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        self._wrap(width)
+        return len(self._lines)
+
+    def plain(self) -> str:
+        return "\n".join(line.plain for line in self._source)
+
+    def render_line(self, y: int) -> Strip:
+        width = self.size.width
+        self._wrap(width)
+        strip = self._strips.get(y)
+        if strip is None:
+            if y >= len(self._lines):
+                return Strip.blank(width, self.rich_style)
+            segments = list(self._lines[y].render(self.app.console))
+            strip = Strip(segments).apply_style(self.rich_style).adjust_cell_length(width, self.rich_style)
+            if len(self._strips) > 2_000:
+                self._strips.clear()
+            self._strips[y] = strip
+        return strip
+
+    def on_resize(self) -> None:
+        self._strips.clear()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
