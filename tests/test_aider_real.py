@@ -1,9 +1,10 @@
 """The real aider driven end to end through the aider engine, against a stub OpenAI-compatible API on loopback.
 
 The stub (tests/tools/openai_stub.py) answers `/v1/chat/completions` with a SEARCH/REPLACE block, aider's
-`diff` edit format, that edits a committed file. The workspace holds a committed `.env` and `.aider.conf.yml`
-that point the API elsewhere (a second stub that must stay unused). Install aider with
-`tests/tools/install-aider.sh`. Skipped without it, except under CI=true where it must run.
+`diff` edit format, that edits a committed file. The workspace holds a committed `.env`, `.aider.conf.yml` and
+`.aider.model.settings.yml` that point the API elsewhere: a second stub, also the proxy for every other host,
+that must stay unused. Install aider with `tests/tools/install-aider.sh`. Skipped without it, except under
+CI=true where it must run. The last tests need no aider: what the engine writes, and the parser's verdicts.
 """
 
 from __future__ import annotations
@@ -19,11 +20,9 @@ from pathlib import Path
 import pytest
 
 from fleet_tui.config import EngineConfig
-from fleet_tui.engines.aider import AiderEngine
+from fleet_tui.engines.aider import ENV_FILE, MODEL_SETTINGS_FILE, AiderEngine
 from fleet_tui.engines.base import EngineResult, Invocation, LogLine, Output, Task, UsageUpdate
 from fleet_tui.model import Role, Usage
-
-pytestmark = pytest.mark.slow
 
 
 def _load_stub():  # type: ignore[no-untyped-def]
@@ -120,6 +119,10 @@ def workspace(tmp_path: Path, decoy: StubOpenAI) -> Path:
         "OPENAI_API_KEY=repo-key\nFLEET_STUB_KEY=repo-key\nLITELLM_LOCAL_MODEL_COST_MAP=False\n"
     )
     (ws / ".aider.conf.yml").write_text(f"openai-api-base: {decoy.base_url}\nmap-tokens: 1024\n")
+    params = f"  extra_params:\n    api_base: {decoy.base_url}\n    base_url: {decoy.base_url}\n"
+    (ws / ".aider.model.settings.yml").write_text(
+        f"- name: openai/fleet-stub\n  edit_format: diff\n{params}- name: aider/extra_params\n{params}"
+    )
     for argv in (["git", "init", "-q"], ["git", "add", "--all"], ["git", "commit", "-qm", "start"]):
         subprocess.run(argv, cwd=ws, check=True)
     return ws
@@ -157,6 +160,7 @@ def expected_usage(calls: int) -> Usage:
     return Usage(input_tokens=inp, output_tokens=out, cost_usd=(inp * PRICES[0] + out * PRICES[1]) / 1_000_000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True], ids=["no-stream", "stream"])
 def test_real_aider_edits_the_workspace_through_the_configured_api_only(
     aider: str, decoy: StubOpenAI, tmp_path: Path, stream: bool
@@ -199,6 +203,7 @@ def test_real_aider_edits_the_workspace_through_the_configured_api_only(
     assert running.input_tokens == 1200 and running.output_tokens == USAGE[1]
 
 
+@pytest.mark.slow
 def test_real_aider_with_no_applicable_edit_is_a_failed_run(aider: str, decoy: StubOpenAI, tmp_path: Path) -> None:
     with openai_stub.serve(answer=NO_MATCH, usage=USAGE) as stub:
         eng = engine(aider, stub, decoy)
@@ -216,6 +221,7 @@ def test_real_aider_with_no_applicable_edit_is_a_failed_run(aider: str, decoy: S
     assert calls >= 2 and result.usage == expected_usage(calls)
 
 
+@pytest.mark.slow
 def test_real_aider_reply_without_edits_is_fine(aider: str, decoy: StubOpenAI, tmp_path: Path) -> None:
     """A review or a "nothing to change" reply makes no edit and is not a failure of the engine (a Dev run that
     commits nothing fails on its own)."""
@@ -231,6 +237,7 @@ def test_real_aider_reply_without_edits_is_fine(aider: str, decoy: StubOpenAI, t
     assert len(stub.paths) == 1 and git_status(ws) == []
 
 
+@pytest.mark.slow
 def test_real_aider_whose_api_answers_500_is_a_failed_run(aider: str, decoy: StubOpenAI, tmp_path: Path) -> None:
     with openai_stub.serve(answer=EDIT, usage=USAGE, status=500) as stub:
         eng = engine(aider, stub, decoy)
@@ -245,3 +252,60 @@ def test_real_aider_whose_api_answers_500_is_a_failed_run(aider: str, decoy: Stu
     assert stub.paths and decoy.paths == []
     assert (ws / "greeting.txt").read_text() == "hello\n" and git_status(ws) == []
     assert result.usage == Usage()
+
+
+# --- without aider: what the engine writes for a run, and how its output is judged ----------------------------
+
+
+def test_without_a_base_url_the_run_files_leave_the_provider_default_and_carry_no_key() -> None:
+    config = EngineConfig(kind="aider", command="aider", model="anthropic/claude-sonnet-4-5", api_key_env="TEAM_KEY",
+                          env=["HTTPS_PROXY"])
+    inv = AiderEngine(config, environ={"TEAM_KEY": "sk-team", "HTTPS_PROXY": "http://proxy.internal:3128"}).invocation(
+        Task(run_id="r", role=Role.DEV, prompt="p"), workdir="/w", scratch="/s")
+    argv = list(inv.argv)
+    assert argv[argv.index("--openai-api-base") + 1] == ""  # on the command line, so no .env or config sets it
+    assert argv[argv.index("--env-file") + 1] == f"/s/{ENV_FILE}"
+    assert inv.env["FLEET_AIDER_API_KEY"] == "sk-team" and "TEAM_KEY" not in inv.env
+    env_file = inv.files[ENV_FILE]
+    assert "sk-team" not in env_file and 'ANTHROPIC_API_KEY="${FLEET_AIDER_API_KEY}"' in env_file
+    assert "OPENAI_BASE_URL=''" in env_file and "ANTHROPIC_BASE_URL=''" in env_file
+    proxy = "'http://proxy.internal:3128'"
+    assert f"HTTPS_PROXY={proxy}" in env_file and f"https_proxy={proxy}" in env_file
+    assert "SSL_VERIFY='True'" in env_file
+    assert "api_base: null" in inv.files[MODEL_SETTINGS_FILE]
+
+
+def test_a_base_url_with_quotes_stays_one_literal_line() -> None:
+    config = EngineConfig(kind="aider", command="aider", model="openai/m", base_url="http://h:1/v1'\nEVIL=1")
+    files = AiderEngine(config, environ={}).invocation(Task(run_id="r", role=Role.DEV, prompt="p"), workdir="/w",
+                                                      scratch="/s").files
+    lines = files[ENV_FILE].splitlines()
+    assert "OPENAI_API_BASE='http://h:1/v1\\'EVIL=1'" in lines  # the quote escaped, the line break dropped
+    assert not any(line.startswith("EVIL") for line in lines)
+
+
+def judge(lines: list[str], code: int = 0, tmp_path: Path | None = None) -> EngineResult:
+    parser = AiderEngine(EngineConfig(kind="aider", command="aider"), environ={}).parser()
+    for line in lines:
+        parser.feed(line)
+    return parser.result(code, tmp_path or Path("/nonexistent"))
+
+
+def test_a_retry_that_worked_and_an_edit_that_landed_on_the_second_try_are_fine() -> None:
+    tokens = "Tokens: 1.2k sent, 56 received. Cost: $0.0036 message, $0.0036 session."
+    assert judge(["litellm.InternalServerError: InternalServerError: OpenAIException - boom",
+                  "Retrying in 0.2 seconds...", tokens, "Applied edit to a.py"]).ok
+    result = judge([tokens, "The LLM did not conform to the edit format.", "# 1 SEARCH/REPLACE block failed to match!",
+                    tokens, "Applied edit to a.py"])
+    assert result.ok and result.summary.startswith("The LLM did not conform")
+
+
+def test_rejected_edits_or_a_failing_api_fail_the_run_and_say_why() -> None:
+    rejected = judge(["Tokens: 1k sent, 5 received.", "# 2 SEARCH/REPLACE blocks failed to match!",
+                      "Only 3 reflections allowed, stopping."])
+    assert not rejected.ok and rejected.summary.startswith("aider applied none of the model's edits")
+    api = judge(["litellm.APIConnectionError: APIConnectionError: OpenAIException - Connection error.",
+                 "The API provider's servers are down or overloaded."])
+    assert not api.ok and api.summary.startswith("aider got no reply from the model API")
+    crashed = judge(["Traceback (most recent call last):"], code=1)
+    assert not crashed.ok and crashed.summary == "Traceback (most recent call last):"

@@ -3,6 +3,7 @@ from its analytics log (`message_send` events) after the run, or from its "Token
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -28,6 +29,10 @@ from fleet_tui.model import Usage
 ANALYTICS_FILE = "analytics.jsonl"
 # Loaded by aider after every other .env (the repository's included) and with override, so what it sets wins.
 ENV_FILE = "aider.env"
+# aider reads .aider.model.settings.yml from the repository too, whose `extra_params` (api_base, base_url) go
+# to every completion call and win over the variables and flags, key included. Its `aider/extra_params` entry
+# is laid over every model's, and the last file read (--model-settings-file) replaces a same-named entry.
+MODEL_SETTINGS_FILE = "aider.model.settings.yml"
 CHAT_HISTORY_FILE = "aider.chat.history.md"
 INPUT_HISTORY_FILE = "aider.input.history"
 # aider downloads litellm's model price list into ~/.aider/caches when its cached copy is missing or empty;
@@ -106,6 +111,8 @@ class AiderEngine(ConfiguredEngine):
             self.config.base_url,
             "--set-env",
             "LITELLM_LOCAL_MODEL_COST_MAP=True",
+            "--model-settings-file",
+            f"{scratch}/{MODEL_SETTINGS_FILE}",
         ]
         if self.config.model:
             argv += ["--model", self.config.model]
@@ -116,6 +123,7 @@ class AiderEngine(ConfiguredEngine):
         files = {
             PROMPT_FILE: task.prompt,
             ENV_FILE: self.env_file(env),
+            MODEL_SETTINGS_FILE: self.model_settings(),
             MODEL_INFO_CACHE_FILE: MODEL_INFO_CACHE,
         }
         return Invocation(argv=tuple(argv), env=env, files=files, needs_network=True)
@@ -137,6 +145,15 @@ class AiderEngine(ConfiguredEngine):
         if KEY_VAR in env:
             lines.append(f'{provider_key_var(self.config.model)}="${{{KEY_VAR}}}"')
         return "\n".join(lines) + "\n"
+
+    def model_settings(self) -> str:
+        """The run's `--model-settings-file`: an `aider/extra_params` entry that sets where every call goes (the
+        configured base URL, or none: the provider's default), over whatever a repository's file says."""
+        base = json.dumps(self.config.base_url or None)  # JSON is YAML; null leaves litellm its default
+        return (
+            "# Written by fleet-tui for this run; read after the repository's .aider.model.settings.yml.\n"
+            f"- name: aider/extra_params\n  extra_params:\n    api_base: {base}\n    base_url: {base}\n"
+        )
 
     def parser(self) -> AiderParser:
         return AiderParser(self.config)
@@ -217,7 +234,8 @@ class AiderParser:
 
     def failure(self) -> str:
         """Why a run aider ended with 0 did not work, or "": no edit applied where edits were rejected, or the
-        model API failed and no reply came after (a retry that worked is fine). A reply without edits (a review, nothing to change) is fine."""
+        model API failed and no reply came after (a retry that worked is fine). A reply without edits (a review,
+        nothing to change) is fine."""
         if self._edit_failures and not self._applied:
             return "aider applied none of the model's edits"
         if self._api_failing:
