@@ -38,7 +38,7 @@ def _load_stub():  # type: ignore[no-untyped-def]
 openai_stub = _load_stub()
 StubOpenAI = openai_stub.StubOpenAI
 
-PROMPT = "Append a line to greeting.txt."
+PROMPT = "Append a line to greeting.txt, as https://example.com/spec.html says."  # a URL aider could fetch
 EDIT = """I will append the line.
 
 greeting.txt
