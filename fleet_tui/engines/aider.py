@@ -113,6 +113,26 @@ class AiderEngine(ConfiguredEngine):
             "LITELLM_LOCAL_MODEL_COST_MAP=True",
             "--model-settings-file",
             f"{scratch}/{MODEL_SETTINGS_FILE}",
+            # A repository's .aider.conf.yml (or AIDER_* in its .env) could have aider run its own commands, with
+            # the API key in their environment, write into the workspace, or make the run do nothing; given
+            # here, these win. Built-in linting stays (aider fixes the syntax errors it made); the lint command
+            # is one for no language.
+            "--lint-cmd",
+            "fleetnone: true",
+            "--test-cmd",
+            "",
+            "--no-auto-test",
+            "--load",
+            "",
+            "--no-notifications",
+            "--notifications-command",
+            "",
+            "--no-suggest-shell-commands",
+            "--llm-history-file",
+            "",
+            "--no-dry-run",
+            "--no-watch-files",
+            "--verify-ssl",
         ]
         if self.config.model:
             argv += ["--model", self.config.model]
