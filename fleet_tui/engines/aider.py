@@ -1,5 +1,9 @@
 """The aider engine: `aider --message-file ... --yes-always` with plain-text output, and tokens and cost
-from its analytics log (`message_send` events) after the run, or from its "Tokens: ..." lines meanwhile."""
+from its analytics log (`message_send` events) after the run, or from its "Tokens: ..." lines meanwhile.
+
+aider reads settings from the repository it works in (`.env`, `.aider.conf.yml`, `.aider.model.settings.yml`);
+a run's command line, env file and model settings file (in the scratch dir) come after them and win for where
+the API calls and the key go, for what aider may run, and for where its own files are written."""
 
 from __future__ import annotations
 
