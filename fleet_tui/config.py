@@ -470,7 +470,8 @@ class EngineConfig(_Section):
     api_key_env: str = ""
     """Variable in the operator's environment that holds the provider's API key; it is passed to the runs
     (no need to list it in `env`). Codex: the provider's `env_key`; Claude Code: given to the CLI as
-    ANTHROPIC_API_KEY."""
+    ANTHROPIC_API_KEY; aider: handed to aider as the provider's key variable (OPENAI_API_KEY for an
+    OpenAI-compatible `base_url`, PROVIDER_API_KEY for `provider/model`) through its env file."""
 
     wire_api: Literal["", "responses", "chat"] = ""
     """Codex: the provider's wire protocol, `responses` or `chat` (Chat Completions; recent Codex CLI

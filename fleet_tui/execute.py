@@ -297,7 +297,8 @@ class ActionExecutor:
                                      findings_hash=findings_hash(action.findings), review_id=found.id)
         self.ctx.set_extras(action.run_id, posted=True)
         if action.verdict == Verdict.PASS:
-            self.ctx.notice(f"PR #{action.pr} passed QA and is ready for you to merge", bell=True)
+            # ready only once the forge says mergeable and CI is green: the snapshot's PR status says when
+            self.ctx.notice(f"PR #{action.pr} passed QA")
 
     async def _do_markneedshuman(self, action: MarkNeedsHuman) -> None:
         labels = self.ctx.config.labels

@@ -56,6 +56,9 @@ def event_record(event: Event) -> dict[str, Any]:
             needs_human=[n.issue for n in event.needs_human],
             spend_usd=round(event.spend_today.cost_usd, 4), tokens_today=event.spend_today.tokens,
             paused=event.paused,
+            ready=[s.pr for s in event.pull_status if s.ready],
+            not_ready=[{"pr": s.pr, "why": _clean(s.why)} for s in event.pull_status if not s.ready],
+            budget_stop=_clean(event.budget_stop),
         )
     elif isinstance(event, RunChanged) and event.run is not None:
         run = event.run

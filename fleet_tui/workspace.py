@@ -498,12 +498,14 @@ def write_scratch_files(scratch: Path, files: dict[str, str]) -> None:
         target = (base / name).resolve()
         if name.startswith("/") or not target.is_relative_to(base) or target == base:
             raise WorkspaceError(f"scratch file name {name!r} leaves the scratch dir")
+        made = [p for p in reversed(target.parents) if p.is_relative_to(base) and p != base and not p.exists()]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content, encoding="utf-8")
         target.chmod(0o644)
         try:
             st = base.stat()
-            os.chown(target, st.st_uid, st.st_gid)  # the agent's uid owns the scratch dir
+            for path in [*made, target]:  # the agent's uid owns the scratch dir, and what is made in it
+                os.chown(path, st.st_uid, st.st_gid)
         except PermissionError:
             pass
 

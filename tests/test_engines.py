@@ -323,7 +323,9 @@ def test_aider_argv_never_commits_never_prompts_and_logs_analytics_locally() -> 
         assert flag in argv
     assert argv[argv.index("--analytics-log") + 1] == "/s/analytics.jsonl"
     assert argv[argv.index("--model") + 1] == "gpt-4o"
-    assert inv.files == {"prompt.md": TASK.prompt}
+    assert inv.files["prompt.md"] == TASK.prompt
+    assert set(inv.files) == {"prompt.md", "aider.env", "aider.model.settings.yml",
+                              "home/.aider/caches/model_prices_and_context_window.json"}
     assert inv.env == {"OPENAI_API_KEY": "test-openai-key", "HOME": "/s/home"}
 
 

@@ -350,7 +350,9 @@ def test_headless_once_runs_the_loop_and_prints_one_json_line_per_event(tmp_path
     assert records and all("event" in r and "at" in r for r in records)
     changed = [r for r in records if r["event"] == "RunChanged"]
     assert {(r["role"], r["state"]) for r in changed} >= {("dev", "succeeded"), ("qa", "succeeded")}
-    assert any(r["event"] == "Notice" and "ready for you to merge" in r["message"] for r in records)
+    [pr] = {p for r in records if r["event"] == "SnapshotPublished" for p in r["pulls"]}
+    assert any(r["event"] == "Notice" and r["message"] == f"PR #{pr} passed QA" for r in records)
+    assert any(r["event"] == "SnapshotPublished" and pr in r["ready"] for r in records)  # mergeable, no CI
 
 
 def test_headless_stops_cleanly_on_sigterm(tmp_path: Path, repo: Path) -> None:
