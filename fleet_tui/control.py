@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -60,6 +60,9 @@ class FleetControl(Protocol):
     # reads for the console
     def log_path(self, run_id: str) -> Path | None: ...
     async def detail(self, *, issue: int | None = None, pr: int | None = None) -> Detail: ...
+    async def stats(self) -> Any:
+        """The fleet's numbers from its journal (`fleet_tui.stats.Stats`)."""
+        ...
 
 
 class DeferredFleet:
@@ -157,3 +160,6 @@ class DeferredFleet:
 
     async def detail(self, *, issue: int | None = None, pr: int | None = None) -> Detail:
         return await (await self._fleet()).detail(issue=issue, pr=pr)
+
+    async def stats(self) -> Any:
+        return await (await self._fleet()).stats()

@@ -454,6 +454,12 @@ class Orchestrator:
             return None
         return path if path.exists() else None
 
+    async def stats(self) -> Any:
+        """The fleet's numbers from the journal (`fleet_tui.stats.Stats`) as of now."""
+        from fleet_tui.stats import compute
+
+        return compute(self.journal, self.clock())
+
     async def detail(self, *, issue: int | None = None, pr: int | None = None) -> Detail:
         found_issue = await self.forge.get_issue(issue) if issue is not None else None
         pull: PullRequest | None = await self.forge.get_pull(pr) if pr is not None else None

@@ -45,6 +45,7 @@ SHOTS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "console-80x24": ((), "fleet-dark", "github"),
     "console-200x50": ((), "fleet-dark", "github"),
     "inbox": (("i",), "fleet-dark", "github"),
+    "stats": (("S",), "fleet-dark", "github"),
     "log-full-screen": (("f",), "fleet-dark", "github"),
     "help": (("question_mark",), "fleet-dark", "github"),
     "confirm-merge-local": (("tab", "tab", "tab", "m"), "fleet-dark", "local"),
@@ -80,7 +81,7 @@ async def shoot(name: str, keys: tuple[str, ...], theme: str, forge: str, out: P
             await pilot.pause()
             if hasattr(app.screen, "loaded"):  # the detail screen: let its worker finish before the next key
                 await _until(lambda: app.screen.loaded, pilot.pause)  # type: ignore[attr-defined]
-        short_lived = [w for w in app.workers if w.group.startswith(("intent", "detail"))]
+        short_lived = [w for w in app.workers if w.group.startswith(("intent", "detail", "stats"))]
         if short_lived:
             await app.workers.wait_for_complete(short_lived)
         await pilot.pause(0.2)

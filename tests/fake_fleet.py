@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fleet_tui.control import Detail
 from fleet_tui.model import (
@@ -112,6 +113,10 @@ class FakeFleet:
 
     def log_path(self, run_id: str) -> Path | None:
         return self.log_files.get(run_id)
+
+    async def stats(self) -> Any:
+        await self._intent("stats", None)
+        return sample_stats()
 
     async def detail(self, *, issue: int | None = None, pr: int | None = None) -> Detail:
         await self._intent("detail", (issue, pr))
@@ -237,3 +242,16 @@ def sample_detail() -> Detail:
     return Detail(pull=pull, reviews=pull.reviews, comments=(comment,),
                   diffstat=" src/pages.py        | 2 +-\n tests/test_pages.py | 6 ++++++\n 2 files changed",
                   diff=SAMPLE_DIFF)
+
+
+def sample_stats() -> Any:
+    """Two weeks of a small fleet's numbers, fixed, for the stats screen's tests."""
+    from fleet_tui.stats import Latency, Stats
+
+    return Stats(now=NOW, spend_hourly=tuple(float(h % 5) * 0.4 for h in range(24)),
+                 spend_daily=(2.1, 3.4, 0.0, 5.2, 4.4, 1.0, 0.0, 0.0, 6.3, 7.1, 2.2, 3.9, 4.0, 3.76),
+                 runs_daily=(4, 6, 0, 9, 7, 2, 0, 0, 11, 12, 5, 6, 7, 5),
+                 merged_daily=(1, 1, 0, 2, 2, 0, 0, 0, 3, 3, 1, 1, 2, 1), first_review_pass=(11, 17),
+                 approve_to_pr=Latency(1260.0, 3300.0, 17), pr_to_merge=Latency(15_400.0, 86_000.0, 17),
+                 merged=17, cost_per_merged_by_engine={"claude": 0.62, "codex": 1.84},
+                 cost_per_merged_by_role={"dev": 1.91, "qa": 0.55})

@@ -272,6 +272,23 @@ async def test_details_screen_shows_the_control_detail(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_stats_view_shows_the_numbers_that_matter(tmp_path: Path) -> None:
+    from fleet_tui.tui.screens import StatsScreen
+
+    app, fake = build(tmp_path=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await pilot.press("S")
+        assert isinstance(app.screen, StatsScreen)
+        await settle(pilot)
+        shown = str(app.screen.query_one("#stats-body").render())
+        assert "65% passed (11 of 17)" in shown and "codex $1.84" in shown and "dev $1.91" in shown
+        assert "median 21 min" in shown and "spend today       $3.76" in shown
+        assert fake.called("stats") == [None]
+        await pilot.press("escape")
+        assert app.screen is app.main
+
+
 async def test_inbox_lists_needs_human_and_retries(tmp_path: Path) -> None:
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:

@@ -144,6 +144,14 @@ def test_inbox(snap_compare: Snap, tmp_path: Path) -> None:
     assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario("i"))
 
 
+def test_stats(snap_compare: Snap, tmp_path: Path) -> None:
+    async def loaded(pilot: Pilot[None]) -> None:
+        await _until(pilot, lambda: "cost per merged PR" in str(pilot.app.screen.query_one("#stats-body").render()))
+        await pilot.pause()
+
+    assert snap_compare(console(tmp_path), terminal_size=SIZE, run_before=scenario("S", then=loaded))
+
+
 def test_error_state(snap_compare: Snap, tmp_path: Path) -> None:
     fake = FakeFleet()
     fake.fail["approve"] = RuntimeError("403 Forbidden: the token cannot add labels on acme/widgets")

@@ -49,6 +49,8 @@ ACTIONS: tuple[FleetAction, ...] = (
                 long_name="Restart the fleet loop"),
     FleetAction("pause", "space", "Pause", "Pause or resume dispatching new runs"),
     FleetAction("inbox", "i", "Inbox", "Open the needs-human inbox"),
+    FleetAction("stats", "S", "Stats", "Spend, merges, QA pass rate, latency and cost per merged PR",
+                show=False),
     FleetAction("filter", "slash", "Filter", "Filter the focused pane, or search the log"),
     FleetAction("switch_pane", "tab", "Pane", "Focus the next pane", show=False),
     FleetAction("fullscreen", "f", "Full log", "Toggle the log pane full screen", show=False),

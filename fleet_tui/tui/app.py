@@ -59,7 +59,7 @@ from fleet_tui.tui.messages import (
     RunUpdated,
     SnapshotArrived,
 )
-from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen
+from fleet_tui.tui.screens import ConfirmScreen, DetailScreen, HelpScreen, InboxScreen, SetupScreen, StatsScreen
 from fleet_tui.tui.view import (
     Clock,
     HeaderState,
@@ -423,6 +423,9 @@ class MainScreen(Screen[None]):
 
     def action_inbox(self) -> None:
         self.fleet.open_inbox()
+
+    def action_stats(self) -> None:
+        self.fleet.open_stats()
 
     def action_filter(self) -> None:
         pane = self.focused_pane()
@@ -1021,6 +1024,10 @@ class FleetApp(App[None]):
     def open_inbox(self) -> None:
         if not isinstance(self.screen, InboxScreen):
             self.push_screen(InboxScreen(self._inbox_details, self.retry_issue))
+
+    def open_stats(self) -> None:
+        if not isinstance(self.screen, StatsScreen):
+            self.push_screen(StatsScreen(self.control.stats, self.config.policy.budget_day_usd))
 
     def _inbox_details(self, issue: int | None, pr: int | None) -> None:
         self.open_detail(issue=issue if pr is None else None, pr=pr)

@@ -425,3 +425,44 @@ class SetupScreen(Screen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+class StatsScreen(Screen[None]):
+    """The numbers that matter, from the journal: spend per hour and day, runs and merges per day, QA's
+    first-review pass rate, approve -> PR and PR -> merge latency, cost per merged PR. Read when opened."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", "Back", id="stats_close"),
+        Binding("S", "close", "Back", show=False),
+        Binding("g", "reload", "Refresh", id="stats_reload"),
+    ]
+
+    def __init__(self, load: Callable[[], object], budget_day_usd: float = 0.0) -> None:
+        super().__init__()
+        self._load = load
+        self._budget = budget_day_usd
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text("Stats · from the journal", style="bold"), id="stats-title")
+        yield VerticalScroll(Static(Text("reading the journal…"), id="stats-body"))
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_reload()
+
+    def action_reload(self) -> None:
+        self.run_worker(self._fill(), exclusive=True, group="stats", exit_on_error=False,
+                        description="read the stats")
+
+    async def _fill(self) -> None:
+        from fleet_tui.stats import report
+
+        try:
+            found = await self._load()  # type: ignore[misc]
+            lines = report(found, budget_day_usd=self._budget)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - a journal that cannot be read says so, and the console goes on
+            lines = [f"the stats cannot be read now: {exc}"]
+        self.query_one("#stats-body", Static).update(Text("\n".join(for_terminal(line) for line in lines)))
+
+    def action_close(self) -> None:
+        self.dismiss()
