@@ -182,6 +182,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     config_path = None if args.demo else find_config(args.config)
     config = load_config(config_path)
     state_dir = Path(config.state_dir).expanduser() if config.state_dir else user_state_dir()
+    demo_root = None
+    if args.demo:  # the demo keeps everything, its debug log included, in its own directory
+        from fleet_tui.demo import demo_workdir
+
+        demo_root = demo_workdir()
+        state_dir = demo_root / "state"
     _LOG_PATH = setup_logging(args.log_level or "info", state_dir / "logs")
     logging.getLogger("fleet_tui.cli").info("fleet-tui %s starting: mode=%s config=%s", __version__,
              args.command or ("demo" if args.demo else "headless" if args.headless else "console"), config_path)
@@ -196,7 +202,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.demo:
         from fleet_tui.tui.launch import run_demo
 
-        return run_demo(state_dir=state_dir)
+        return run_demo(state_dir=state_dir, workdir=demo_root)
     repo = _repo_path(args, config)
     if args.headless:
         from fleet_tui.headless import run_headless
