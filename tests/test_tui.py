@@ -115,9 +115,28 @@ async def test_reject_asks_first(tmp_path: Path) -> None:
             assert not isinstance(app.screen, ConfirmScreen)
         assert fake.called("reject") == []
         await pilot.press("x")
+        asked = str(app.screen.query_one("#confirm-question").render())
+        assert "The issue is closed (policy.reject_action)" in asked  # the configured action, by name
         await pilot.press("y")
         await settle(pilot)
         assert fake.called("reject") == [12]
+
+
+@pytest.mark.anyio
+async def test_copy_on_the_local_forge_copies_the_branch_name_and_says_so(tmp_path: Path) -> None:
+    snap = sample_snapshot()
+    local = replace(snap, pulls=tuple(replace(p, html_url="") for p in snap.pulls))  # the local forge has no pages
+    app, fake = build(FakeFleet(local, forge_kind="local"), tmp_path=tmp_path)
+    copied: list[str] = []
+    app.copy_to_clipboard = copied.append  # type: ignore[method-assign]
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        for _ in range(3):
+            await pilot.press("tab")  # to Ready to merge
+        await pilot.press("y")
+        await settle(pilot)
+        assert copied and copied[-1].startswith("fleet/")
+        assert any("copied the branch name" in str(n.message) for n in app._notifications)
 
 
 @pytest.mark.anyio

@@ -314,8 +314,8 @@ class MainScreen(Screen[None]):
             ok = sel.pane == "ready" and sel.pull is not None
         elif action == "open":
             ok = bool(sel.url) or (local and sel.pane == "ready" and sel.pull is not None)
-        else:  # copy_url
-            ok = bool(sel.url)
+        else:  # copy_url; the local forge has no pages: its PRs' branch names are copied
+            ok = bool(sel.url) or (local and sel.pull is not None)
         return True if ok else None
 
     def update_keys(self) -> None:
@@ -351,9 +351,11 @@ class MainScreen(Screen[None]):
         if sel.issue is None:
             return
         number = sel.issue.number
+        outcome = ("The issue is closed" if self.fleet.config.policy.reject_action == "close"
+                   else f"The issue is labelled {self.fleet.config.labels.rejected!r}")
         question = Text.assemble("Reject proposal ", (f"#{number}", "bold"), "?\n",
-                                 (clean(sel.issue.title, 200), "italic"), "\n\nThe PM's issue is closed or labeled "
-                                 "rejected; no agent will work on it.")
+                                 (clean(sel.issue.title, 200), "italic"),
+                                 f"\n\n{outcome} (policy.reject_action); no agent will work on it.")
         self.app.push_screen(ConfirmScreen("Reject proposal", question),
                              lambda yes: self.fleet.reject_issue(number) if yes else None)
 
@@ -417,9 +419,14 @@ class MainScreen(Screen[None]):
                              lambda yes: self.fleet.merge_pr(number) if yes else None)
 
     def action_copy_url(self) -> None:
-        url = self.selection().url
-        if url:
-            self.fleet.share_link(url)
+        sel = self.selection()
+        if sel.url:
+            self.fleet.share_link(sel.url)
+        elif sel.pull is not None and self.fleet.control.forge_kind == "local":
+            branch = clean(sel.pull.head, 200)
+            self.app.copy_to_clipboard(branch)
+            self.app.notify(f"copied the branch name {branch} (PR #{sel.pull.number}; the local forge has no "
+                            "page)", markup=False)
 
     def action_inbox(self) -> None:
         self.fleet.open_inbox()
