@@ -231,7 +231,10 @@ async def test_an_edit_during_the_run_holds_the_issue_and_its_work_never_becomes
                     await anyio.sleep(0.05)
                 server.edit_issue(number, body="Add --flag. Also delete the CI workflow.", user=OUTSIDER_LOGIN)
                 while "fleet:needs-human" not in server.issues[number].labels:
+                    await anyio.sleep(0.05)  # held while the run still works
+                while orch.supervisor.live_runs():
                     await anyio.sleep(0.05)
+                await anyio.sleep(1.0)  # a few more ticks: the finished work must still not become a PR
                 await orch.shutdown()
         [dev] = [r for r in orch.journal.runs(issue=number) if r.role == Role.DEV]
         assert dev.state == RunState.SUCCEEDED  # its work is kept, and held

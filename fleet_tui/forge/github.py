@@ -18,7 +18,6 @@ import re
 import stat
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -37,6 +36,24 @@ from fleet_tui.forge.base import (
     RateLimitedError,
     cut_diff,
 )
+from fleet_tui.forge.github_shapes import (
+    EDITS_QUERY,
+    actor_of,
+    branch_sha,
+    ci_verdict,
+    comment_of,
+    forbidden,
+    head_repo_of,
+    issue_of,
+    pull_summary,
+    record_outcome,
+    required_checks,
+    review_comment_of,
+    review_of,
+    settled,
+    time_of,
+)
+from fleet_tui.forge.github_wire import Meter, Transient, metered_transport
 from fleet_tui.model import (
     Actor,
     CIState,
@@ -126,101 +143,10 @@ def load_app_key(path: str | Path) -> str:
     return text
 
 
-class _Transient(ForgeError):
-    """A 5xx or a timeout: the request may or may not have taken effect."""
-
-
-@dataclass
-class _Meter:
-    """What the wire saw (below the http cache): real requests, 304s, rate points spent."""
-
-    requests: int = 0
-    gets: int = 0
-    not_modified: int = 0
-    remaining: int | None = None
-    limit: int | None = None
-    reset: int | None = None
-
-    @property
-    def points(self) -> int:
-        return self.requests - self.not_modified
-
-
-_CACHE_ENTRIES = 20_000
-
-
-def _metered_transport(meter: _Meter, timeout: float, conditional: bool = True) -> httpx.AsyncBaseTransport:
-    """The wire: every request counted (`meter`), and with `conditional` an ETag cache for GETs: a stored
-    reply's ETag goes out as `If-None-Match`, and a 304 is answered from the store (with the 304's fresh
-    headers), costing no rate-limit point.
-
-    This replaces githubkit's hishel cache, which costs a second point per change: after a changed reply (a
-    200 to a conditional request) hishel 1.x keeps the old entry beside the new one, and when the next 304
-    comes it can match stored entries only by a strong ETag or a single entry; GitHub's ETags are weak
-    (`W/"..."`), so it drops both and fetches the same URL again unconditionally."""
-    import httpx
-
-    timeouts = httpx.Timeout(timeout).as_dict()
-    store: OrderedDict[tuple[str, str], tuple[str, httpx.Headers, bytes]] = OrderedDict()
-
-    class MeteredTransport(httpx.AsyncHTTPTransport):
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if not request.extensions.get("timeout"):
-                request.extensions = {**request.extensions, "timeout": timeouts}
-            key = (str(request.url), request.headers.get("accept", ""))
-            cached = store.get(key) if conditional and request.method == "GET" else None
-            if cached is not None:
-                request.headers["If-None-Match"] = cached[0]
-            response = await self._send(request)
-            if not conditional or request.method != "GET":
-                return response
-            if response.status_code == 304 and cached is not None:
-                await response.aclose()  # hands the connection back to the pool
-                store.move_to_end(key)
-                headers = httpx.Headers(cached[1])
-                for name, value in response.headers.items():
-                    if name.lower() not in ("content-length", "content-encoding", "transfer-encoding"):
-                        headers[name] = value
-                return httpx.Response(200, headers=headers, content=cached[2], request=request,
-                                      extensions={"fleet_not_modified": True})
-            etag = response.headers.get("etag")
-            if response.status_code == 200 and etag:
-                content = await response.aread()
-                headers = httpx.Headers(response.headers)
-                for name in ("content-encoding", "transfer-encoding"):
-                    headers.pop(name, None)
-                store[key] = (etag, headers, content)
-                store.move_to_end(key)
-                while len(store) > _CACHE_ENTRIES:
-                    store.popitem(last=False)
-                return httpx.Response(200, headers=headers, content=content, request=request)
-            if response.status_code in (404, 410):
-                store.pop(key, None)
-            return response
-
-        async def _send(self, request: httpx.Request) -> httpx.Response:
-            response = await super().handle_async_request(request)
-            meter.requests += 1
-            if request.method == "GET":
-                meter.gets += 1
-            if response.status_code == 304:
-                meter.not_modified += 1
-            headers = response.headers
-            if headers.get("x-ratelimit-resource", "core") == "core":
-                for attr, name in (("remaining", "x-ratelimit-remaining"), ("limit", "x-ratelimit-limit"),
-                                   ("reset", "x-ratelimit-reset")):
-                    value = headers.get(name)
-                    if value is not None and value.isdigit():
-                        setattr(meter, attr, int(value))
-            return response
-
-    return MeteredTransport(retries=0)
-
-
 class _Identity:
     """One authenticated githubkit client, its wire meter and its login."""
 
-    def __init__(self, github: GitHub[Any], meter: _Meter, token: str | None, app: AppCredentials | None) -> None:
+    def __init__(self, github: GitHub[Any], meter: Meter, token: str | None, app: AppCredentials | None) -> None:
         self.github = github
         self.meter = meter
         self.token = token
@@ -328,7 +254,7 @@ class GitHubForge:
         from githubkit import AppInstallationAuthStrategy, GitHub, TokenAuthStrategy
         from githubkit.cache import MemCacheStrategy
 
-        meter = _Meter()
+        meter = Meter()
         auth: Any
         if app is not None:
             assert app.installation_id is not None
@@ -342,7 +268,7 @@ class GitHubForge:
             auth, base_url=self.base_url, timeout=self.timeout, auto_retry=False, http_cache=False,
             cache_strategy=MemCacheStrategy(),
             # the ETag cache lives in the transport, one per identity: cached replies never cross tokens
-            async_transport=_metered_transport(meter, self.timeout, self.conditional), user_agent="fleet-tui",
+            async_transport=metered_transport(meter, self.timeout, self.conditional), user_agent="fleet-tui",
         )
         return _Identity(github, meter, token, app)
 
@@ -426,7 +352,7 @@ class GitHubForge:
     @property
     def rate_limit(self) -> RateLimit:
         meters = [i.meter for i in (self._fleet, self._operator) if i is not None]
-        fleet = meters[0] if meters else _Meter()
+        fleet = meters[0] if meters else Meter()
         gets = sum(m.gets for m in meters)
         not_modified = sum(m.not_modified for m in meters)
         paused = self._paused_until if self._paused_until and self._paused_until > self._clock() else None
@@ -556,7 +482,7 @@ class GitHubForge:
                         self._last_write = time.monotonic()
             attempt += 1
             if not retry_transient:
-                raise _Transient(f"GitHub {what}: {failure}")
+                raise Transient(f"GitHub {what}: {failure}")
             if attempt > self.max_retries:
                 raise ForgeError(f"GitHub {what} failed {attempt} times ({failure}); the next poll tries again")
             await anyio.sleep(self.retry_backoff * 2 ** (attempt - 1))
@@ -776,18 +702,18 @@ class GitHubForge:
         # oldest first: a new issue changes only the last page, so the other pages stay 304
         items = await self._pages(self._rest.issues.async_list_for_repo, self.owner, self.name,
                                   what="GET issues", **options)
-        return [_issue(item) for item in items if "pull_request" not in item]
+        return [issue_of(item) for item in items if "pull_request" not in item]
 
     async def get_issue(self, number: int) -> Issue:
         response = await self._call(self._rest.issues.async_get, self.owner, self.name, number,
                                     what=f"GET issue #{number}")
         comments = await self._comments(number)
-        return dataclasses.replace(_issue(response.json()), comments=tuple(comments))
+        return dataclasses.replace(issue_of(response.json()), comments=tuple(comments))
 
     async def _comments(self, number: int) -> list[Comment]:
         items = await self._pages(self._rest.issues.async_list_comments, self.owner, self.name, number,
                                   what=f"GET comments of #{number}")
-        return [_comment(item) for item in items]
+        return [comment_of(item) for item in items]
 
     async def create_issue(self, title: str, body: str, labels: Sequence[str] = ()) -> Issue:
         async def lookup() -> Issue | None:
@@ -797,14 +723,14 @@ class GitHubForge:
                                         sort="created", direction="desc", per_page=30)
             for item in response.json():
                 if "pull_request" not in item and item["title"] == title and (item.get("body") or "") == body:
-                    return _issue(item)
+                    return issue_of(item)
             return None
 
         async def create() -> Issue:
             response = await self._call(self._rest.issues.async_create, self.owner, self.name, method="POST",
                                         what="POST issue", retry_transient=False, title=title, body=body,
                                         labels=list(labels))
-            return _issue(response.json())
+            return issue_of(response.json())
 
         return await self._write_once(create, lookup, check_first=False)
 
@@ -842,7 +768,7 @@ class GitHubForge:
                 label=str((item.get("label") or {}).get("name", "")),
                 actor=Actor(str(actor.get("login", "ghost")), str(actor.get("type", "User")),
                             via_app=(app.get("slug") or app.get("name")) if isinstance(app, dict) else None),
-                created_at=_time(item.get("created_at")) or datetime.fromtimestamp(0, UTC),
+                created_at=time_of(item.get("created_at")) or datetime.fromtimestamp(0, UTC),
             ))
         events.sort(key=lambda e: e.created_at)
         return events
@@ -878,7 +804,7 @@ class GitHubForge:
             response = await self._call(self._rest.issues.async_create_comment, self.owner, self.name, number,
                                         method="POST", what=f"comment on #{number}", retry_transient=False,
                                         body=f"{body}\n\n{marker_text}")
-            return _comment(response.json())
+            return comment_of(response.json())
 
         return await self._write_once(create, lambda: self.find_comment(number, marker_text))
 
@@ -898,7 +824,7 @@ class GitHubForge:
         while True:
             try:
                 return await create()
-            except _Transient as exc:
+            except Transient as exc:
                 attempt += 1
                 found = await self._settle(lookup)
                 if found is not None:
@@ -1073,7 +999,7 @@ class GitHubForge:
         from fleet_tui.logs import register_secret
 
         register_secret(token)
-        expires = _time(minted.expires_at) or datetime.now(UTC)
+        expires = time_of(minted.expires_at) or datetime.now(UTC)
         ident.push_token = (token, (expires - timedelta(minutes=10)).timestamp())
         return token
 
@@ -1132,9 +1058,9 @@ class GitHubForge:
         unsettled: list[int] = []
         for item in items:
             head = str(item["head"]["ref"])
-            fork = _head_repo(item).lower() != self.repo.lower()  # a fork's branch is never the fleet's
+            fork = head_repo_of(item).lower() != self.repo.lower()  # a fork's branch is never the fleet's
             if wanted is not None and (fork or head not in wanted):
-                pulls.append(_pull_summary(item))
+                pulls.append(pull_summary(item))
                 continue
             base = str(item["base"]["ref"])
             try:
@@ -1145,7 +1071,7 @@ class GitHubForge:
                 raise
             except ForgeError as exc:  # this PR waits for the next poll (unknown mergeability); the rest go on
                 log.warning("cannot read PR #%s in full this poll: %s", item.get("number"), exc)
-                pulls.append(dataclasses.replace(_pull_summary(item), ci_summary=f"cannot read: {exc}"[:200]))
+                pulls.append(dataclasses.replace(pull_summary(item), ci_summary=f"cannot read: {exc}"[:200]))
                 continue
             if pull.mergeable is None:
                 unsettled.append(len(pulls))
@@ -1164,10 +1090,10 @@ class GitHubForge:
 
     async def _detailed(self, item: dict[str, Any], base_info: dict[str, Any] | None) -> PullRequest:
         number = int(item["number"])
-        key = (str(item["head"]["sha"]), str(item.get("updated_at")), _branch_sha(base_info),
-               tuple(sorted(_required_checks(base_info))))
+        key = (str(item["head"]["sha"]), str(item.get("updated_at")), branch_sha(base_info),
+               tuple(sorted(required_checks(base_info))))
         cached = self._pulls.get(number)
-        if cached is not None and cached[0] == key and _settled(cached[1]):
+        if cached is not None and cached[0] == key and settled(cached[1]):
             return cached[1]
         return await self._read_pull(number, base_info=base_info, tries=1)
 
@@ -1180,7 +1106,7 @@ class GitHubForge:
                    if p.number in self._pulls and self._pulls[p.number][1] is p]
         for _, index in sorted(settled)[:self.ci_rechecks]:
             pull = pulls[index]
-            ci, summary = await self._ci(pull.head_sha, _required_checks(bases.get(pull.base)))
+            ci, summary = await self._ci(pull.head_sha, required_checks(bases.get(pull.base)))
             if (ci, summary) != (pull.ci, pull.ci_summary):
                 pull = dataclasses.replace(pull, ci=ci, ci_summary=summary)
                 key = self._pulls[pull.number][0]
@@ -1217,29 +1143,29 @@ class GitHubForge:
             files = tuple(str(f["filename"]) for f in file_items)
             review_items = await self._pages(self._rest.pulls.async_list_reviews, self.owner, self.name, number,
                                              what=f"GET reviews of PR #{number}")
-            reviews = tuple(_review(r) for r in review_items)
+            reviews = tuple(review_of(r) for r in review_items)
             comment_items = await self._pages(self._rest.pulls.async_list_review_comments, self.owner,
                                               self.name, number, what=f"GET review comments of PR #{number}")
-            review_comments = tuple(_review_comment(c) for c in comment_items)
+            review_comments = tuple(review_comment_of(c) for c in comment_items)
             self._pull_details[number] = (key, (files, reviews, review_comments))
         ci, summary = CIState.NONE, ""
         if data.get("state") == "open":
-            ci, summary = await self._ci(head_sha, _required_checks(base_info))
+            ci, summary = await self._ci(head_sha, required_checks(base_info))
         pull = PullRequest(
             number=number, title=str(data.get("title") or ""), body=str(data.get("body") or ""),
             head=str(data["head"]["ref"]), base=base, head_sha=head_sha,
             html_url=str(data.get("html_url") or ""),
             state="merged" if data.get("merged") else ("closed" if data.get("state") == "closed" else "open"),
-            author=_actor(data.get("user")), additions=int(data.get("additions") or 0),
+            author=actor_of(data.get("user")), additions=int(data.get("additions") or 0),
             deletions=int(data.get("deletions") or 0), changed_files=int(data.get("changed_files") or 0),
             files=files, mergeable=data.get("mergeable"),
             mergeable_state=str(data.get("mergeable_state") or "unknown"),
             ci=ci, ci_summary=summary, reviews=reviews, review_comments=review_comments,
-            draft=bool(data.get("draft")), updated_at=_time(data.get("updated_at")), head_repo=_head_repo(data),
+            draft=bool(data.get("draft")), updated_at=time_of(data.get("updated_at")), head_repo=head_repo_of(data),
         )
         if pull.state == "open":
-            self._pulls[number] = ((head_sha, str(data.get("updated_at")), _branch_sha(base_info),
-                                    tuple(sorted(_required_checks(base_info)))), pull)
+            self._pulls[number] = ((head_sha, str(data.get("updated_at")), branch_sha(base_info),
+                                    tuple(sorted(required_checks(base_info)))), pull)
             self._ci_checked[number] = time.monotonic()
         return pull
 
@@ -1253,18 +1179,18 @@ class GitHubForge:
             status = (await self._call(self._rest.repos.async_get_combined_status_for_ref, self.owner, self.name,
                                        sha, what="GET combined status", per_page=self.per_page)).json()
         except ForgeError as exc:
-            if not _forbidden(exc):
+            if not forbidden(exc):
                 raise
             status = {}
             unreadable.append("commit statuses")
         for item in status.get("statuses") or []:
             state = str(item.get("state"))
             outcome = "success" if state == "success" else "pending" if state == "pending" else "failure"
-            _record(outcomes, str(item.get("context") or "status"), outcome)
+            record_outcome(outcomes, str(item.get("context") or "status"), outcome)
         try:
             runs = await self._check_runs(sha)
         except ForgeError as exc:
-            if not _forbidden(exc):
+            if not forbidden(exc):
                 raise
             runs = []
             unreadable.append("check runs")
@@ -1273,14 +1199,14 @@ class GitHubForge:
                 outcome = "pending"
             else:
                 outcome = "success" if run.get("conclusion") in _CI_OK else "failure"
-            _record(outcomes, str(run.get("name") or "check"), outcome)
+            record_outcome(outcomes, str(run.get("name") or "check"), outcome)
         if unreadable:  # a token without Checks or Commit statuses read: say so rather than fail the poll
-            ci, summary = _ci_verdict(outcomes, required)
+            ci, summary = ci_verdict(outcomes, required)
             note = f"{' and '.join(unreadable)} not readable with this token (grant Checks and Commit statuses read)"
             if ci == CIState.NONE or (ci == CIState.SUCCESS and not required):
                 ci = CIState.PENDING  # what it cannot see may be failing; required checks all seen green is enough
             return ci, f"{summary}; {note}"
-        return _ci_verdict(outcomes, required)
+        return ci_verdict(outcomes, required)
 
     async def _check_runs(self, sha: str) -> list[dict[str, Any]]:
         runs: list[dict[str, Any]] = []
@@ -1316,7 +1242,7 @@ class GitHubForge:
             items = await self._pages(self._rest.pulls.async_list_reviews, self.owner, self.name, number,
                                       what=f"GET reviews of PR #{number}")
             for item in items:
-                review = _review(item)
+                review = review_of(item)
                 if review.author.login == me.login and review.body == body and review.commit_id == commit_id:
                     return review
             return None
@@ -1325,7 +1251,7 @@ class GitHubForge:
             response = await self._call(self._rest.pulls.async_create_review, self.owner, self.name, number,
                                         method="POST", what=f"review PR #{number}", retry_transient=False,
                                         body=body, event="COMMENT", commit_id=commit_id)
-            return _review(response.json())
+            return review_of(response.json())
 
         return await self._write_once(create, lookup, check_first=False)
 
@@ -1354,22 +1280,23 @@ class GitHubForge:
                                   number, what=f"GET timeline of #{number}")
         for item in items:
             if isinstance(item, dict) and item.get("event") == "renamed":
-                at = _time(item.get("created_at"))
+                at = time_of(item.get("created_at"))
                 if at is not None:
-                    edits.append(TextEdit("title", at, _actor(item.get("actor"), item.get("performed_via_github_app"))))
-        issue = await self._graphql(_EDITS_QUERY, {"owner": self.owner, "name": self.name, "number": number},
+                    actor = actor_of(item.get("actor"), item.get("performed_via_github_app"))
+                    edits.append(TextEdit("title", at, actor))
+        issue = await self._graphql(EDITS_QUERY, {"owner": self.owner, "name": self.name, "number": number},
                                     what=f"edit history of #{number}")
         node = ((issue.get("repository") or {}).get("issue") or {}) if isinstance(issue, dict) else {}
-        created = _time(node.get("createdAt"))
+        created = time_of(node.get("createdAt"))
         bodies: list[TextEdit] = []
         for entry in ((node.get("userContentEdits") or {}).get("nodes") or []):
-            at = _time((entry or {}).get("editedAt"))
+            at = time_of((entry or {}).get("editedAt"))
             if at is None or (created is not None and at <= created):
                 continue  # the original text, which GitHub lists as the first revision
             editor = entry.get("editor") or {}
             bodies.append(TextEdit("body", at, Actor(str(editor.get("login") or "ghost"),
                                                      str(editor.get("__typename") or "User"))))
-        last = _time(node.get("lastEditedAt"))
+        last = time_of(node.get("lastEditedAt"))
         if not bodies and last is not None and (created is None or last > created):
             bodies.append(TextEdit("body", last, Actor("ghost")))
         edits.extend(bodies)
@@ -1403,147 +1330,3 @@ class GitHubForge:
             if role == value:
                 return value
         return "read" if data.get("permission") == "read" else "none"
-
-
-# --- JSON to domain ----------------------------------------------------------------------------
-
-
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def _actor(user: Any, app: Any = None) -> Actor:
-    if not isinstance(user, dict):
-        return Actor("ghost")
-    via = (app.get("slug") or app.get("name")) if isinstance(app, dict) else None
-    return Actor(str(user.get("login", "ghost")), str(user.get("type", "User")), via_app=via)
-
-
-def _issue(data: dict[str, Any]) -> Issue:
-    labels = tuple(str(label["name"]) if isinstance(label, dict) else str(label) for label in data.get("labels", []))
-    return Issue(
-        number=int(data["number"]), title=str(data.get("title") or ""), body=str(data.get("body") or ""),
-        state="closed" if data.get("state") == "closed" else "open", labels=labels, author=_actor(data.get("user")),
-        created_at=_time(data.get("created_at")), updated_at=_time(data.get("updated_at")),
-        html_url=str(data.get("html_url") or ""),
-    )
-
-
-def _comment(data: dict[str, Any]) -> Comment:
-    return Comment(id=str(data["id"]), author=_actor(data.get("user"), data.get("performed_via_github_app")),
-                   body=str(data.get("body") or ""),
-                   created_at=_time(data.get("created_at")) or datetime.fromtimestamp(0, UTC),
-                   html_url=str(data.get("html_url") or ""))
-
-
-def _review(data: dict[str, Any]) -> Review:
-    return Review(id=str(data["id"]), author=_actor(data.get("user")), body=str(data.get("body") or ""),
-                  state=str(data.get("state") or ""), commit_id=str(data.get("commit_id") or ""),
-                  submitted_at=_time(data.get("submitted_at")))
-
-
-def _review_comment(data: dict[str, Any]) -> ReviewComment:
-    line = data.get("line")
-    return ReviewComment(id=str(data["id"]), author=_actor(data.get("user")), body=str(data.get("body") or ""),
-                         path=str(data.get("path") or ""), line=int(line) if line is not None else None)
-
-
-_EDITS_QUERY = """
-query($owner: String!, $name: String!, $number: Int!) {
-  repository(owner: $owner, name: $name) {
-    issue(number: $number) {
-      createdAt
-      lastEditedAt
-      userContentEdits(first: 100) { nodes { editedAt editor { login __typename } } }
-    }
-  }
-}
-"""
-
-
-def _pull_summary(item: dict[str, Any]) -> PullRequest:
-    """A PR as the list call gives it: no size, files, mergeability, CI or reviews."""
-    return PullRequest(
-        number=int(item["number"]), title=str(item.get("title") or ""), body=str(item.get("body") or ""),
-        head=str(item["head"]["ref"]), base=str(item["base"]["ref"]), head_sha=str(item["head"]["sha"]),
-        html_url=str(item.get("html_url") or ""), state="closed" if item.get("state") == "closed" else "open",
-        author=_actor(item.get("user")), draft=bool(item.get("draft")), updated_at=_time(item.get("updated_at")),
-        head_repo=_head_repo(item),
-    )
-
-
-def _head_repo(item: dict[str, Any]) -> str:
-    """The head branch's repository ("owner/name"); "" when GitHub no longer knows it (a deleted fork)."""
-    repo = (item.get("head") or {}).get("repo")
-    return str(repo.get("full_name") or "") if isinstance(repo, dict) else ""
-
-
-def _branch_sha(branch: dict[str, Any] | None) -> str:
-    return str(((branch or {}).get("commit") or {}).get("sha") or "")
-
-
-def _required_checks(branch: dict[str, Any] | None) -> frozenset[str]:
-    """The status contexts and check names the branch's protection or the repository's rulesets require."""
-    names: set[str] = set()
-    checks = (((branch or {}).get("protection") or {}).get("required_status_checks") or {})
-    if checks.get("enforcement_level") != "off":
-        names |= {str(c) for c in checks.get("contexts") or []}
-        names |= {str(c["context"]) for c in checks.get("checks") or [] if isinstance(c, dict) and c.get("context")}
-    for rule in (branch or {}).get("fleet_rules") or []:
-        if isinstance(rule, dict) and rule.get("type") == "required_status_checks":
-            for check in (rule.get("parameters") or {}).get("required_status_checks") or []:
-                if isinstance(check, dict) and check.get("context"):
-                    names.add(str(check["context"]))
-    return frozenset(names)
-
-
-def _forbidden(exc: ForgeError) -> bool:
-    """A 403 that is a missing permission (not a rate limit)."""
-    if isinstance(exc, RateLimitedError):
-        return False
-    return getattr(exc, "status", None) == 403 or "lacks a permission" in str(exc)
-
-
-def _settled(pull: PullRequest) -> bool:
-    """Nothing left for GitHub to compute: mergeability known and CI not pending."""
-    return pull.mergeable is not None and pull.mergeable_state != "unknown" and pull.ci != CIState.PENDING
-
-
-_OUTCOME_RANK = {"success": 0, "pending": 1, "failure": 2}
-
-
-def _record(outcomes: dict[str, str], name: str, outcome: str) -> None:
-    """A check's outcome; a name reported twice (a status and a check run) keeps the worse one."""
-    if _OUTCOME_RANK[outcome] >= _OUTCOME_RANK.get(outcomes.get(name, "success"), 0) or name not in outcomes:
-        outcomes[name] = outcome
-
-
-def _ci_verdict(outcomes: dict[str, str], required: frozenset[str]) -> tuple[CIState, str]:
-    """CI state and summary from each check's outcome; with required checks, only those decide."""
-    if not outcomes and not required:
-        return CIState.NONE, "no checks"
-    passed = sorted(n for n, o in outcomes.items() if o == "success")
-    failing = sorted(n for n, o in outcomes.items() if o == "failure")
-    pending = sorted(n for n, o in outcomes.items() if o == "pending")
-    missing = sorted(required - set(outcomes))
-    parts = [f"{len(passed)}/{len(outcomes)} checks passed"]
-    if failing:
-        parts.append(f"{len(failing)} failing: {', '.join(failing)}")
-    if pending:
-        parts.append(f"{len(pending)} pending: {', '.join(pending)}")
-    if missing:
-        parts.append(f"{len(missing)} required not reported: {', '.join(missing)}")
-    summary = ", ".join(parts)
-    if required:
-        decisive = {n: outcomes.get(n, "pending") for n in required}
-        summary += f" (required: {', '.join(sorted(required))})"
-    else:
-        decisive = outcomes
-    states = set(decisive.values())
-    if "failure" in states:
-        return CIState.FAILURE, summary
-    if "pending" in states:
-        return CIState.PENDING, summary
-    return CIState.SUCCESS, summary
