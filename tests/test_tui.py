@@ -308,6 +308,7 @@ async def test_the_stats_view_shows_the_numbers_that_matter(tmp_path: Path) -> N
         assert app.screen is app.main
 
 
+@pytest.mark.anyio
 async def test_inbox_lists_needs_human_and_retries(tmp_path: Path) -> None:
     app, fake = build(tmp_path=tmp_path)
     async with app.run_test(size=SIZE) as pilot:
