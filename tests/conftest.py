@@ -52,6 +52,23 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
+def installed_cli(name: str, prefix_env: str, label: str) -> str:
+    """The path of a real engine CLI installed by `tests/tools/install-NAME.sh` (under `$PREFIX_ENV/bin`, default
+    /opt/fleet-tools/NAME) or on PATH; skips without it, and fails under CI=true, where it is required."""
+    import shutil
+
+    candidate = Path(os.environ.get(prefix_env, f"/opt/fleet-tools/{name}")) / "bin" / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        message = f"{label} not installed (run tests/tools/install-{name}.sh)"
+        if in_ci():
+            pytest.fail(message + "; it is required under CI=true")
+        pytest.skip(message)
+    return found
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Under CI=true a test that needs Docker or the Codex CLI must run: its skip becomes a failure."""

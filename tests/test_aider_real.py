@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import installed_cli
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines.aider import ENV_FILE, MODEL_SETTINGS_FILE, AiderEngine
@@ -64,27 +64,9 @@ USAGE = (1234, 56)  # (prompt_tokens, completion_tokens) per completion
 PRICES = (2.0, 8.0)  # USD per million tokens, in and out: the stub's model is in no price list
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def aider_binary() -> str | None:
-    prefix = Path(os.environ.get("FLEET_AIDER_PREFIX", "/opt/fleet-tools/aider"))
-    candidate = prefix / "bin" / "aider"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which("aider")
-
-
 @pytest.fixture(scope="module")
 def aider() -> str:
-    path = aider_binary()
-    if path is None:
-        message = "aider not installed (run tests/tools/install-aider.sh)"
-        if in_ci():
-            pytest.fail(message + "; it is required under CI=true")
-        pytest.skip(message)
-    return path
+    return installed_cli("aider", "FLEET_AIDER_PREFIX", "aider")
 
 
 @pytest.fixture

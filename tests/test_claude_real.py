@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import installed_cli
 
 from fleet_tui.config import EngineConfig, FleetConfig
 from fleet_tui.engines import make_engine
@@ -54,27 +55,9 @@ ANSWER_USAGE = [(1000, 40, 200, 300), (1500, 25, 600, 0)]
 MAX_RUN_S = 45.0
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def claude_binary() -> str | None:
-    prefix = Path(os.environ.get("FLEET_CLAUDE_PREFIX", "/opt/fleet-tools/claude"))
-    candidate = prefix / "bin" / "claude"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which("claude")
-
-
 @pytest.fixture(scope="module")
 def claude() -> str:
-    path = claude_binary()
-    if path is None:
-        message = "Claude Code not installed (run tests/tools/install-claude.sh)"
-        if in_ci():
-            pytest.fail(message + "; it is required under CI=true")
-        pytest.skip(message)
-    return path
+    return installed_cli("claude", "FLEET_CLAUDE_PREFIX", "Claude Code")
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import installed_cli
 
 from fleet_tui.config import EngineConfig
 from fleet_tui.engines.base import Invocation, LogLine, Output, Task, UsageUpdate
@@ -33,27 +33,9 @@ EDIT_COMMAND = "printf 'edited by codex\\n' >> greeting.txt && echo edit-done"
 RESPONSE_USAGE = [(1000, 200, 40), (1500, 600, 25)]  # (input, cached, output)
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def codex_binary() -> str | None:
-    prefix = Path(os.environ.get("FLEET_CODEX_PREFIX", "/opt/fleet-tools/codex"))
-    candidate = prefix / "bin" / "codex"
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which("codex")
-
-
 @pytest.fixture(scope="module")
 def codex() -> str:
-    path = codex_binary()
-    if path is None:
-        message = "codex CLI not installed (run tests/tools/install-codex.sh)"
-        if in_ci():
-            pytest.fail(message + "; it is required under CI=true")
-        pytest.skip(message)
-    return path
+    return installed_cli("codex", "FLEET_CODEX_PREFIX", "codex CLI")
 
 
 @dataclass
