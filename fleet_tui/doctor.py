@@ -568,16 +568,10 @@ def ui_problems(config: FleetConfig, theme_dir: Path | None = None) -> list[str]
         if action_id != "quit" and action_id in defaults and "q" in (part.strip() for part in keys.split(",")):
             problems.append(f"ui.keys.{action_id} = {keys!r} takes over q (quit); pick another key")
     theme = config.ui.theme
-    try:
-        from textual.theme import BUILTIN_THEMES
+    from fleet_tui.config import user_config_dir
+    from fleet_tui.tui.themes import known_theme_names
 
-        from fleet_tui.config import user_config_dir
-        from fleet_tui.tui.themes import load_themes
-
-        loaded, _ = load_themes(theme_dir if theme_dir is not None else user_config_dir() / "themes")
-        known = set(BUILTIN_THEMES) | {t.name for t in loaded}
-    except ImportError:  # pragma: no cover - textual is a dependency
-        return problems
+    known = known_theme_names(theme_dir if theme_dir is not None else user_config_dir() / "themes")
     if theme not in known:
         problems.append(f"ui.theme {theme!r} is not a known theme; known: {', '.join(sorted(known))} (or add "
                         f"THEME.toml to {user_config_dir() / 'themes'})")

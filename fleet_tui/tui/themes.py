@@ -74,6 +74,14 @@ def load_themes(user_dir: Path | None) -> tuple[list[Theme], list[str]]:
     return themes, problems
 
 
+def known_theme_names(user_dir: Path | None) -> set[str]:
+    """Every theme the console can show: Textual's own, the packaged ones and the user's files."""
+    from textual.theme import BUILTIN_THEMES
+
+    loaded, _ = load_themes(user_dir)
+    return set(BUILTIN_THEMES) | {theme.name for theme in loaded}
+
+
 def _ui_state_file(state_dir: Path) -> Path:
     return state_dir / "ui.json"
 
