@@ -260,24 +260,11 @@ class DockerRunHandle:
                             put(frame)
                         elif resume.accept(key):
                             put(payload)
-                except docker.errors.NotFound:
-                    holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all its "
-                                                  "output was read")
-                    break
-                except docker.errors.APIError as exc:
-                    if exc.status_code == 409:  # dead or being removed: its logs are gone
+                except (docker.errors.APIError, requests.exceptions.RequestException, OSError) as exc:
+                    if isinstance(exc, docker.errors.APIError) and exc.status_code in (404, 409):  # gone, or going
                         holder["error"] = RunnerError(f"the container of run {self.run_id} was removed before all "
                                                       "its output was read")
                         break
-                    failures += 1
-                    if stop.is_set() or failures > 5:
-                        if not stop.is_set():
-                            holder["error"] = RunnerError(f"log stream of run {self.run_id} broke: {exc}")
-                        break
-                    stop.wait(min(2.0, 0.2 * failures))
-                    tail, since = "all", resume.reopen() or since
-                    continue
-                except (requests.exceptions.RequestException, OSError) as exc:
                     _log.debug("log stream of %s broke: %r", self.run_id, exc)
                     failures += 1
                     if stop.is_set() or failures > 5:
