@@ -366,6 +366,11 @@ class ForgeConfig(_Section):
     """After a write timed out, how long to wait before looking for it again (it may still land); the look is
     repeated over a window longer than `timeout_s` before the write is sent again."""
 
+    claim_lease_s: float = Field(180.0, ge=5)
+    """Seconds a claim of an issue holds without renewal. The holder renews it every third of this; another
+    orchestrator takes the issue over only after it has seen the same lease unrenewed for this long (so a
+    dead orchestrator's issues wait this long before another picks them up)."""
+
     @classmethod
     def _clean(cls, name: str, value: Any) -> Any:
         return value.strip() if name == "repo" else value
@@ -519,11 +524,117 @@ class EngineConfig(_Section):
         return value
 
 
+class DockerHostConfig(_Section):
+    """[[runner.hosts]]: one Docker engine of the pool the docker runner places runs on."""
+
+    url: str = ""
+    """The engine: `unix:///var/run/docker.sock`, `tcp://HOST:2376` (with the TLS files below) or
+    `ssh://user@host` (key-based SSH; `docker` must be installed on the remote)."""
+
+    name: str = ""
+    """Short name shown in the Agents pane and events; empty: the URL's host (or `local` for a unix socket)."""
+
+    max_runs: int = Field(4, ge=1)
+    """How many runs this host takes at once."""
+
+    tls_ca: str = ""
+    """tcp:// only: the CA certificate (PEM) that signed the engine's certificate."""
+
+    tls_cert: str = ""
+    """tcp:// only: the client certificate (PEM) the engine accepts."""
+
+    tls_key: str = ""
+    """tcp:// only: the client certificate's private key (PEM)."""
+
+    @classmethod
+    def _clean(cls, name: str, value: Any) -> Any:
+        if name == "url" and value and not re.match(r"(unix|tcp|ssh)://\S+$", value.strip()):
+            raise ValueError(f"must start with unix://, tcp:// or ssh://, got {value!r}")
+        return value.strip() if isinstance(value, str) else value
+
+    def _check(self) -> str | None:
+        if not self.url:
+            return "url: every [[runner.hosts]] entry needs the engine's url (unix://, tcp:// or ssh://)"
+        tls = [self.tls_ca, self.tls_cert, self.tls_key]
+        if any(tls) and not all(tls):
+            return "tls_ca, tls_cert and tls_key go together: set all three, or none"
+        if any(tls) and not self.url.startswith("tcp://"):
+            return "TLS files apply to tcp:// hosts only"
+        return None
+
+    @property
+    def label(self) -> str:
+        """The name people see: `name`, else the URL's host, else `local`."""
+        if self.name:
+            return self.name
+        rest = self.url.split("://", 1)[1] if "://" in self.url else self.url
+        if self.url.startswith("unix://"):
+            return "local"
+        return rest.split("@")[-1].split("/")[0] or self.url
+
+
+class KubernetesConfig(_Section):
+    """[runner.kubernetes]: where and how agents run as Kubernetes Jobs (`runner.kind = "kubernetes"`)."""
+
+    kubeconfig: str = ""
+    """Path of the kubeconfig; empty: $KUBECONFIG or ~/.kube/config, or the in-cluster service account when the
+    fleet itself runs in a pod."""
+
+    context: str = ""
+    """kubeconfig context to use; empty: the current one."""
+
+    namespace: str = "default"
+    """Namespace the Jobs run in."""
+
+    service_account: str = ""
+    """Service account of the agent pods; empty: the namespace's default. It needs no API rights at all."""
+
+    image: str = ""
+    """Image of the agent pods; empty: `runner.image`. The cluster must be able to pull it."""
+
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    """When the kubelet pulls the image."""
+
+    engine_secret: str = ""
+    """Name of a Secret in the namespace whose keys become the agent's environment (the engines' API keys).
+    Never put the forge token in it."""
+
+    node_selector: dict[str, str] = {}
+    """Node labels the agent pods must run on, e.g. { "fleet/agents" = "yes" }."""
+
+    tolerations: list[dict[str, str]] = []
+    """Tolerations of the agent pods, as Kubernetes spells them, e.g.
+    [{ key = "fleet", operator = "Equal", value = "agents", effect = "NoSchedule" }]."""
+
+    max_runs: int = Field(10, ge=1)
+    """How many agent Jobs run at once."""
+
+    @classmethod
+    def _clean(cls, name: str, value: Any) -> Any:
+        if name == "namespace" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise ValueError(f"must be a Kubernetes namespace name (lowercase letters, digits, '-'), got {value!r}")
+        if name == "tolerations":
+            allowed = {"key", "operator", "value", "effect", "tolerationSeconds"}
+            for entry in value:
+                bad = sorted(set(entry) - allowed)
+                if bad:
+                    raise ValueError(f"a toleration may have {', '.join(sorted(allowed))}; got {bad[0]!r}")
+        return value
+
+
 class RunnerConfig(_Section):
     """[runner]: where agent processes run, and their limits."""
 
-    kind: Literal["docker", "local"] = "docker"
-    """Where agents run: `docker` (a container per run) or `local` (a subprocess; trusted setups only)."""
+    kind: Literal["docker", "local", "kubernetes"] = "docker"
+    """Where agents run: `docker` (a container per run, on one engine or a pool of hosts), `kubernetes` (a Job
+    per run) or `local` (a subprocess; trusted setups only)."""
+
+    hosts: list[DockerHostConfig] = []
+    """docker only: the pool of engines runs are placed on ([[runner.hosts]] tables). None: the one engine of
+    $DOCKER_HOST, or the local socket."""
+
+    kubernetes: KubernetesConfig = KubernetesConfig()
+    """kubernetes only: cluster, namespace and pod settings."""
 
     image: str = "fleet-agent:latest"
     """Docker image of the agents; `fleet-tui image build` builds it for the engines the roles use."""
@@ -561,6 +672,15 @@ class RunnerConfig(_Section):
         if not re.fullmatch(r"\d+[bkmg]?", value.strip().lower()):
             raise ValueError(f"must look like 512m or 4g, got {value!r}")
         return value.strip().lower()
+
+    def _check(self) -> str | None:
+        if self.hosts and self.kind != "docker":
+            return f'hosts: [[runner.hosts]] is for runner.kind = "docker", not {self.kind!r}'
+        labels = [host.label for host in self.hosts]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            return f"hosts: two hosts are both named {twice[0]!r}; give them distinct `name`s"
+        return None
 
 
 class PolicyConfig(_Section):
@@ -978,4 +1098,16 @@ def render_example() -> str:
         lines.extend(comment(engine_docs.get(field.name, "")))
         lines.append(f"# {field.name} = {value(getattr(example, field.name))}")
     lines.append("")
+    lines += comment("A pool of Docker hosts for runner.kind = \"docker\" (one table per engine; none means the "
+                     "local engine). An example to uncomment:")
+    host_docs = field_descriptions(DockerHostConfig)
+    hosts = (DockerHostConfig(url="unix:///var/run/docker.sock", max_runs=2),
+             DockerHostConfig(url="ssh://fleet@build-2.example", name="build-2", max_runs=4))
+    for index, host in enumerate(hosts):
+        lines.append("# [[runner.hosts]]")
+        for key in ("url", "name", "max_runs"):
+            if index == 0:
+                lines.extend(comment(host_docs.get(key, "")))
+            lines.append(f"# {key} = {value(getattr(host, key))}")
+        lines.append("")
     return "\n".join(lines)

@@ -40,7 +40,7 @@ BAD_CONFIGS = [
     ('[forge]\nkind = "github"\nrepo = "just-a-name"\n',
      "fleet.toml: forge.repo must be 'owner/name' when forge.kind is 'github', got 'just-a-name'"),
     ('[runner]\nmemory = "lots"\n', "fleet.toml: runner.memory must look like 512m or 4g, got 'lots'"),
-    ('[runner]\nkind = "k8s"\n', "fleet.toml: runner.kind must be one of 'docker' or 'local', got 'k8s'"),
+    ('[runner]\nkind = "k8s"\n', "fleet.toml: runner.kind must be one of 'docker', 'local' or 'kubernetes', got 'k8s'"),
     ("[roles.dev]\ntimeout_s = 1.5\n", "fleet.toml: roles.dev.timeout_s must be a whole number, got 1.5"),
     ('[labels]\napproved = " "\n', "fleet.toml: labels.approved must not be empty"),
     ('[ui]\nbell = "yes"\n', "fleet.toml: ui.bell must be true or false, got 'yes'"),
