@@ -1,6 +1,10 @@
 """Supervision of one agent run: start it on a runner, pump its output through the engine's parser into the
 run log and to subscribers, account for usage, kill it at its timeout, budget or stall, and report the outcome.
 
+After the process ends, the runner copies the run's scratch dir back (`Runner.collect`) before the result is
+read from it and the run is cleaned up. A run whose host stops answering is not judged: the outcome says
+`host_unreachable`, nothing is cleaned up, and `fleet_tui.supervise` follows it again when the host is back.
+
 A re-attached run (after a restart) is read from its first line: the parser sees the whole output once, so
 usage and verdicts count exactly once, and the log gets only the lines it did not have yet.
 
@@ -22,7 +26,7 @@ import anyio
 
 from fleet_tui.engines.base import Engine, EngineResult, LogLine, Task, UsageUpdate
 from fleet_tui.model import RunState, Usage
-from fleet_tui.runners.base import RunHandle, Runner, RunSpec
+from fleet_tui.runners.base import HostUnreachable, RunHandle, Runner, RunSpec
 from fleet_tui.untrusted import line_for_terminal
 from fleet_tui.workspace import SAFE_DIRECTORY_ENV, write_scratch_files
 
@@ -72,6 +76,7 @@ class RunOutcome:
     started_at: float = 0.0  # epoch seconds
     ended_at: float = 0.0
     lines: int = 0  # raw lines seen
+    host_unreachable: bool = False  # not ended: its host stopped answering (state and result mean nothing yet)
 
 
 class Subscription:
@@ -255,7 +260,10 @@ class AgentSupervisor:
 
         async def killer() -> None:
             await self._kill_requested.wait()
-            await self._stop_handle()
+            try:
+                await self._stop_handle()
+            except HostUnreachable as exc:  # the wait below sees the host gone too
+                self._note(f"[fleet] cannot stop the run now: {exc}")
 
         watching = anyio.CancelScope()
 
@@ -280,6 +288,7 @@ class AgentSupervisor:
 
         # Backstop for a runner that does not enforce the timeout itself; runners answer 124 at it.
         guard_s = math.inf if timeout_s is None else max(0.0, started + timeout_s - time.time()) + 15.0
+        unreachable = ""
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
             tg.start_soon(flusher)
@@ -297,8 +306,12 @@ class AgentSupervisor:
                     await self._stop_handle()
                     with anyio.move_on_after(30):
                         exit_code = await handle.wait()
+            except HostUnreachable as exc:
+                unreachable = str(exc)
             except Exception as exc:  # noqa: BLE001 - the runner lost the run (engine gone, container removed)
                 error = str(exc)
+            if not unreachable and not error:
+                unreachable = await self._collect(handle, scratch)
             watching.cancel()  # the process has ended: a quiet drain is no stall
             # Drain what the process wrote before it ended: as long as lines keep coming, however many,
             # and at most `drain_s` of silence (a stream that never ends must not hold the outcome).
@@ -310,6 +323,13 @@ class AgentSupervisor:
                     break
             tg.cancel_scope.cancel()
 
+        if unreachable:  # not ended, not judged, not cleaned up: followed again when the host is back
+            self._note(f"[fleet] host unreachable: {unreachable}")
+            self._flush()
+            self.feed.close()
+            return RunOutcome(handle.run_id, RunState.RUNNING, None, self.usage, EngineResult(ok=False),
+                              unreachable, self.last_line, started, time.time(), self.lines_seen,
+                              host_unreachable=True)
         state, reason = self._judge(handle, exit_code, error, timeout_s)
         if reason and state is not RunState.SUCCEEDED:
             self._note(f"[fleet] {reason}")
@@ -333,6 +353,21 @@ class AgentSupervisor:
                     pass
         return RunOutcome(handle.run_id, state, exit_code, usage, result, reason, self.last_line, started,
                           time.time(), self.lines_seen)
+
+    async def _collect(self, handle: RunHandle, scratch: Path) -> str:
+        """Bring the run's scratch dir back from where it ran; "" when done, why when its host is unreachable.
+        Any other failure is noted and leaves the result unread (the parser then finds none)."""
+        collect = getattr(self.runner, "collect", None)
+        if collect is None:
+            return ""
+        try:
+            with anyio.move_on_after(300):
+                await collect(handle.run_id, scratch)
+        except HostUnreachable as exc:
+            return str(exc)
+        except Exception as exc:  # noqa: BLE001 - the outcome says the result could not be read
+            self._note(f"[fleet] cannot copy the run's files back: {exc}")
+        return ""
 
     def _judge(self, handle: RunHandle, exit_code: int | None, error: str,
                timeout_s: float | None) -> tuple[RunState, str]:

@@ -30,6 +30,11 @@ def check_instance(instance: str) -> str:
     return instance
 
 
+class HostUnreachable(Exception):
+    """The host a run lives on cannot be reached right now. The run is not lost: it is kept, shown as "host
+    unreachable", and followed again once the host answers (`fleet_tui.supervise`)."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunSpec:
     run_id: str
@@ -51,6 +56,7 @@ class LiveRun:
     role: Role
     issue: int | None
     started_at: float  # epoch seconds
+    host: str = ""  # the pool host it runs on ("" for a runner with one place to run)
 
 
 class RunHandle(Protocol):
@@ -86,6 +92,11 @@ class Runner(Protocol):
 
     async def attach(self, run_id: str) -> RunHandle:
         """A handle on one of this instance's runs, its output readable from the start."""
+        ...
+
+    async def collect(self, run_id: str, scratch: Path) -> None:
+        """Copy the run's scratch dir (its result files, the Dev run's `result.bundle`) back into `scratch` on
+        this machine; called after `wait()` and before `cleanup()`. A no-op where the run wrote there itself."""
         ...
 
     async def cleanup(self, run_id: str) -> None:

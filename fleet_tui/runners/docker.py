@@ -1,4 +1,6 @@
-"""The Docker runner: one container per run, on any Docker engine (`DOCKER_HOST` unix://, tcp://, ssh://).
+"""The Docker runner: one container per run, on one Docker engine: `DOCKER_HOST` (unix://, tcp://, ssh://), or
+one `[[runner.hosts]]` entry given explicitly (its url and TLS files; `fleet_tui.runners.pool` places runs on a
+pool of them).
 
 The container gets the workspace at /workspace and the scratch dir at /fleet, the image, limits, network
 mode and non-root user from config, the Invocation's env and nothing else, and labels `fleet.instance`,
@@ -33,9 +35,9 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
-from fleet_tui.config import RunnerConfig
+from fleet_tui.config import DockerHostConfig, RunnerConfig
 from fleet_tui.model import Role
-from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, LiveRun, RunSpec, check_instance
+from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, HostUnreachable, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
 
 if TYPE_CHECKING:
@@ -56,7 +58,7 @@ _POLL_S = 1.0  # one bounded wait on the engine; a cancelled wait leaves a threa
 _TAKE_S = 0.25  # how long the consumer's thread blocks on the frame queue before it looks again
 
 
-class DockerUnavailable(RunnerError):
+class DockerUnavailable(RunnerError, HostUnreachable):
     """The Docker engine cannot be reached."""
 
 
@@ -64,32 +66,55 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
 
 
-def unreachable_message(exc: BaseException) -> str:
+def unreachable_message(exc: BaseException, where: str | None = None) -> str:
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     # What to do comes before the engine's own words, which can be long and get cut on screen.
-    return (f'cannot reach the Docker engine at {docker_host()} (start Docker, or set runner.kind = "local"): '
-            f"{detail[:300]}")
+    return (f'cannot reach the Docker engine at {where or docker_host()} (start Docker, or set runner.kind = '
+            f'"local"): {detail[:300]}')
+
+
+def api_client(host: DockerHostConfig | None, *, timeout: float | None, version: str | None = None) -> APIClient:
+    """A low-level client of one engine: `host` (its url and TLS files), or $DOCKER_HOST when None. An ssh://
+    host goes through the `ssh` binary (`fleet_tui.runners.sshbridge`), so ~/.ssh/config and keys apply."""
+    import docker
+
+    if host is None:
+        return docker.from_env(timeout=timeout, version=version).api
+    url = host.url
+    tls: Any = False
+    if url.startswith("ssh://"):
+        from fleet_tui.runners.sshbridge import bridge_for
+
+        url = bridge_for(url).base_url
+    elif host.tls_ca:
+        import docker.tls
+
+        tls = docker.tls.TLSConfig(client_cert=(os.path.expanduser(host.tls_cert), os.path.expanduser(host.tls_key)),
+                                   ca_cert=os.path.expanduser(host.tls_ca), verify=True)
+        url = "https://" + url.removeprefix("tcp://")
+    return docker.APIClient(base_url=url, tls=tls, timeout=timeout, version=version or "auto")
 
 
 class _Clients:
     """Docker clients for worker threads: a pool of ordinary ones (lent to one call at a time), and a fresh
     one without a read timeout for each log stream (closed from outside when the stream is abandoned)."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, host: DockerHostConfig | None = None) -> None:
         self._timeout = timeout
+        self._host = host
+        self.where = host.url if host is not None else docker_host()
         self._version: str | None = None
         self._idle: list[APIClient] = []
         self._lock = threading.Lock()
 
     def new(self, *, stream: bool = False) -> APIClient:
         import docker.errors
-
-        import docker
+        import requests
 
         try:
-            client = docker.from_env(timeout=None if stream else self._timeout, version=self._version).api
-        except docker.errors.DockerException as exc:
-            raise DockerUnavailable(unreachable_message(exc)) from None
+            client = api_client(self._host, timeout=None if stream else self._timeout, version=self._version)
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+            raise DockerUnavailable(unreachable_message(exc, self.where)) from None
         self._version = client.api_version  # later clients skip the version round trip
         return client
 
@@ -165,6 +190,10 @@ class _Resume:
         return True
 
 
+class ImageMissing(RunnerError):
+    """The agent image is not on the engine."""
+
+
 class DockerRunHandle:
     """A run's container: stream its logs (once), wait for it with its timeout, stop it."""
 
@@ -173,6 +202,7 @@ class DockerRunHandle:
                  tail: int | None = None) -> None:
         self.run_id = run_id
         self.container_id = container_id
+        self.host = runner.host_label  # the pool host it runs on ("" for the one engine of $DOCKER_HOST)
         self.role = role
         self.issue = issue
         self.started_at = started_at
@@ -395,15 +425,20 @@ class DockerRunner:
     kind = "docker"
 
     def __init__(self, config: RunnerConfig, *, instance: str, repo: str = "", labels: dict[str, str] | None = None,
-                 timeout_s: float = 60.0, grace_s: float = 2.0, max_threads: int = 256, init: bool = True) -> None:
+                 timeout_s: float = 60.0, grace_s: float = 2.0, max_threads: int = 256, init: bool = True,
+                 host: DockerHostConfig | None = None) -> None:
         """`instance`: this fleet's id (`fleet_instance_id()`); containers of other instances are invisible
         here. `repo`: the forge repository, a label for people reading `docker ps`. `labels` go on every
-        container too. `init`: run Docker's init as PID 1, so the agent gets signals and zombies are reaped."""
+        container too. `init`: run Docker's init as PID 1, so the agent gets signals and zombies are reaped.
+        `host`: the engine (a `[[runner.hosts]]` entry); None: $DOCKER_HOST or the local socket."""
         self.instance = check_instance(instance)
         self.repo = repo
         self.config = config
+        self.host = host
+        self.host_label = host.label if host is not None else ""
         self.labels = {**(labels or {}), LABEL_INSTANCE: self.instance, LABEL_REPO: repo}
-        self.clients = _Clients(timeout_s)
+        self.clients = _Clients(timeout_s, host)
+        self.where = self.clients.where
         self.limiter = anyio.CapacityLimiter(max_threads)  # engine calls in flight
         self._grace_s = grace_s
         self._init = init
@@ -424,8 +459,8 @@ class DockerRunner:
                     return fn(api)
             except RunnerError:
                 raise
-            except requests.exceptions.ConnectionError as exc:
-                raise DockerUnavailable(unreachable_message(exc)) from None
+            except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+                raise DockerUnavailable(unreachable_message(exc, self.where)) from None
             except docker.errors.DockerException as exc:
                 raise RunnerError(f"Docker: {exc}") from None
 
@@ -455,7 +490,7 @@ class DockerRunner:
             try:
                 api.inspect_image(image)
             except docker.errors.ImageNotFound:
-                raise RunnerError(f"image {image!r} is not on the Docker engine at {docker_host()}; build it with "
+                raise ImageMissing(f"image {image!r} is not on the Docker engine at {self.where}; build it with "
                                   "`fleet-tui image build` (`--offline` where no registry is reachable) or set "
                                   "runner.image") from None
             host_config = api.create_host_config(
@@ -518,7 +553,7 @@ class DockerRunner:
             except ValueError:
                 continue
             runs.append(LiveRun(labels[LABEL_RUN], role, int(issue) if issue.isdigit() else None,
-                                float(row.get("Created") or 0)))
+                                float(row.get("Created") or 0), host=self.host_label))
         return runs
 
     async def attach(self, run_id: str, *, since: float | None = None, tail: int | None = None) -> DockerRunHandle:
@@ -529,7 +564,7 @@ class DockerRunner:
                     if self._own(row.get("Labels"), run_id)]
             if not rows:
                 raise RunnerError(f"no container for run {run_id} of this fleet on the Docker engine at "
-                                  f"{docker_host()}")
+                                  f"{self.where}")
             return api.inspect_container(rows[0]["Id"])
         info = await self.call(lookup)
         labels = info["Config"].get("Labels") or {}

@@ -520,6 +520,9 @@ class LocalRunner:
         self._runs[run_id] = handle
         return handle
 
+    async def collect(self, run_id: str, scratch: Path) -> None:
+        """Nothing to copy: a local run writes its scratch dir in place."""
+
     async def cleanup(self, run_id: str) -> None:
         """Stop the run if it still runs and forget it; its output file stays in the scratch dir."""
         handle = self._runs.pop(run_id, None)
