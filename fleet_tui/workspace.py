@@ -15,9 +15,11 @@ uid ("dubious ownership"); `SAFE_DIRECTORY_ENV` turns that check off for the age
 repository's `.git/config` and hooks (`core.fsmonitor`, `pre-push`, ...), so any git command run there on the
 host would run the agent's code outside its sandbox, with the orchestrator's environment (the forge token
 when pushing). Instead, every clone comes from a trusted bare mirror owned by the orchestrator
-(`<root>/../mirror.git`); after the run, the agent's branch is *fetched* from the workspace into the mirror
-(`git fetch` runs no hooks and no command from the other repository's config), measured there, and pushed
-from there. Work the agent left uncommitted is committed inside the sandbox, by `commit_after()`.
+(`<root>/../mirror.git`). At the end of the run, inside the sandbox, `commit_after()` commits what the agent
+left uncommitted and writes the branch as a git bundle into the scratch dir; the runner brings the scratch dir
+back (fleet_tui/runners/transport.py: the same path for a local engine, a remote host or a pod), and the
+bundle is *fetched* into the mirror (a bundle is data: no hook or config of the agent's runs, and every object
+is checked), measured there, and pushed from there. The host never runs git in the agent's repository.
 
 **Every run starts from the base as the forge has it.** `create()` fetches the base branch (and, for a fix,
 QA or update round, the run's branch) from the source, a path or a `GitSource` (`url` plus `env`, which may
@@ -47,6 +49,7 @@ import anyio
 
 from fleet_tui.engines.base import Engine, Invocation, OutputParser, Task
 from fleet_tui.git import GitError, git, git_env
+from fleet_tui.runners.transport import RESULT_BUNDLE, RESULT_HEAD
 
 # Environment-scoped git config: trust any repository owner. Given to the agent, inside its sandbox.
 SAFE_DIRECTORY_ENV: dict[str, str] = {
@@ -350,7 +353,8 @@ class WorkspaceManager:
                          meta.get("update_note", ""))
 
     async def collect(self, ws: Workspace, *, base: str = "") -> Changes:
-        """Fetch the run's branch from its workspace into the mirror and measure it there: the commits made
+        """Fetch the run's branch from the bundle it left in its scratch dir into the mirror and measure it
+        there: the commits made
         since the run started (the base's own commits left out), and what the branch changes against the
         merge base with `base` (default: the workspace's base; the PR's size). The mirror's
         `refs/heads/<branch>` then points at the run's head, ready to push (with force when `rewritten`)."""
@@ -359,18 +363,8 @@ class WorkspaceManager:
             return await self._collect_locked(ws, base=base or ws.base)
 
     async def _collect_locked(self, ws: Workspace, *, base: str = "") -> Changes:
-        alternates = ws.repo / ".git" / "objects" / "info" / "alternates"
-        if alternates.exists() or alternates.is_symlink():
-            alternates.unlink()  # objects from elsewhere on the host never reach the mirror (or the forge)
         ref = f"refs/runs/{ws.run_id}"
-        try:
-            # Local transport clears environment config for the upload-pack it starts, so the ownership
-            # override (the workspace belongs to the agent's uid) goes on upload-pack's own command line.
-            await git("fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
-                      "--upload-pack", "git -c safe.directory='*' upload-pack", str(ws.repo),
-                      f"+refs/heads/{ws.branch}:{ref}", cwd=self.mirror)
-        except GitError as exc:
-            raise WorkspaceError(f"run {ws.run_id}: cannot collect branch {ws.branch}: {exc.stderr[-300:]}") from None
+        await self._receive(ws, ref)
         head = await git("rev-parse", ref, cwd=self.mirror)
         base_sha = await self._mirror_sha(base) if base else ""
         excluded = [f"^{base_sha}"] if base_sha else []
@@ -403,6 +397,31 @@ class WorkspaceManager:
         return Changes(commits, additions, deletions, len(paths), tuple(sorted(paths)), (), head,
                        bytes_changed=size, binary_files=tuple(sorted(binaries)), rewritten=rewritten,
                        unresolved=unresolved, base_sha=since)
+
+    async def _receive(self, ws: Workspace, ref: str) -> None:
+        """Point the mirror's `ref` at the run's head, from what the run left in its scratch dir: the bundle of
+        its new commits (fetched, every object checked), or only the head when it made nothing new (then the
+        mirror must already have that commit). Both files are the agent's: a link or a bad bundle is refused."""
+        bundle, head_file = ws.scratch / RESULT_BUNDLE, ws.scratch / RESULT_HEAD
+        for path in (bundle, head_file):
+            if path.is_symlink() or (path.exists() and not path.is_file()):
+                raise WorkspaceError(f"run {ws.run_id}: {path.name} is not a plain file; refusing it")
+        head = head_file.read_text(encoding="ascii", errors="replace").strip() if head_file.is_file() else ""
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head):
+            raise WorkspaceError(f"run {ws.run_id}: the run left no result (no {RESULT_HEAD} for branch {ws.branch})")
+        if bundle.is_file():
+            try:
+                await git("-c", "transfer.fsckObjects=true", "fetch", "--quiet", "--no-tags", "--no-write-fetch-head",
+                          str(bundle), f"+refs/heads/{ws.branch}:{ref}", cwd=self.mirror)
+            except GitError as exc:
+                raise WorkspaceError(f"run {ws.run_id}: cannot collect branch {ws.branch} from its bundle: "
+                                     f"{exc.stderr[-300:]}") from None
+            if await git("rev-parse", ref, cwd=self.mirror) != head:
+                raise WorkspaceError(f"run {ws.run_id}: the bundle's {ws.branch} is not the head the run reported")
+            return
+        if not await _git_ok(self.mirror, "cat-file", "-e", f"{head}^{{commit}}"):
+            raise WorkspaceError(f"run {ws.run_id}: the run's head {head[:12]} came back without its commits")
+        await git("update-ref", ref, head, cwd=self.mirror)
 
     async def _blob_sizes(self, since: str, head: str, paths: Collection[str]) -> dict[str, int]:
         """The sizes of the blobs those of `paths` still present at `head` have there."""
@@ -462,20 +481,37 @@ class WorkspaceManager:
         return removed
 
 
-def commit_after(invocation: Invocation, message: str, author: tuple[str, str]) -> Invocation:
+# The sandbox's last step: $FLEET_BRANCH as a bundle of what the clone's origin (the mirror) lacks, and its head,
+# into $FLEET_RESULT_DIR. An empty bundle is refused by git: then the head alone says "nothing new".
+RESULT_SCRIPT = ('if [ -n "$FLEET_RESULT_DIR" ]; then '
+                 'b="refs/heads/$FLEET_BRANCH"; r="$FLEET_RESULT_DIR"; rm -f "$r/result.bundle" "$r/result.head"; '
+                 'git rev-parse --verify -q "$b^{commit}" > "$r/result.head.tmp" 2>/dev/null '
+                 '&& mv -f "$r/result.head.tmp" "$r/result.head"; '
+                 'git bundle create "$r/result.bundle" "$b" --not --remotes >/dev/null 2>&1 || rm -f "$r/result.bundle"; '
+                 'fi')
+
+
+def commit_after(invocation: Invocation, message: str, author: tuple[str, str], *, branch: str = "",
+                 result_dir: str = "") -> Invocation:
     """`invocation` followed, inside the same sandbox, by a commit of whatever the agent left uncommitted
-    (some CLIs edit without committing). The agent's exit code is kept."""
+    (some CLIs edit without committing), and, when `branch` and `result_dir` are given, by the run's result:
+    `branch` as a git bundle (`result.bundle`, only the commits the clone's origin did not have) and its head
+    (`result.head`) in `result_dir`, the scratch dir as the sandbox sees it. That is how the commits travel back
+    from any runner. The agent's exit code is kept."""
     script = ('rc=0; "$@" || rc=$?; git add --all >/dev/null 2>&1 && '
               'git -c user.name="$FLEET_AUTHOR_NAME" -c user.email="$FLEET_AUTHOR_EMAIL" '
-              'commit --quiet --no-verify -m "$FLEET_COMMIT_MESSAGE" >/dev/null 2>&1; exit $rc')
+              'commit --quiet --no-verify -m "$FLEET_COMMIT_MESSAGE" >/dev/null 2>&1; '
+              f'{RESULT_SCRIPT}; exit $rc')
     env = {**invocation.env, "FLEET_COMMIT_MESSAGE": message, "FLEET_AUTHOR_NAME": author[0],
            "FLEET_AUTHOR_EMAIL": author[1]}
+    if branch and result_dir:
+        env.update(FLEET_BRANCH=branch, FLEET_RESULT_DIR=result_dir)
     return dataclasses.replace(invocation, argv=("sh", "-c", script, "fleet-agent", *invocation.argv), env=env)
 
 
 class CommittingEngine:
     """An engine whose runs end with `commit_after()`: the dev role's engine, so a run that edited without
-    committing still yields commits, made inside its sandbox."""
+    committing still yields commits, made inside its sandbox, and its branch comes back as a bundle."""
 
     def __init__(self, engine: Engine, message: str, author: tuple[str, str]) -> None:
         self.engine = engine
@@ -485,7 +521,7 @@ class CommittingEngine:
 
     def invocation(self, task: Task, *, workdir: str, scratch: str) -> Invocation:
         return commit_after(self.engine.invocation(task, workdir=workdir, scratch=scratch), self.message,
-                            self.author)
+                            self.author, branch=task.branch or "", result_dir=scratch)
 
     def parser(self) -> OutputParser:
         return self.engine.parser()

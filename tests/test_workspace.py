@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sandbox_end import collect, end_run
 
 from fleet_tui.git import GitError, git
 from fleet_tui.workspace import (
@@ -77,7 +78,7 @@ async def test_a_run_gets_its_own_clone_on_a_new_branch_and_its_changes_are_meas
     commit(ws.repo, "themes/dark.toml", "a = 1\nb = 2\n", "Theme file")
     (ws.repo / "README.md").write_text("# demo\none\n")  # left uncommitted: not part of the branch
 
-    changes = await manager.collect(ws, base="main")
+    changes = await collect(manager, ws, base="main")
     assert [c.subject for c in changes.commits] == ["Add dark", "Theme file"]
     assert (changes.additions, changes.deletions, changes.files_changed) == (3, 0, 2)
     assert changes.paths == ("app.py", "themes/dark.toml")
@@ -93,14 +94,14 @@ async def test_a_fix_round_continues_the_branch_the_fleet_collected(tmp_path: Pa
     manager = WorkspaceManager(tmp_path / "workspaces")
     first = await manager.create("run-2a", source, issue=4, title="Fix it")
     commit(first.repo, "fix.py", "x = 1\n", "First round")
-    await manager.collect(first, base="main")
+    await collect(manager, first, base="main")
     commit(source, "other.py", "y = 1\n", "Meanwhile on main")  # the operator's work goes on
 
     ws = await manager.create("run-2b", source, branch=first.branch, existing=True)
     assert (ws.repo / "fix.py").exists()
     assert ws.start_sha == sh("git", "rev-parse", f"refs/heads/{first.branch}", cwd=manager.mirror)
     commit(ws.repo, "fix.py", "x = 2\n", "Second round")
-    this_round = await manager.collect(ws, base="main")
+    this_round = await collect(manager, ws, base="main")
     assert [c.subject for c in this_round.commits] == ["Second round"]
     assert this_round.paths == ("fix.py",) and this_round.additions == 1  # the whole PR against main
 
@@ -126,6 +127,7 @@ async def test_nothing_the_agent_plants_in_its_repository_runs_on_the_host(tmp_p
     manager = WorkspaceManager(tmp_path / "workspaces")
     ws = await manager.create("run-evil", source, issue=7, title="Innocent")
     commit(ws.repo, "feature.py", "ok = True\n", "Feature")
+    end_run(ws)  # the sandbox's last step; what the agent plants below would run there, and only there
     pwned = tmp_path / "pwned"
     payload = f"sh -c 'echo escaped >> {pwned}'"
     for key, value in (("core.fsmonitor", payload), ("core.hooksPath", str(ws.repo / "hooks")),
@@ -144,7 +146,6 @@ async def test_nothing_the_agent_plants_in_its_repository_runs_on_the_host(tmp_p
         await forge.push_branch(manager.mirror, ws.branch)
     assert [c.subject for c in changes.commits] == ["Feature"]
     assert not pwned.exists(), pwned.read_text()
-    assert not (ws.repo / ".git" / "objects" / "info" / "alternates").exists()
 
 
 @pytest.mark.anyio
@@ -156,7 +157,8 @@ async def test_commit_after_commits_what_the_agent_left_inside_the_same_process(
     manager = WorkspaceManager(tmp_path / "workspaces")
     ws = await manager.create("run-5", source, issue=5, title="Edit without committing")
     edit = Invocation(argv=("sh", "-c", "echo more >> README.md; echo new > new.txt; exit 3"))
-    wrapped = commit_after(edit, "Work on #5", ("fleet agent", "agent@localhost"))
+    wrapped = commit_after(edit, "Work on #5", ("fleet agent", "agent@localhost"), branch=ws.branch,
+                           result_dir=str(ws.scratch))
     assert run(wrapped, ws.repo) == 3  # the agent's own exit code is kept
     changes = await manager.collect(ws, base="main")
     assert [c.subject for c in changes.commits] == ["Work on #5"]
@@ -185,7 +187,7 @@ async def test_a_workspace_given_to_the_container_uid_stays_usable_from_the_host
     with pytest.raises(GitError, match="dubious ownership"):
         await git("status", cwd=ws.repo)  # what plain git says: the reason for SAFE_DIRECTORY_ENV
     assert await git("status", "--short", cwd=ws.repo, env=SAFE_DIRECTORY_ENV) == ""
-    assert (await manager.collect(ws, base="main")).commits == ()  # collecting works across the uid gap
+    assert (await collect(manager, ws, base="main")).commits == ()  # collecting works across the uid gap
 
 
 @pytest.mark.anyio
@@ -231,6 +233,8 @@ async def test_the_mirror_survives_a_killed_git_and_concurrent_runs(tmp_path: Pa
     second = await manager.create("run-b", source, issue=2, title="Two")
     commit(first.repo, "one.py", "x = 1\n", "One")
     commit(second.repo, "two.py", "y = 2\n", "Two")
+    end_run(first)
+    end_run(second)
     # what a SIGKILLed orchestrator can leave behind
     (manager.mirror / "packed-refs.lock").write_text("")
     (manager.mirror / "refs" / "heads" / "fleet").mkdir(parents=True, exist_ok=True)

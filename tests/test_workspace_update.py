@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sandbox_end import collect, end_run
 
 from fleet_tui.engines.base import Invocation
 from fleet_tui.workspace import WorkspaceError, WorkspaceManager, _LineBytes, commit_after
@@ -104,7 +105,7 @@ async def pushed_fleet_branch(manager: WorkspaceManager, source: Source, forge: 
     """A first Dev run that changed app.py, collected and pushed to the forge the way the fleet does."""
     ws = await manager.create("dev-1", source, issue=1, title="Greet loudly")
     commit(ws.repo, "app.py", text, "Greet loudly")
-    await manager.collect(ws)
+    await collect(manager, ws)
     sh("git", "push", "-q", str(forge), f"{ws.branch}:{ws.branch}", cwd=manager.mirror)
     return ws.branch
 
@@ -165,7 +166,7 @@ async def test_work_collected_but_not_yet_pushed_is_kept_and_a_forced_push_on_th
     branch = await pushed_fleet_branch(manager, source, forge, text="def greet():\n    return 'HELLO'\n")
     round_1 = await manager.create("fix-1", source, branch=branch, existing=True)
     collected = commit(round_1.repo, "fix.py", "x = 1\n", "Round 1")
-    await manager.collect(round_1)  # not pushed: the forge is behind the mirror
+    await collect(manager, round_1)  # not pushed: the forge is behind the mirror
     round_2 = await manager.create("fix-2", source, branch=branch, existing=True)
     assert round_2.start_sha == collected
 
@@ -206,7 +207,7 @@ async def test_a_clean_merge_update_is_a_commit_made_and_measured_against_the_fr
     assert (ws.update, ws.conflicts, ws.updated_from) == ("merge", (), base_sha)
     assert parents(ws.repo) == [ws.start_sha, base_sha] and (ws.repo / "other.py").exists()
     run_agent(ws.repo, "true")  # nothing to resolve: the agent has nothing to do
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert [c.subject for c in changes.commits] == [f"Merge main into {branch}"]
     assert changes.paths == ("app.py",) and changes.base_sha == base_sha  # other.py is the base's, not the PR's
     assert not changes.rewritten
@@ -226,7 +227,7 @@ async def test_merge_conflicts_are_left_for_the_agent_and_its_commit_concludes_t
 
     run_agent(ws.repo, "printf \"def greet():\\n    return 'HI'\\n\" > app.py")
     assert parents(ws.repo) == [ws.start_sha, base_sha]  # `git add -A && git commit` concluded the merge
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert changes.unresolved == () and changes.paths == ("app.py",) and changes.base_sha == base_sha
     assert (changes.additions, changes.deletions) == (1, 1)  # 'hi' -> 'HI', against the fresh base
 
@@ -239,7 +240,7 @@ async def test_conflict_markers_committed_as_they_are_are_reported_unresolved(
     land(human, "main", "app.py", "def greet():\n    return 'hi'\n", "Conflicting PR")
     ws = await manager.create("update-1", source, branch=branch, existing=True, update="merge")
     run_agent(ws.repo, "true")  # the agent gave up; commit_after commits the markers
-    assert (await manager.collect(ws)).unresolved == ("app.py",)
+    assert (await collect(manager, ws)).unresolved == ("app.py",)
 
 
 @pytest.mark.anyio
@@ -252,7 +253,7 @@ async def test_a_clean_rebase_rewrites_the_branch_onto_the_fresh_base(tmp_path: 
     ws = await manager.create("update-1", source, branch=branch, existing=True, update="rebase")
     assert (ws.update, ws.conflicts, ws.updated_from) == ("rebase", (), base_sha)
     assert parents(ws.repo) == [base_sha]
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert [c.subject for c in changes.commits] == ["Greet loudly"]  # the rebased commit, a new one
     assert changes.rewritten and changes.paths == ("app.py",)
 
@@ -270,7 +271,7 @@ async def test_a_conflicting_rebase_falls_back_to_a_merge_left_for_the_agent(
     assert sh("git", "rev-parse", "ORIG_HEAD", cwd=ws.repo) == ws.start_sha
     assert not (ws.repo / ".git" / "rebase-merge").exists() and (ws.repo / ".git" / "MERGE_HEAD").exists()
     run_agent(ws.repo, "printf \"def greet():\\n    return 'HI'\\n\" > app.py")
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert len(parents(ws.repo)) == 2 and not changes.rewritten
 
 
@@ -313,7 +314,7 @@ async def test_one_nul_byte_makes_a_77_kb_file_binary_and_it_counts_by_its_size(
     ws = await manager.create("run-1", source, issue=1, title="Data")
     blob = b"a" * 1000 + b"\0" + b"b" * (77 * 1024 - 1001)
     commit(ws.repo, "data/table.txt", blob, "Add data")
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert changes.binary_files == ("data/table.txt",)
     assert changes.lines_changed == 0 and changes.bytes_changed == 77 * 1024
 
@@ -325,7 +326,7 @@ async def test_deleting_a_binary_file_is_not_adding_one(tmp_path: Path, human: P
     ws = await manager.create("run-1", source, issue=1, title="Drop the logo")
     sh("git", "rm", "-q", "logo.bin", cwd=ws.repo)
     sh("git", "commit", "-qm", "Drop the logo", cwd=ws.repo)
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert changes.paths == ("logo.bin",) and changes.binary_files == () and changes.bytes_changed == 0
 
 
@@ -338,7 +339,7 @@ async def test_text_counts_the_bytes_of_lines_added_and_removed(tmp_path: Path, 
     ws = await manager.create("run-1", source, issue=1, title="Text")
     commit(ws.repo, "README.md", "# demo\nuno\ntwo\n", "Translate")
     commit(ws.repo, "tricky.txt", "keep\n", "Trim")
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     assert changes.bytes_changed == len("one\n") + len("uno\n") + len(header_like)
     assert changes.binary_files == ()
 
@@ -400,11 +401,11 @@ async def test_in_the_sandbox_the_agent_resolves_and_the_final_commit_concludes_
     engine = CommittingEngine(ShellEngine(resolve), "Work on #1", AUTHOR)
     log = ListLog()
     supervisor = AgentSupervisor(sandbox, engine, log=log)
-    task = Task(run_id=ws.run_id, role=Role.DEV, prompt="resolve the conflicts", issue=1)
+    task = Task(run_id=ws.run_id, role=Role.DEV, prompt="resolve the conflicts", issue=1, branch=ws.branch)
     outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
     assert outcome.state is RunState.SUCCEEDED, log.lines
 
-    changes = await manager.collect(ws)
+    changes = await collect(manager, ws)
     head = changes.head_sha
     assert sh("git", "rev-list", "--parents", "-n", "1", head, cwd=manager.mirror).split()[1:] == [ws.start_sha,
                                                                                                   base_sha]
