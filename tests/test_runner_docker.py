@@ -28,7 +28,7 @@ from fleet_tui.model import Role, RunState
 from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, RunSpec
 from fleet_tui.runners.docker import LABEL_ISSUE, LABEL_ROLE, LABEL_RUN, DockerRunner, DockerUnavailable
 from fleet_tui.runners.local import RunnerError
-from fleet_tui.workspace import WorkspaceManager
+from fleet_tui.workspace import CommittingEngine, WorkspaceManager
 
 IMAGE = "fleet-test:latest"
 BUILD_SCRIPT = Path(__file__).parent / "docker" / "build-test-image.sh"
@@ -102,6 +102,15 @@ async def collect(handle) -> tuple[list[str], int]:  # type: ignore[no-untyped-d
     return lines, code
 
 
+async def signal_run(runner: DockerRunner, run_id: str) -> None:
+    """Create /fleet/go inside the run's container (its scratch dir is not shared with this machine)."""
+    handle = await runner.attach(run_id)
+
+    def touch(api) -> None:  # type: ignore[no-untyped-def]
+        api.exec_start(api.exec_create(handle.container_id, ["touch", "/fleet/go"], user="1000:1000")["Id"])
+    await runner.call(touch)
+
+
 def unique(name: str) -> str:
     return f"{name}-{os.getpid()}-{time.monotonic_ns() % 10**9}"
 
@@ -114,12 +123,16 @@ async def test_a_container_run_is_labelled_limited_and_runs_as_the_configured_us
     import docker
 
     run_id = unique("basic")
-    handle = await runner.start(spec_for(tmp_path, "id -u; pwd; ls /fleet; echo to-stderr >&2; exit 0",
-                                         run_id=run_id))
+    spec = spec_for(tmp_path, "id -u; pwd; cat /workspace/seed.txt; echo to-stderr >&2; echo out > /fleet/made.txt",
+                    run_id=run_id)
+    (spec.workspace / "seed.txt").write_text("seeded\n")
+    (spec.scratch / "prompt.txt").write_text("a prompt\n")
+    handle = await runner.start(spec)
     lines, code = await collect(handle)
     assert code == 0
     # stdout and stderr are two pipes: Docker keeps the order within each, not between them
-    assert [line for line in lines if line != "to-stderr"][:2] == ["1000", "/workspace"] and "to-stderr" in lines
+    assert [line for line in lines if line != "to-stderr"][:3] == ["1000", "/workspace", "seeded"]
+    assert "to-stderr" in lines
     info = docker.from_env().api.inspect_container(handle.container_id)
     labels = info["Config"]["Labels"]
     assert (labels[LABEL_RUN], labels[LABEL_ISSUE], labels[LABEL_ROLE]) == (run_id, "42", "dev")
@@ -127,8 +140,10 @@ async def test_a_container_run_is_labelled_limited_and_runs_as_the_configured_us
     host = info["HostConfig"]
     assert host["Memory"] == 256 * 1024**2 and host["PidsLimit"] == 64 and host["NanoCpus"] == 10**9
     assert host["NetworkMode"] == "none" and not host["AutoRemove"] and host["CapDrop"] == ["ALL"]
-    mounts = {m["Destination"]: m["Source"] for m in info["Mounts"]}
-    assert mounts == {"/workspace": str(tmp_path / "ws"), "/fleet": str(tmp_path / "scratch")}
+    assert info["Mounts"] == []  # the files travel as archives: a remote engine has no view of this disk
+    await runner.collect(run_id, spec.scratch)  # /fleet comes back, the run's own file with it
+    assert sorted(p.name for p in spec.scratch.iterdir()) == ["made.txt", "prompt.txt"]
+    assert (spec.scratch / "made.txt").read_text() == "out\n"
     await runner.cleanup(run_id)  # only now is the container removed
     assert await runner.find_runs() == [] or run_id not in {r.run_id for r in await runner.find_runs()}
 
@@ -239,7 +254,7 @@ async def test_a_restarted_orchestrator_finds_the_run_and_re_attaches(tmp_path: 
             with anyio.fail_after(30):
                 while supervisor.state is not RunState.RUNNING:
                     await anyio.sleep(0.05)  # poll: the supervisor attaches in its own task
-            (spec.scratch / "go").touch()
+            await signal_run(fresh, run_id)
             assert "after-restart" in await sub.__anext__()
     (outcome,) = results
     assert outcome.exit_code == 5 and outcome.state is RunState.FAILED
@@ -259,8 +274,10 @@ async def test_the_agent_commits_in_its_workspace_inside_the_container(tmp_path:
     ws = await manager.create(unique("git"), source, issue=42, title="Add a file")
     script = 'echo hi > added.txt && git add added.txt && git commit -qm "Add a file" && git log --format=%s -1'
     log = ListLog()
-    supervisor = AgentSupervisor(runner, ShellEngine(script), log=log)
-    task = Task(run_id=ws.run_id, role=Role.DEV, prompt="p", issue=42)
+    # the Dev role's wrapper: its last step leaves the branch as a bundle in /fleet, which travels back
+    supervisor = AgentSupervisor(runner, CommittingEngine(ShellEngine(script), "Work on #42", manager.author),
+                                 log=log)
+    task = Task(run_id=ws.run_id, role=Role.DEV, prompt="p", issue=42, branch=ws.branch)
     outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
     assert outcome.state is RunState.SUCCEEDED, log.lines
     changes = await manager.collect(ws, base="main")

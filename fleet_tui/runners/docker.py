@@ -2,9 +2,12 @@
 one `[[runner.hosts]]` entry given explicitly (its url and TLS files; `fleet_tui.runners.pool` places runs on a
 pool of them).
 
-The container gets the workspace at /workspace and the scratch dir at /fleet, the image, limits, network
-mode and non-root user from config, the Invocation's env and nothing else, and labels `fleet.instance`,
-`fleet.repo`, `fleet.run_id`, `fleet.issue`, `fleet.role` (plus `fleet.timeout_s`). A runner sees, attaches
+The container gets the workspace at /workspace and the scratch dir at /fleet as one archive uploaded into it
+before it starts (no bind mounts: a remote engine has no view of this machine's disk, and the local engine
+takes the same path), and `collect()` downloads /fleet back into the scratch dir after the run
+(fleet_tui/runners/transport.py). It gets the image, limits, network mode and non-root user from config,
+the Invocation's env and nothing else, and labels `fleet.instance`, `fleet.repo`, `fleet.run_id`,
+`fleet.issue`, `fleet.role` (plus `fleet.timeout_s`). A runner sees, attaches
 to and removes only containers of its own fleet instance, so fleets sharing one engine never touch each
 other's runs. Containers are never auto-removed: Docker keeps a run's whole output and exit code until
 `cleanup()`, so a restarted orchestrator reads what it missed, even of a run that ended meanwhile.
@@ -39,6 +42,7 @@ from fleet_tui.config import DockerHostConfig, RunnerConfig
 from fleet_tui.model import Role
 from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, HostUnreachable, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
+from fleet_tui.runners.transport import DEFAULT_LIMIT_BYTES, TransportError, pack_run, unpack_scratch
 
 if TYPE_CHECKING:
     from docker import APIClient
@@ -133,6 +137,14 @@ class _Clients:
                     client = None
             if client is not None:
                 client.close()
+
+
+def _owner_of(user: str) -> tuple[int, int] | None:
+    """The uid:gid the run's files are given in the container (None for a user name: kept as on the host)."""
+    uid, _, gid = user.partition(":")
+    if not uid.isdigit() or (gid and not gid.isdigit()):
+        return None
+    return int(uid), int(gid or uid)
 
 
 def _parse_ts(raw: bytes) -> tuple[int, int] | None:
@@ -442,6 +454,7 @@ class DockerRunner:
         self.limiter = anyio.CapacityLimiter(max_threads)  # engine calls in flight
         self._grace_s = grace_s
         self._init = init
+        self.collect_limit_bytes = DEFAULT_LIMIT_BYTES
 
     def paths(self, spec_workspace: Path, spec_scratch: Path) -> tuple[str, str]:
         return WORKDIR, SCRATCH
@@ -452,6 +465,7 @@ class DockerRunner:
         keeps the process from exiting."""
         import docker.errors
         import requests
+        import urllib3.exceptions
 
         def guarded() -> _T:
             try:
@@ -459,7 +473,7 @@ class DockerRunner:
                     return fn(api)
             except RunnerError:
                 raise
-            except (requests.exceptions.ConnectionError, ConnectionError) as exc:
+            except (requests.exceptions.ConnectionError, ConnectionError, urllib3.exceptions.ProtocolError) as exc:
                 raise DockerUnavailable(unreachable_message(exc, self.where)) from None
             except docker.errors.DockerException as exc:
                 raise RunnerError(f"Docker: {exc}") from None
@@ -481,6 +495,7 @@ class DockerRunner:
         if user in ("", "root", "0") or user.startswith(("0:", "root:")):
             raise RunnerError(f'runner.user is {user!r}: agents never run as root; use a uid like "1000:1000"')
         image = self.config.image
+        owner = _owner_of(user)
         labels = self._labels_of(spec)
         name = "fleet-" + re.sub(r"[^A-Za-z0-9_.-]", "-", f"{self.instance}-{spec.run_id}")
 
@@ -494,8 +509,6 @@ class DockerRunner:
                                   "`fleet-tui image build` (`--offline` where no registry is reachable) or set "
                                   "runner.image") from None
             host_config = api.create_host_config(
-                binds={str(spec.workspace): {"bind": WORKDIR, "mode": "rw"},
-                       str(spec.scratch): {"bind": SCRATCH, "mode": "rw"}},
                 network_mode=spec.network or "none",
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,  # no swap beyond the memory limit
@@ -514,6 +527,9 @@ class DockerRunner:
             )
             cid = container["Id"]
             try:
+                with pack_run(spec.workspace, spec.scratch, owner=owner) as archive:
+                    if not api.put_archive(cid, "/", archive):
+                        raise RunnerError(f"the engine at {self.where} refused the run's files")
                 api.start(cid)
             except BaseException:
                 api.remove_container(cid, force=True)
@@ -524,6 +540,21 @@ class DockerRunner:
         cid, started_at = await self.call(create_and_start)
         return DockerRunHandle(self, spec.run_id, cid, role=spec.role, issue=spec.issue, started_at=started_at,
                                timeout_s=spec.timeout_s)
+
+    async def collect(self, run_id: str, scratch: Path) -> None:
+        """Download the run's /fleet into `scratch` (replacing it): its result files and, for a Dev run, the
+        branch as a bundle. What comes back is checked by `unpack_scratch` (plain files only, size-capped)."""
+        def download(api: APIClient) -> None:
+            rows = [row for row in api.containers(all=True, filters=self._filters(run_id))
+                    if self._own(row.get("Labels"), run_id)]
+            if not rows:
+                raise RunnerError(f"no container for run {run_id} of this fleet on the Docker engine at {self.where}")
+            stream, _ = api.get_archive(rows[0]["Id"], SCRATCH)
+            try:
+                unpack_scratch(stream, scratch, limit_bytes=self.collect_limit_bytes)
+            except TransportError as exc:
+                raise RunnerError(f"run {run_id}: {exc}") from None
+        await self.call(download)
 
     def _filters(self, run_id: str | None = None) -> dict[str, Any]:
         """This instance's containers (of one run): the engine filters, and `_own` checks again."""
