@@ -160,8 +160,10 @@ class AgentSupervisor:
 
     def __init__(self, runner: Runner, engine: Engine, *, log: RunLogWriter, publish: Publish | None = None,
                  budget: Budget = Budget(), feed: LineFeed | None = None, flush_interval_s: float = 0.05,
-                 batch_max: int = 500, drain_s: float = 10.0, cleanup: bool = True, stall_s: float = 0) -> None:
-        """`stall_s`: a run with no output for that long is killed as TIMED_OUT ("stalled"); 0: never."""
+                 batch_max: int = 500, drain_s: float = 10.0, cleanup: bool = True, stall_s: float = 0,
+                 on_handle: Callable[[RunHandle], None] | None = None) -> None:
+        """`stall_s`: a run with no output for that long is killed as TIMED_OUT ("stalled"); 0: never.
+        `on_handle`: told the run's handle once it has started or been attached (e.g. which host it is on)."""
         self.runner = runner
         self.engine = engine
         self.log = log
@@ -187,6 +189,7 @@ class AgentSupervisor:
         self._stopping: anyio.Event | None = None  # a stop under way; set once it has been sent
         self._skip = 0  # lines at the start already in the log (a re-attach): parsed, not written again
         self._last_output = 0.0
+        self._on_handle = on_handle
 
     # --- building the run ---------------------------------------------------------------------
 
@@ -244,6 +247,8 @@ class AgentSupervisor:
                          started: float) -> RunOutcome:
         self._handle = handle
         self.state = RunState.RUNNING
+        if self._on_handle is not None:
+            self._on_handle(handle)
         parser = self.engine.parser()
         pump_done = anyio.Event()
         exit_code: int | None = None

@@ -65,6 +65,8 @@ def event_record(event: Event) -> dict[str, Any]:
         record.update(run_id=run.run_id, role=run.role.value, issue=run.issue, pr=run.pr, state=run.state.value,
                       attempt=run.attempt, round=run.qa_round, reason=_clean(run.reason),
                       tokens=run.usage.tokens, cost_usd=round(run.usage.cost_usd, 4))
+        if run.host:
+            record.update(host=_clean(run.host), host_unreachable=run.host_unreachable)
     elif isinstance(event, RunLogLines):
         record.update(run_id=event.run_id, lines=[_clean(line) for line in event.lines])
     elif isinstance(event, (NeedsHuman, Notice, RateLimited, LoopState)):

@@ -218,6 +218,8 @@ class AgentRun:
     usage: Usage = Usage()
     reason: str = ""  # why it ended the way it did
     last_line: str = ""
+    host: str = ""  # the Docker host of the pool it runs on ("" when the runner has one place to run)
+    host_unreachable: bool = False  # live, but its host does not answer: kept, followed again when it does
 
 
 # --- events the console (and --headless) see -------------------------------------------------

@@ -529,9 +529,9 @@ async def build_fleet(config: FleetConfig, *, repo_path: Path, state_dir: Path |
     where = journal_dir(state_dir, repo_id)
     instance = fleet_instance_id(repo_id, where)  # this fleet touches only runs that carry it
     if config.runner.kind == "docker":
-        from fleet_tui.runners.docker import DockerRunner
+        from fleet_tui.runners.pool import PoolRunner
 
-        runner = DockerRunner(config.runner, instance=instance, repo=repo_id)
+        runner = PoolRunner(config.runner, instance=instance, repo=repo_id)  # [[runner.hosts]], or the one engine
         owner = parse_user(config.runner.user)
     else:
         from fleet_tui.runners.local import LocalRunner

@@ -2,6 +2,11 @@
 (log, live lines, usage as it streams), turning its outcome into the journal's record of the run, and
 re-attaching after a restart the runs a previous process left behind. `fleet_tui.agents` drives one
 process; this module keeps the journal and the events for all of them.
+
+A run whose host stops answering (a Docker host of the pool, or the one engine) is neither killed nor lost
+nor failed: it is shown as "host unreachable", and followed again from its first line (what the log holds
+is not written twice) once the host answers; its files are collected then. Stopping it meanwhile records
+the stop at once and removes the container when the host is back.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from fleet_tui.engines.base import EngineResult, Task
 from fleet_tui.model import AgentRun, Role, RunChanged, RunLogLines, RunState, Usage, Verdict
 from fleet_tui.roles import pm as pm_role
 from fleet_tui.roles import qa as qa_role
+from fleet_tui.runners.base import HostUnreachable
 
 LINES_SAVE_S = 1.0  # how often a live run's count of logged output lines is saved to the journal
 
@@ -44,7 +50,8 @@ class _Live:
     scope: anyio.CancelScope | None = None
     tests: Any = None  # the supervisor of the QA run's test command while it runs
     lines_saved_at: float = 0.0  # when the count of output lines in the log was last saved
-
+    engine: Any = None
+    away: anyio.CancelScope | None = None  # the wait for its unreachable host, while it lasts
 
 
 class RunSupervisor:
@@ -95,9 +102,15 @@ class RunSupervisor:
             return  # a stop is already under way: never issue it twice
         live.kill = (state, reason)
         self.ctx.notice(f"stopping run {run_id}: {reason}", "warning")
-        if live.tests is not None:
-            await live.tests.stop(reason)
-        await live.sup.stop(reason)
+        if live.away is not None:  # its host does not answer: end it now, remove it when the host is back
+            live.away.cancel()
+            return
+        try:
+            if live.tests is not None:
+                await live.tests.stop(reason)
+            await live.sup.stop(reason)
+        except HostUnreachable:
+            pass  # its host went away just now: the run ends as stopped, its container goes when the host is back
 
     async def reattach(self) -> None:
         found = {r.run_id: r for r in await self.ctx.runner.find_runs()}
@@ -106,7 +119,12 @@ class RunSupervisor:
         for run in self.ctx.journal.runs(live_only=True):
             if run.run_id in self._live:
                 continue
-            if run.run_id in found:
+            host = str(self.ctx.extras(run.run_id).get("host", "") or "")
+            away = run.run_id not in found and host and self._host_reachable(host) is False
+            if run.run_id in found or away:
+                if away:
+                    getattr(self.ctx.runner, "adopt", lambda *_: None)(run.run_id, host)
+                run = dataclasses.replace(run, host=found[run.run_id].host if run.run_id in found else host)
                 try:
                     ws = self.ctx.workspaces.open(run.run_id)
                     role_cfg = getattr(self.ctx.config.roles, run.role.value)
@@ -118,7 +136,9 @@ class RunSupervisor:
                 live.usage = self.ctx.journal.spend_for_run(run.run_id)  # the ledger's count, to add only the rest
                 started = run.started_at.timestamp() if run.started_at else None
                 logged = int(self.ctx.extras(run.run_id).get("output_lines", 0))
-                self.ctx.notice(f"re-attached run {run.run_id}")
+                self.ctx.notice(f"re-attached run {run.run_id}" if not away else
+                                f"run {run.run_id} is on host {host}, which does not answer: it is kept", 
+                                "info" if not away else "warning")
                 self._spawn(live, ws, lambda live=live, ws=ws, role_cfg=role_cfg, started=started, logged=logged:
                             live.sup.reattach(live.run.run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s),
                                               started_at=started, skip_lines=logged))
@@ -132,6 +152,10 @@ class RunSupervisor:
                     handle = await self.ctx.runner.attach(run_id)
                     await handle.stop()
                     await self.ctx.runner.cleanup(run_id)
+
+    def _host_reachable(self, host: str) -> bool | None:
+        is_reachable = getattr(self.ctx.runner, "is_reachable", None)
+        return is_reachable(host) if is_reachable is not None else None
 
     def _sweep_local_orphans(self, *, keep: set[str]) -> None:
         """Kill what local runs of an earlier orchestrator process left running: a local agent leads its own
@@ -222,7 +246,7 @@ class RunSupervisor:
                                            "fleet.role": Role.QA.value})
         live.log.write(f"[fleet] running the test command: {command}")
         try:
-            tests = await sup.run(test_spec)
+            tests = await self._follow(live, ws, lambda: sup.run(test_spec), run_id=tests_id, sup=sup)
         finally:
             live.tests = None
         passed = tests.state == RunState.SUCCEEDED
@@ -239,18 +263,96 @@ class RunSupervisor:
     # --- supervision (fleet_tui.agents does the work; this keeps the journal and the events) ----------
 
     def _make_live(self, run: AgentRun, engine: Any) -> _Live:
-        from fleet_tui.agents import AgentSupervisor, Budget
-
-        role_cfg = getattr(self.ctx.config.roles, run.role.value)
         run_log = self.ctx.journal.open_run_log(run.run_id)
-        live = _Live(run=run, usage=run.usage, log=run_log)
-        live.sup = AgentSupervisor(self.ctx.runner, engine, log=run_log,
-                                   publish=lambda batch: self._on_lines(live, batch),
-                                   budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd,
-                                                 role_cfg.max_output_bytes),
-                                   stall_s=float(self.ctx.config.policy.stall_s))
+        live = _Live(run=run, usage=run.usage, log=run_log, engine=engine)
+        live.sup = self._new_sup(live)
         self._live[run.run_id] = live
         return live
+
+    def _new_sup(self, live: _Live) -> Any:
+        """A supervisor of `live`'s process (one per start or re-attach), writing to the run's one log."""
+        from fleet_tui.agents import AgentSupervisor, Budget
+
+        role_cfg = getattr(self.ctx.config.roles, live.run.role.value)
+        return AgentSupervisor(self.ctx.runner, live.engine, log=live.log,
+                               publish=lambda batch: self._on_lines(live, batch),
+                               budget=Budget(role_cfg.budget_tokens, role_cfg.budget_usd, role_cfg.max_output_bytes),
+                               stall_s=float(self.ctx.config.policy.stall_s),
+                               on_handle=lambda handle: self._on_host(live, str(getattr(handle, "host", "") or "")))
+
+    def _on_host(self, live: _Live, host: str) -> None:
+        """The run has a process: note its host (the console shows it; a restart finds the run there)."""
+        if host != live.run.host or live.run.host_unreachable:
+            live.run = dataclasses.replace(live.run, host=host, host_unreachable=False)
+            if host:
+                self.ctx.set_extras(live.run.run_id, host=host)
+            self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
+
+    async def _follow(self, live: _Live, ws: Any, start: Callable[[], Any], *, run_id: str | None = None,
+                      sup: Any = None) -> Any:
+        """`start()`'s outcome, once the run has really ended: while its host does not answer, the run is shown
+        as "host unreachable" and re-attached (its output from the start, the log's lines not written again)
+        when the host is back. `run_id`/`sup`: a run of `live` other than its own (the QA test command)."""
+        from fleet_tui.agents import RunOutcome
+
+        run_id = run_id or live.run.run_id
+        try:
+            outcome = await start()
+        except HostUnreachable as exc:
+            outcome = RunOutcome(run_id, RunState.RUNNING, None, live.usage, EngineResult(ok=False), str(exc),
+                                 host_unreachable=True)
+        role_cfg = getattr(self.ctx.config.roles, live.run.role.value)
+        while getattr(outcome, "host_unreachable", False):
+            wait_for_host = getattr(self.ctx.runner, "wait_for_host", None)
+            host = getattr(self.ctx.runner, "host_of", lambda _: live.run.host)(run_id) or live.run.host
+            if wait_for_host is None:
+                return dataclasses.replace(outcome, state=RunState.LOST, reason=f"lost the run: {outcome.reason}",
+                                           host_unreachable=False)
+            if live.kill is None:
+                live.run = dataclasses.replace(live.run, host=host, host_unreachable=True,
+                                               last_line=f"host unreachable: {outcome.reason}"[:300])
+                self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
+                self.ctx.notice(f"run {live.run.run_id}: host {host or 'the Docker engine'} does not answer; the "
+                                "run is kept and followed again when it does", "warning")
+                with anyio.CancelScope() as away:
+                    live.away = away
+                    await wait_for_host(host)
+                live.away = None
+            if live.kill is not None:  # stopped while away: the container goes once its host answers
+                assert self._tg is not None
+                self._tg.start_soon(self._remove_when_back, host, run_id)
+                return dataclasses.replace(outcome, state=live.kill[0], reason=live.kill[1], host_unreachable=False)
+            live.run = dataclasses.replace(live.run, host_unreachable=False)
+            self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
+            self.ctx.notice(f"run {live.run.run_id}: host {host or 'the Docker engine'} answers again; re-attached")
+            old = sup if sup is not None else live.sup
+            logged = max(int(getattr(old, "lines_seen", 0)),
+                         int(self.ctx.extras(live.run.run_id).get("output_lines", 0)) if sup is None else 0)
+            fresh = self._new_sup(live) if sup is None else type(old)(self.ctx.runner, old.engine, log=live.log,
+                                                                      publish=lambda b: self._on_lines(live, b))
+            if sup is None:
+                live.sup = fresh
+            else:
+                sup = fresh
+                live.tests = fresh
+            started = live.run.started_at.timestamp() if live.run.started_at else None
+            try:
+                outcome = await fresh.reattach(run_id, scratch=ws.scratch, timeout_s=float(role_cfg.timeout_s),
+                                               started_at=started, skip_lines=logged)
+            except HostUnreachable as exc:
+                outcome = dataclasses.replace(outcome, reason=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the host is back but the run is not: it is lost
+                return dataclasses.replace(outcome, state=RunState.LOST, host_unreachable=False,
+                                           reason=f"the run was gone when its host came back: {exc}"[:300])
+        return outcome
+
+    async def _remove_when_back(self, host: str, run_id: str) -> None:
+        """A run stopped while its host was away: stop and remove its container once the host answers."""
+        with contextlib.suppress(Exception):
+            await self.ctx.runner.wait_for_host(host)
+            handle = await self.ctx.runner.attach(run_id)
+            await handle.stop()
+            await self.ctx.runner.cleanup(run_id)
 
     def _spawn(self, live: _Live, ws: Any, start: Callable[[], Any]) -> None:
         self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
@@ -261,7 +363,7 @@ class RunSupervisor:
         with anyio.CancelScope() as scope:
             live.scope = scope
             try:
-                outcome = await start()
+                outcome = await self._follow(live, ws, start)
                 with anyio.CancelScope(shield=True):
                     await self._finish(live, ws, outcome)
             finally:

@@ -190,6 +190,10 @@ def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, 
         elapsed = short_duration(end - run.started_at) if run.started_at else ""
         style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
         state = run.state.value.replace("_", " ")
+        if run.host_unreachable and run.state.live:
+            state, style = "host unreachable", styles.warn
+        if run.host:
+            state = f"{state} @{run.host}"
         rows.append((run.run_id, (
             cell(run.role.value.upper(), styles.bold),
             cell(run_target(run), styles.accent),
