@@ -220,7 +220,7 @@ DEV_SCRIPT = {
     "pm": [{"final": "none"}],
     "dev": [
         {"print": "working on {issue}"},
-        {"sleep": 6},
+        {"sleep": 15},  # outlives the host's absence: a run that ends while its engine is down loses its exit
         {"print": "still working on {issue}"},
         {"write": "notes/{issue}.md", "content": "# {title}\n"},
         {"commit": "#{issue}: {title}"},
