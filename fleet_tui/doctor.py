@@ -13,7 +13,7 @@ from typing import Literal
 
 import anyio
 
-from fleet_tui.config import BUILTIN_ENGINES, BUILTIN_PM, FleetConfig, resolve_token
+from fleet_tui.config import BUILTIN_ENGINES, BUILTIN_PM, DockerHostConfig, FleetConfig, resolve_token
 
 Status = Literal["ok", "warn", "fail", "skip"]
 
@@ -36,6 +36,7 @@ class Doctor:
     fix: bool = False
     ask: Callable[[str], bool] | None = None
     results: list[Check] | None = None
+    _at: str = ""  # " @host" on the names of the checks of one pool host
 
     def add(self, *args: object, **kwargs: object) -> Check:
         check = Check(*args, **kwargs)  # type: ignore[arg-type]
@@ -224,39 +225,62 @@ class Doctor:
             self.add("labels", "fail", f"missing: {', '.join(missing)}", "run `fleet-tui check --fix` to create them")
 
     def _docker(self) -> None:
+        """The one engine of $DOCKER_HOST, or every host of the pool: each reachable, with the image and the
+        engines' binaries in it, the networks and the model APIs the runs need (names end in `@host`)."""
+        hosts = self.config.runner.hosts
+        if not hosts:
+            self._docker_host(None)
+            return
+        for host in hosts:
+            self._docker_host(host)
+        self.add("Docker hosts", "ok", f"{len(hosts)} host(s), {sum(h.max_runs for h in hosts)} run slot(s)",
+                 required=False)
+
+    def _docker_host(self, host: DockerHostConfig | None) -> None:
         import docker
+        from fleet_tui.runners.docker import api_client
 
         runner = self.config.runner
+        self._at = f" @{host.label}" if host is not None else ""
+        name = f"Docker host {host.label}" if host is not None else "Docker engine"
         try:
-            client = docker.from_env(timeout=10)
+            client = docker.DockerClient.__new__(docker.DockerClient)  # its api: the host's own client
+            client.api = api_client(host, timeout=10)
             client.ping()
         except Exception as exc:  # noqa: BLE001 - any failure to reach the engine is the report
-            where = os.environ.get("DOCKER_HOST", "the local socket")
-            self.add("Docker engine", "fail", f"cannot reach the Docker engine at {where}: {exc}",
-                     "start Docker (or set DOCKER_HOST=tcp://… / ssh://…), or set runner.kind = \"local\"")
+            if host is None:
+                where = os.environ.get("DOCKER_HOST", "the local socket")
+                self.add(name, "fail", f"cannot reach the Docker engine at {where}: {exc}",
+                         "start Docker (or set DOCKER_HOST=tcp://… / ssh://…), or set runner.kind = \"local\"")
+            else:
+                self.add(name, "fail", f"cannot reach {host.url}: {str(exc)[:300]}", _host_fix(host))
             return
         version = client.version().get("Version", "?")
-        self.add("Docker engine", "ok", f"{client.api.base_url} (engine {version})")
+        where = host.url if host is not None else client.api.base_url
+        self.add(name, "ok", f"{where} (engine {version})" + (f", {host.max_runs} run slot(s)" if host else ""))
         try:
             client.images.get(runner.image)
         except docker.errors.ImageNotFound:
-            self.add("agent image", "fail", f"{runner.image} is not on the engine",
-                     "run `fleet-tui image build` (or `fleet-tui image build --offline` without a registry)")
+            self.add(f"agent image{self._at}", "fail", f"{runner.image} is not on the engine",
+                     "run `fleet-tui image build` (or `fleet-tui image build --offline` without a registry)"
+                     + (f" with DOCKER_HOST={host.url}, or `docker save {runner.image} | docker -H {host.url} "
+                        "load`" if host is not None else ""))
             self._docker_networks(client)
             if self._api_probes():
-                self.add("model API", "skip", f"not probed: the agent image {runner.image} is missing (see above)",
-                         required=False)
+                self.add(f"model API{self._at}", "skip", f"not probed: the agent image {runner.image} is missing "
+                         "(see above)", required=False)
             return
-        self.add("agent image", "ok", runner.image)
+        self.add(f"agent image{self._at}", "ok", runner.image)
         missing_networks = self._docker_networks(client)
         self._model_api(client, missing_networks)
         for role, name, binary in self._engine_binaries():
             try:
                 output = client.containers.run(runner.image, ["sh", "-c", f"command -v {binary}"], remove=True,
-                                               network_mode="none", user=runner.user, entrypoint=[])
-                self.add(f"{role} engine", "ok", f"{name}: {output.decode().strip()} in {runner.image}")
+                                               network_mode="none", user=runner.user, entrypoint=[],
+                                               labels={CHECK_LABEL: "engine-binary"})
+                self.add(f"{role} engine{self._at}", "ok", f"{name}: {output.decode().strip()} in {runner.image}")
             except docker.errors.ContainerError:
-                self.add(f"{role} engine", "fail", f"{binary} is not in {runner.image}",
+                self.add(f"{role} engine{self._at}", "fail", f"{binary} is not in {runner.image}",
                          f"rebuild the image with {binary} installed: `fleet-tui image build`")
 
     def _docker_networks(self, client: object) -> set[str]:
@@ -279,14 +303,17 @@ class Doctor:
                            f"create fleet-egress` and set {where} = \"fleet-egress\"")
                 else:
                     fix = f"docker network create {network}   (or set {where} to an existing network)"
-                self.add(f"network {network}", "fail", f"Docker network {network!r} ({', '.join(roles)} runs) "
+                self.add(f"network {network}{self._at}", "fail",
+                         f"Docker network {network!r} ({', '.join(roles)} runs) "
                          "does not exist on the engine", fix)
                 missing.add(network)
             except docker.errors.APIError as exc:
-                self.add(f"network {network}", "fail", f"cannot look up Docker network {network!r}: {exc}",
+                self.add(f"network {network}{self._at}", "fail",
+                         f"cannot look up Docker network {network!r}: {exc}",
                          "check the Docker engine")
             else:
-                self.add(f"network {network}", "ok", f"{', '.join(roles)} runs use {network}", required=False)
+                self.add(f"network {network}{self._at}", "ok", f"{', '.join(roles)} runs use {network}",
+                         required=False)
         return missing
 
     def _api_probes(self) -> dict[tuple[str, str, int], list[tuple[str, str]]]:
@@ -315,7 +342,7 @@ class Doctor:
         on the network they get: a run that cannot reach it fails only minutes in, after its timeout."""
         for (network, host, port), users in self._api_probes().items():
             roles = [role for role, _ in users]
-            name = f"model API {host}:{port}"
+            name = f"model API {host}:{port}{self._at}"
             if network in missing_networks:
                 self.add(name, "skip", f"not probed: network {network!r} does not exist (see above)",
                          required=False)
@@ -481,6 +508,18 @@ exit {_PROBE_NO_TOOL}
 
 _VENDOR_API = {"codex": ("api.openai.com", 443), "aider": ("api.openai.com", 443),
                "claude": ("api.anthropic.com", 443)}
+
+
+def _host_fix(host: DockerHostConfig) -> str:
+    """What to try when a pool host does not answer, by how it is reached."""
+    if host.url.startswith("ssh://"):
+        target = host.url.removeprefix("ssh://").rstrip("/")
+        return (f"`ssh {target} docker version` must work without a password (a key in ~/.ssh, the host in "
+                "known_hosts, the user in the remote docker group); or remove the host from [[runner.hosts]]")
+    if host.url.startswith("tcp://"):
+        return (f"`docker -H {host.url}{' --tlsverify' if host.tls_ca else ''} version` must work: the engine "
+                "listening there, the TLS files readable; or remove the host from [[runner.hosts]]")
+    return f"start Docker on that socket (`docker -H {host.url} version`), or remove the host from [[runner.hosts]]"
 
 
 def api_address(engine: object) -> tuple[str, int] | None:

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,3 +305,45 @@ async def test_a_host_stopped_mid_run_keeps_its_run_and_the_run_is_collected_whe
     finally:
         engine2("start")
         journal.close()
+
+
+POOL_CHECK = """\
+[runner]
+kind = "docker"
+image = "{image}"
+[[runner.hosts]]
+url = "unix:///var/run/docker.sock"
+name = "first"
+[[runner.hosts]]
+url = "tcp://{tcp}"
+name = "second-tcp"
+max_runs = 3
+[[runner.hosts]]
+url = "ssh://nobody@127.0.0.1:9"
+name = "gone"
+[roles.pm]
+engine = "scripted"
+[roles.dev]
+engine = "scripted"
+[roles.qa]
+engine = "scripted"
+"""
+
+
+@pytest.mark.docker
+def test_check_looks_at_every_host(tmp_path: Path, repo: Path, engines: None) -> None:
+    (repo / "fleet.toml").write_text(POOL_CHECK.format(image=IMAGE, tcp=ENGINE2_TCP))
+    result = subprocess.run([sys.executable, "-m", "fleet_tui", "check", "--fix"], cwd=repo, capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "250"}, timeout=300)
+    lines = result.stdout.splitlines()
+
+    def row(name: str) -> str:
+        return next((line for line in lines if f" {name} " in line), f"<no row {name!r}>")
+
+    assert "✓" in row("Docker host first") and "✓" in row("Docker host second-tcp")
+    assert "3 run slot(s)" in row("Docker host second-tcp")
+    assert "✓" in row("agent image @first") and "✓" in row("agent image @second-tcp")
+    assert "python3" in row("dev engine @second-tcp")  # the binary, looked for inside the image on that host
+    gone = row("Docker host gone")
+    assert "✗" in gone and "cannot reach ssh://nobody@127.0.0.1:9" in gone and "without a password" in gone
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
