@@ -405,7 +405,7 @@ async def test_in_the_sandbox_the_agent_resolves_and_the_final_commit_concludes_
     outcome = await supervisor.run(supervisor.build_spec(task, workspace=ws.repo, scratch=ws.scratch, timeout_s=60))
     assert outcome.state is RunState.SUCCEEDED, log.lines
 
-    changes = await collect(manager, ws)
+    changes = await manager.collect(ws)  # the sandbox left the bundle; the runner brought the scratch dir back
     head = changes.head_sha
     assert sh("git", "rev-list", "--parents", "-n", "1", head, cwd=manager.mirror).split()[1:] == [ws.start_sha,
                                                                                                   base_sha]
