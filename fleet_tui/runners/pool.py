@@ -91,7 +91,7 @@ class PoolRunner:
             self._hosts.append(_Host(host.label, host.max_runs, runner))
         self.instance = self._hosts[0].runner.instance
         self._by_run: dict[str, _Host] = {}
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None  # made on first use, inside the event loop
 
     # --- hosts --------------------------------------------------------------------------------
 
@@ -144,8 +144,16 @@ class PoolRunner:
             self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def _wait_for_change(self, at_most: float) -> None:
+        """Until a slot frees or a host comes or goes, or `at_most` seconds."""
+        if self._changed is None:
+            self._changed = anyio.Event()
+        with anyio.move_on_after(at_most):
+            await self._changed.wait()
 
     def _mark(self, host: _Host, *, reachable: bool, error: str = "") -> None:
         changed = host.reachable is not reachable
@@ -197,8 +205,7 @@ class PoolRunner:
         """Return once host `name` answers again (looked at every `recheck_s`)."""
         host = self._host(name)
         while not await self._probe(host):
-            with anyio.move_on_after(self.recheck_s):
-                await self._changed.wait()
+            await self._wait_for_change(self.recheck_s)
 
     # --- the Runner protocol ------------------------------------------------------------------
 
@@ -217,8 +224,7 @@ class PoolRunner:
                 self._check_image_anywhere()
                 if time.monotonic() >= give_up:
                     raise RunnerError(self._why_no_host())
-                with anyio.move_on_after(min(self.recheck_s, max(0.0, give_up - time.monotonic()))):
-                    await self._changed.wait()
+                await self._wait_for_change(min(self.recheck_s, max(0.0, give_up - time.monotonic())))
                 continue
             host = self._host(name)
             self._assign(spec.run_id, host)
