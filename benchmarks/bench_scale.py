@@ -10,9 +10,9 @@ new run, and it answers again afterwards, when the supervisor re-attaches its ru
 
 Figures:
 - dispatch throughput: Dev runs started per second, from the first approval to the 200th Dev run started;
-- placement balance: runs placed per host (min / max), and mean busy slots per host while the fleet is full;
+- placement balance: runs placed per host (min / max), and mean busy slots per host while any run is live;
 - host loss: from the loss until every run on it is shown "host unreachable", until the next run is placed
-  on another host, and from its return until its slots are busy again (re-attached and refilled);
+  on another host; from its return until its runs are followed again, and until a new run is placed on it;
 - `reconcile()` time per tick (median, p95, max) over the whole run.
 
 Run: `python benchmarks/bench_scale.py [issues] [hosts]` (defaults 200 and 8; a few minutes on 2 cores).
@@ -43,8 +43,8 @@ from fleet_tui.runners.local import LocalRunner  # noqa: E402
 from fleet_tui.runners.pool import HostSlots, place  # noqa: E402
 
 SLOTS = 4
-DEV_S = 3.0
-QA_S = 1.0
+DEV_S = 30.0  # a tenth of a typical Dev run
+QA_S = 10.0
 LOSE_AFTER = 60
 AWAY_S = 8.0
 
@@ -243,6 +243,7 @@ async def bench(issues: int, hosts: int) -> dict[str, Any]:
         dev_started: dict[str, float] = {}
         dev_done: set[str] = set()
         unreachable_at: dict[str, float] = {}
+        followed_again_at: dict[str, float] = {}
         busy_samples: list[list[int]] = []
         loss: dict[str, Any] = {}
         try:
@@ -258,6 +259,8 @@ async def bench(issues: int, hosts: int) -> dict[str, Any]:
                         run = event.run
                         if run.host_unreachable:
                             unreachable_at.setdefault(run.run_id, time.perf_counter())
+                        elif run.run_id in unreachable_at:
+                            followed_again_at.setdefault(run.run_id, time.perf_counter())
                         if run.role is Role.DEV and run.state is RunState.RUNNING and run.host:
                             dev_started.setdefault(run.run_id, time.perf_counter())
                         if run.role is Role.DEV and run.state.finished:
@@ -286,13 +289,18 @@ async def bench(issues: int, hosts: int) -> dict[str, Any]:
                     loss["next_run_elsewhere_s"] = pool.started[placed_before][0] - lost_at
                     await anyio.sleep(max(0.0, AWAY_S - (time.perf_counter() - lost_at)))
                     back_at = time.perf_counter()
+                    placed_back = len(pool.started)
                     pool.restore(victim)
-                    # refilled: every slot busy again, with its re-attached runs or new ones
                     with anyio.move_on_after(60):
-                        while len(victim.runs) < SLOTS and len(dev_done) < issues:
+                        while not on_it <= set(followed_again_at):
                             await anyio.sleep(0.01)
-                    loss["refilled_after_return_s"] = time.perf_counter() - back_at
-                    loss["slots_busy_after_return"] = len(victim.runs)
+                    loss["followed_again_s"] = max((followed_again_at.get(r, back_at) for r in on_it),
+                                                   default=back_at) - back_at
+                    with anyio.move_on_after(60):
+                        while not any(name == victim.name for _, _, name in pool.started[placed_back:]):
+                            await anyio.sleep(0.01)
+                    loss["new_run_on_it_s"] = next((at for at, _, name in pool.started[placed_back:]
+                                                    if name == victim.name), float("nan")) - back_at
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(watch)
@@ -316,7 +324,7 @@ async def bench(issues: int, hosts: int) -> dict[str, Any]:
             journal.close()
             orchestrator_module.reconcile = real_reconcile  # type: ignore[assignment]
         starts = sorted(dev_started.values())
-        full = [row for row in busy_samples if sum(row) >= hosts * SLOTS - SLOTS]
+        busy = [row for row in busy_samples if sum(row)]
         per_host = Counter({h.name: h.placed for h in pool.sim})
         failed = sum(1 for run in Journal.open(root / "journal").runs() if run.role is Role.DEV
                      and run.state is not RunState.SUCCEEDED) if (root / "journal").exists() else 0
@@ -328,7 +336,8 @@ async def bench(issues: int, hosts: int) -> dict[str, Any]:
             "all_dev_done_s": all_done - first_approval,
             "dev_not_succeeded": failed,
             "placed_min": min(per_host.values()), "placed_max": max(per_host.values()),
-            "busy_mean_per_host": [round(statistics.fmean(col), 2) for col in zip(*full, strict=True)] if full else [],
+            "busy_mean_per_host": [round(statistics.fmean(col), 2) for col in zip(*busy, strict=True)] if busy else [],
+            "busy_mean_total": statistics.fmean(sum(row) for row in busy) if busy else 0.0,
             "loss": loss,
             "ticks": len(ticks),
             "reconcile_median_ms": statistics.median(ticks) * 1000,
@@ -351,12 +360,13 @@ def main() -> None:
     print(f"all Dev runs ended after:      {result['all_dev_done_s']:.1f} s "
           f"({result['dev_not_succeeded']} not succeeded)")
     print(f"placement:                     {result['placed_min']}-{result['placed_max']} runs per host; "
-          f"busy slots per host while full: {result['busy_mean_per_host']}")
+          f"mean busy slots per host {result['busy_mean_per_host']} ({result['busy_mean_total']:.1f} of "
+          f"{result['slots']} in all)")
     if loss:
         print(f"host {loss['host']} lost with {loss['runs']} runs: all shown unreachable after "
               f"{loss['shown_unreachable_s']:.2f} s; next run placed elsewhere after "
-              f"{loss['next_run_elsewhere_s']:.2f} s; back after {AWAY_S:g} s, its slots busy again after "
-              f"{loss['refilled_after_return_s']:.2f} s ({loss['slots_busy_after_return']}/{SLOTS})")
+              f"{loss['next_run_elsewhere_s']:.2f} s; back after {AWAY_S:g} s: its runs followed again after "
+              f"{loss['followed_again_s']:.2f} s, a new run placed on it after {loss['new_run_on_it_s']:.2f} s")
     print(f"reconcile per tick:            median {result['reconcile_median_ms']:.2f} ms, "
           f"p95 {result['reconcile_p95_ms']:.2f} ms, max {result['reconcile_max_ms']:.2f} ms "
           f"over {result['ticks']} ticks")
