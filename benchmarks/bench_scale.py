@@ -34,13 +34,13 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet_tui import orchestrator as orchestrator_module  # noqa: E402
-from fleet_tui.config import EngineConfig, FleetConfig, PolicyConfig, RoleConfig, RolesConfig  # noqa: E402
-from fleet_tui.git import git_sync  # noqa: E402
-from fleet_tui.model import Role, RunChanged, RunState  # noqa: E402
-from fleet_tui.runners.base import HostUnreachable, LiveRun, RunSpec  # noqa: E402
-from fleet_tui.runners.local import LocalRunner  # noqa: E402
-from fleet_tui.runners.pool import HostSlots, place  # noqa: E402
+from fleet_tui import orchestrator as orchestrator_module
+from fleet_tui.config import EngineConfig, FleetConfig, PolicyConfig, RoleConfig, RolesConfig
+from fleet_tui.git import git_sync
+from fleet_tui.model import Role, RunChanged, RunState
+from fleet_tui.runners.base import HostUnreachable, LiveRun, RunSpec
+from fleet_tui.runners.local import LocalRunner
+from fleet_tui.runners.pool import HostSlots, place
 
 SLOTS = 4
 DEV_S = 30.0  # a tenth of a typical Dev run

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -334,7 +334,7 @@ engine = "scripted"
 def test_check_looks_at_every_host(tmp_path: Path, repo: Path, engines: None) -> None:
     (repo / "fleet.toml").write_text(POOL_CHECK.format(image=IMAGE, tcp=ENGINE2_TCP))
     result = subprocess.run([sys.executable, "-m", "fleet_tui", "check", "--fix"], cwd=repo, capture_output=True,
-                            text=True, env={**os.environ, "COLUMNS": "250"}, timeout=300)
+                            check=False, text=True, env={**os.environ, "COLUMNS": "250"}, timeout=300)
     lines = result.stdout.splitlines()
 
     def row(name: str) -> str:
@@ -347,3 +347,77 @@ def test_check_looks_at_every_host(tmp_path: Path, repo: Path, engines: None) ->
     gone = row("Docker host gone")
     assert "✗" in gone and "cannot reach ssh://nobody@127.0.0.1:9" in gone and "without a password" in gone
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_an_orchestrator_restarted_while_a_host_is_down_keeps_that_hosts_run_and_re_attaches_it(
+        tmp_path: Path, repo: Path, engines: None) -> None:
+    if os.geteuid() != 0:
+        _unavailable("stopping and starting the second engine needs root")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(DEV_SCRIPT))
+    engine = EngineConfig(kind="scripted", command="python3", script=str(script))
+    config = FleetConfig(engines={"scripted": engine}, poll_interval_s=1,
+                         roles=RolesConfig(pm=RoleConfig(engine="scripted"),
+                                           dev=RoleConfig(engine="scripted", max_concurrent=2),
+                                           qa=RoleConfig(engine="scripted")),
+                         runner=RunnerConfig(kind="docker", image=IMAGE, memory="256m", cpus=1.0, pids=64,
+                                             hosts=[SECOND, FIRST]))
+    instance = new_instance()
+    changes: list[AgentRun] = []
+
+    async def until(pred, limit: float = 60) -> AgentRun:  # type: ignore[no-untyped-def]
+        with anyio.fail_after(limit):
+            while (run := next((r for r in reversed(changes) if pred(r)), None)) is None:
+                await anyio.sleep(0.1)  # polls the recorded events; the loop runs in its own task
+        return run
+
+    async def fleet(forge: LocalForge, journal: Journal) -> tuple[Orchestrator, Callable[[], Awaitable[None]]]:
+        orch = Orchestrator(config, forge=forge, runner=PoolRunner(config.runner, instance=instance, recheck_s=1),
+                            journal=journal, repo_path=repo,
+                            workspaces=WorkspaceManager(tmp_path / "ws", owner=(1000, 1000)))
+        stream = orch.events()
+
+        async def record() -> None:
+            async for event in stream:
+                if isinstance(event, RunChanged) and event.run is not None:
+                    changes.append(event.run)
+        return orch, record
+
+    try:
+        async with LocalForge(repo) as forge:
+            journal = Journal.open(tmp_path / "journal")
+            orch, record = await fleet(forge, journal)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(record)
+                tg.start_soon(orch.run)
+                number = (await forge.create_issue("Add a flag", "Add --flag.", [config.labels.proposed])).number
+                await orch.approve(number)
+                away = await until(lambda r: r.issue == number and r.role is Role.DEV and r.host == "second"
+                                   and r.state is RunState.RUNNING)
+                await orch.shutdown()  # the orchestrator goes away; the run goes on
+                tg.cancel_scope.cancel()
+            journal.close()
+            engine2("stop")
+            try:
+                journal = Journal.open(tmp_path / "journal")
+                orch, record = await fleet(forge, journal)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(record)
+                    tg.start_soon(orch.run)
+                    await until(lambda r: r.run_id == away.run_id and r.host_unreachable and r.host == "second")
+                    assert journal.get_run(away.run_id).state is RunState.RUNNING  # kept, not lost
+                    engine2("start")
+                    done = await until(lambda r: r.run_id == away.run_id and r.state.finished, limit=90)
+                    assert done.state is RunState.SUCCEEDED, done.reason
+                    with anyio.fail_after(30):
+                        while not await forge.list_pulls():
+                            await anyio.sleep(0.2)  # the PR opens on the next tick
+                    await orch.shutdown()
+                    tg.cancel_scope.cancel()
+                journal.close()
+            finally:
+                engine2("start")
+    finally:
+        engine2("start")
