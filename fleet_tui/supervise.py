@@ -146,8 +146,15 @@ class RunSupervisor:
                 self.ctx.set_extras(run.run_id, interrupted=True)
                 self.end_lost(run, "the run was gone when the orchestrator started")
         for run_id, live_run in found.items():
-            if self.ctx.journal.get_run(run_id) is None:
+            record = self.ctx.journal.get_run(run_id)
+            if record is None:
                 self.ctx.notice(f"a run {run_id} not in the journal is alive; stopping it", "warning")
+                with contextlib.suppress(Exception):
+                    handle = await self.ctx.runner.attach(run_id)
+                    await handle.stop()
+                    await self.ctx.runner.cleanup(run_id)
+            elif not record.state.live and run_id not in self._live:
+                # ended in the journal (e.g. stopped while its host was away) but still on its host: remove it
                 with contextlib.suppress(Exception):
                     handle = await self.ctx.runner.attach(run_id)
                     await handle.stop()

@@ -41,8 +41,8 @@ class RunSpec:
     role: Role
     issue: int | None
     invocation: Invocation
-    workspace: Path  # host path, mounted read-write at the runner's workdir
-    scratch: Path  # host path for prompt/output files, mounted at the runner's scratch path
+    workspace: Path  # host path; the run sees it at the runner's workdir (shared, or sent in as an archive)
+    scratch: Path  # host path for prompt/output files, at the runner's scratch path; `collect()` brings it back
     timeout_s: float
     network: str = "none"  # docker network mode for this run
     labels: dict[str, str] = field(default_factory=dict)
