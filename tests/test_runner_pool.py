@@ -421,3 +421,71 @@ async def test_an_orchestrator_restarted_while_a_host_is_down_keeps_that_hosts_r
                 engine2("start")
     finally:
         engine2("start")
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_a_run_stopped_while_its_host_is_away_ends_at_once_and_its_container_goes_when_the_host_returns(
+        tmp_path: Path, repo: Path, engines: None) -> None:
+    import docker
+
+    if os.geteuid() != 0:
+        _unavailable("stopping and starting the second engine needs root")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(DEV_SCRIPT))
+    engine = EngineConfig(kind="scripted", command="python3", script=str(script))
+    config = FleetConfig(engines={"scripted": engine}, poll_interval_s=1,
+                         roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted"),
+                                           qa=RoleConfig(engine="scripted")),
+                         runner=RunnerConfig(kind="docker", image=IMAGE, memory="256m", cpus=1.0, pids=64,
+                                             hosts=[SECOND, FIRST]))
+    pool = PoolRunner(config.runner, instance=new_instance(), recheck_s=1)
+    journal = Journal.open(tmp_path / "journal")
+    changes: list[AgentRun] = []
+
+    async def until(pred, limit: float = 60) -> AgentRun:  # type: ignore[no-untyped-def]
+        with anyio.fail_after(limit):
+            while (run := next((r for r in reversed(changes) if pred(r)), None)) is None:
+                await anyio.sleep(0.1)  # polls the recorded events; the loop runs in its own task
+        return run
+
+    def containers_of(run_id: str) -> list[dict[str, object]]:
+        with docker.APIClient(base_url=SECOND.url, timeout=30) as api:
+            return api.containers(all=True, filters={"label": [f"{LABEL_INSTANCE}={pool.instance}",
+                                                               f"fleet.run_id={run_id}"]})
+
+    try:
+        async with LocalForge(repo) as forge:
+            orch = Orchestrator(config, forge=forge, runner=pool, journal=journal, repo_path=repo,
+                                workspaces=WorkspaceManager(tmp_path / "ws", owner=(1000, 1000)))
+            stream = orch.events()
+
+            async def record() -> None:
+                async for event in stream:
+                    if isinstance(event, RunChanged) and event.run is not None:
+                        changes.append(event.run)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(record)
+                tg.start_soon(orch.run)
+                number = (await forge.create_issue("Add a flag", "Add --flag.", [config.labels.proposed])).number
+                await orch.approve(number)
+                away = await until(lambda r: r.issue == number and r.role is Role.DEV and r.host == "second"
+                                   and r.state is RunState.RUNNING)
+                engine2("stop")
+                try:
+                    await until(lambda r: r.run_id == away.run_id and r.host_unreachable)
+                    with anyio.fail_after(10):
+                        await orch.stop_run(away.run_id)  # answers at once, though the host does not
+                    stopped = await until(lambda r: r.run_id == away.run_id and r.state.finished, limit=10)
+                    assert stopped.state is RunState.STOPPED
+                finally:
+                    engine2("start")
+                with anyio.fail_after(30):
+                    while await anyio.to_thread.run_sync(containers_of, away.run_id):
+                        await anyio.sleep(0.2)  # removed once the host answers again
+                await orch.shutdown()
+                tg.cancel_scope.cancel()
+    finally:
+        engine2("start")
+        journal.close()
