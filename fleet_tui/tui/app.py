@@ -47,6 +47,7 @@ from fleet_tui.model import (
 from fleet_tui.tui import themes
 from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
 from fleet_tui.tui.alerts import BURST, Alert, AlertGate, summary
+from fleet_tui.tui.attach import attached_notes, can_read_remote_logs
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.messages import (
     EventsEnded,
@@ -853,11 +854,18 @@ class FleetApp(App[None]):
         path = self.control.log_path(run_id)
         if path is not None:
             self._load_history(run_id, path)
+        elif can_read_remote_logs(self.control):
+            self._load_remote_history(run_id)
 
     @work(thread=True, exclusive=True, group="log-history", exit_on_error=False, description="Reading a run's log")
     def _load_history(self, run_id: str, path: Path) -> None:
         if path.is_file():
             self.post_message(HistoryLoaded(run_id, read_log_tail(path, self.max_lines)))
+
+    @work(exclusive=True, group="log-history", exit_on_error=False, description="Reading a run's log")
+    async def _load_remote_history(self, run_id: str) -> None:
+        lines = await self.control.log_tail(run_id, self.max_lines)  # type: ignore[attr-defined]
+        self.post_message(HistoryLoaded(run_id, [history_line(line) for line in lines]))
 
     def on_history_loaded(self, message: HistoryLoaded) -> None:
         if message.run_id == self.shown_run and not self._history.get(message.run_id):
@@ -930,6 +938,7 @@ class FleetApp(App[None]):
             self.header.repo = self.control.repo  # a deferred control learns its repository once started
             self.header.forge_kind = self.control.forge_kind
             self.header.needs_human = len(self.inbox)
+            self.header.extra.update(attached_notes(self.control))
             try:
                 bar = self.main.query_one(HeaderBar)
             except NoMatches:  # the screen is being torn down (the clock can tick during shut-down)
