@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,8 +51,7 @@ async def open_connection(path: Path, *, console: str, user: str,
     fleet said no), `UnsafeSocket`, or OSError (nothing listens)."""
     check_socket(path)
     with anyio.fail_after(timeout):
-        with reachable(path) as name:
-            stream = await anyio.connect_unix(name)
+        stream = await _connect(path)
         try:
             uid = peer_uid(stream.extra(SocketAttribute.raw_socket))
             if uid is not None and uid != os.geteuid():
@@ -70,6 +70,18 @@ async def open_connection(path: Path, *, console: str, user: str,
             await stream.aclose()
             raise
     return stream, reader, answer
+
+
+async def _connect(path: Path) -> SocketStream:
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with reachable(path) as name:
+            await anyio.to_thread.run_sync(raw.connect, name, abandon_on_cancel=True)
+        # a transport-based stream (not anyio's raw UNIX stream): cancelling a blocked send on it is clean
+        return await SocketStream.from_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
 
 
 async def _read(reader: BufferedByteReceiveStream) -> dict[str, Any] | None:

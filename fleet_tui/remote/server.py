@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from fleet_tui import __version__
 from fleet_tui.control import Detail, FleetControl, record_intent
+from fleet_tui.errors import leaf_error
 from fleet_tui.model import Event
 from fleet_tui.remote import UnsafeSocket, check_directory, peer_uid, reachable, socket_path
 from fleet_tui.remote.protocol import (
@@ -226,7 +227,8 @@ class FleetServer:
                                "there; remove it if it is not yours to keep")
         os.unlink(self.path)  # ours and stale: the journal lock we hold says no other fleet serves here
 
-    def _bind(self) -> socket.socket:
+    def bind(self) -> socket.socket:
+        """The listening socket, mode 0600; `UnsafeSocket` when the path or its directory is not safe."""
         self._prepare()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -239,18 +241,33 @@ class FleetServer:
             raise
         return sock
 
-    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener: SocketListener = await SocketListener.from_socket(self._bind())
+    async def serve(self, listening: socket.socket | None = None, *,
+                    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Accept consoles until cancelled; `listening` is a socket `bind()` returned (else one is bound)."""
+        if listening is None:
+            listening = self.bind()
+        listening.setblocking(False)
         inode = os.lstat(self.path).st_ino
         try:
-            async with listener, anyio.create_task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 task_status.started()
                 log.info("serving the fleet on %s", self.path)
                 while True:
-                    stream = await listener.accept()
+                    await anyio.wait_readable(listening)
+                    try:
+                        raw, _ = listening.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:  # out of descriptors: say so, let the next accept try again
+                        log.warning("cannot accept a console: %s", exc)
+                        await anyio.sleep(0.5)
+                        continue
+                    # a transport-based stream: cancelling a blocked send on it is clean
+                    stream = await SocketStream.from_socket(raw)
                     self._count += 1
                     tg.start_soon(self._handle, Connection(self, stream, self._count))
         finally:
+            listening.close()
             with contextlib.suppress(OSError):
                 if os.lstat(self.path).st_ino == inode:
                     os.unlink(self.path)
@@ -260,13 +277,15 @@ class FleetServer:
         try:
             async with connection.stream:
                 await connection.serve()
-        except ProtocolError as exc:
-            self.refused += 1
-            log.info("closed console connection %s: %s", connection.console, exc)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            log.info("console connection %s went away: %s", connection.console, exc)
-        except Exception:
-            log.exception("console connection %s failed", connection.console)
+        except Exception as exc:  # one connection's failure is never the fleet's
+            error = leaf_error(exc)
+            if isinstance(error, ProtocolError):
+                self.refused += 1
+                log.info("closed console connection %s: %s", connection.console, error)
+            elif isinstance(error, (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)):
+                log.info("console connection %s went away: %r", connection.console, error)
+            else:
+                log.exception("console connection %s failed", connection.console)
         finally:
             self.connections.discard(connection)
 
@@ -298,8 +317,9 @@ async def serving(control: FleetControl, journal_dir: Path, *,
                   queue_limit: int = QUEUE_LIMIT) -> AsyncIterator[FleetServer]:
     """Serve `control` to attached consoles for as long as the block runs."""
     server = FleetServer(control, journal_dir, queue_limit=queue_limit)
+    listening = server.bind()  # here, so an unsafe path is reported as itself, not inside a task group
     async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
+        await tg.start(server.serve, listening)
         try:
             yield server
         finally:
