@@ -372,18 +372,30 @@ async def test_a_console_that_stops_reading_never_slows_the_fleet(state: Path) -
         await reader.aclose()
 
 
-def test_the_event_queue_drops_log_lines_first_and_keeps_the_latest_snapshot() -> None:
-    queue = EventQueue(limit=10)
+def test_the_event_queue_keeps_a_runs_newest_lines_and_the_latest_snapshot() -> None:
+    queue = EventQueue(limit=10, max_lines=5)
     first, latest = sample_snapshot(), replace(sample_snapshot(), at=datetime(2030, 1, 1, tzinfo=UTC))
     queue.put(first)
-    for _ in range(20):
-        queue.put(RunLogLines(at=NOW, run_id="r", lines=("a", "b")))
+    for n in range(20):  # one busy run: its batches join, the newest 5 lines stay
+        queue.put(RunLogLines(at=NOW, run_id="busy", lines=(f"{n}a", f"{n}b")))
     queue.put(Notice(at=NOW, message="kept"))
     queue.put(latest)
-    items = list(queue.items)
-    assert len(items) <= 10 and queue.dropped_lines >= 2 * 11
+    assert queue.dropped_lines == 40 - 5
+    items = [queue.take() for _ in range(len(queue))]
+    assert items[0] == RunLogLines(at=NOW, run_id="busy", lines=("17b", "18a", "18b", "19a", "19b"))
     assert [i for i in items if isinstance(i, SnapshotPublished)] == [latest]
     assert any(isinstance(i, Notice) for i in items)
+
+
+def test_past_its_bound_the_event_queue_drops_log_batches_before_anything_else() -> None:
+    queue = EventQueue(limit=10, max_lines=100)
+    for n in range(30):
+        queue.put(RunLogLines(at=NOW, run_id=f"run-{n}", lines=("x", "y")))
+        if n < 5:
+            queue.put(Notice(at=NOW, message=f"notice {n}"))
+    assert len(queue) <= 10 and queue.dropped_lines >= 2 * 20
+    kept = [queue.take() for _ in range(len(queue))]
+    assert [i.message for i in kept if isinstance(i, Notice)] == [f"notice {n}" for n in range(5)]
 
 
 @pytest.mark.anyio

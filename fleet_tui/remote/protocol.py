@@ -28,8 +28,9 @@ travels without a protocol change. Decoding is strict: an unknown type, enum val
 frame.
 
 Each connection has a bounded outgoing queue (`EventQueue`): a console that stops reading never slows the
-fleet; beyond the bound, log lines are dropped first (and counted), and a newer snapshot replaces an unread
-older one. The protocol version changes whenever a frame or method changes meaning.
+fleet. Unsent log lines of a run are merged into one batch that keeps the run's newest lines (older ones are
+dropped and counted), so whatever follows a log flood waits behind at most one batch per run; a newer
+snapshot replaces an unread older one. The protocol version changes whenever a frame or method changes meaning.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from fleet_tui.model import Event, RunChanged, RunLogLines, SnapshotPublished
+from fleet_tui.model import RunChanged, RunLogLines, SnapshotPublished
 
 PROTOCOL = "fleet-tui"
 VERSION = 1
@@ -169,6 +170,8 @@ def encode(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return {"$": "enum", "type": type(value).__name__, "v": value.value}
     if isinstance(value, (tuple, list)):
+        if all(type(item) is str for item in value):  # log lines: the bulk of the traffic
+            return list(value)
         return [encode(item) for item in value]
     if isinstance(value, dict):
         return {"$": "map", "v": [[encode(k), encode(v)] for k, v in value.items()]}
@@ -191,6 +194,8 @@ def decode(data: Any, depth: int = 0) -> Any:
     if data is None or isinstance(data, (bool, int, float, str)):
         return data
     if isinstance(data, list):
+        if all(type(item) is str for item in data):  # log lines: the bulk of the traffic
+            return tuple(data)
         return tuple(decode(item, depth + 1) for item in data)
     if not isinstance(data, dict):
         raise ProtocolError(f"unexpected {type(data).__name__} in a value")
@@ -253,22 +258,52 @@ def check_args(method: str, args: Any) -> dict[str, Any]:
 # --- the bounded outgoing queue ------------------------------------------------------------------------
 
 
-class EventQueue:
-    """Events waiting for one reader, bounded: past `limit`, log batches go first (their lines counted in
-    `dropped_lines`), then run changes (the next snapshot carries them again); a new snapshot replaces an
-    unread older one, so the latest snapshot always arrives. Other items (answers, notices) are kept."""
+class _PendingLines:
+    """The unsent log lines of one run: later batches join it, so a busy run is one item, not hundreds."""
 
-    def __init__(self, limit: int = 1000) -> None:
+    __slots__ = ("at", "lines", "run_id")
+
+    def __init__(self, event: RunLogLines, max_lines: int) -> None:
+        self.at = event.at
+        self.run_id = event.run_id
+        self.lines: deque[str] = deque(event.lines, maxlen=max_lines)
+
+
+class EventQueue:
+    """Events waiting for one reader, bounded so a slow reader costs the fleet nothing:
+
+    - log lines of a run join that run's unsent batch, which keeps its newest `max_lines` lines (the older ones
+      are dropped and counted in `dropped_lines`): however fast agents write, the queue holds one item per run,
+      and what follows a log flood (a notice, an answer) waits behind at most one batch per run;
+    - a new snapshot replaces an unread older one, so the latest snapshot always arrives;
+    - past `limit` items, log batches go first, then run changes (the next snapshot carries them again);
+      answers and notices are kept.
+    """
+
+    def __init__(self, limit: int = 1000, *, max_lines: int = 2000) -> None:
         self.items: deque[Any] = deque()
         self.limit = limit
+        self.max_lines = max_lines
         self.dropped_lines = 0
         self.dropped_events = 0
+        self._pending: dict[str, _PendingLines] = {}
 
     def __len__(self) -> int:
         return len(self.items)
 
     def put(self, item: Any) -> None:
-        if isinstance(item, SnapshotPublished) and any(isinstance(e, SnapshotPublished) for e in self.items):
+        if isinstance(item, RunLogLines):
+            pending = self._pending.get(item.run_id)
+            if pending is not None:
+                overflow = len(pending.lines) + len(item.lines) - self.max_lines
+                if overflow > 0:
+                    self.dropped_lines += overflow
+                pending.lines.extend(item.lines)
+                return
+            if len(item.lines) > self.max_lines:
+                self.dropped_lines += len(item.lines) - self.max_lines
+            item = self._pending[item.run_id] = _PendingLines(item, self.max_lines)
+        elif isinstance(item, SnapshotPublished) and any(isinstance(e, SnapshotPublished) for e in self.items):
             self.items = deque(e for e in self.items if not isinstance(e, SnapshotPublished))
         self.items.append(item)
         if len(self.items) > self.limit:
@@ -278,7 +313,7 @@ class EventQueue:
         # down to three quarters of the bound at once, so a reader that stays stuck costs one pass per
         # quarter of the bound, not one per event
         target = self.limit * 3 // 4
-        for kind in (RunLogLines, RunChanged):
+        for kind in (_PendingLines, RunChanged):
             if len(self.items) <= target:
                 return
             kept: deque[Any] = deque()
@@ -286,8 +321,9 @@ class EventQueue:
             for item in self.items:
                 if excess and isinstance(item, kind):
                     excess -= 1
-                    if isinstance(item, RunLogLines):
+                    if isinstance(item, _PendingLines):
                         self.dropped_lines += len(item.lines)
+                        del self._pending[item.run_id]
                     else:
                         self.dropped_events += 1
                     continue
@@ -295,17 +331,17 @@ class EventQueue:
             self.items = kept
 
     def take(self) -> Any:
-        return self.items.popleft()
+        item = self.items.popleft()
+        if isinstance(item, _PendingLines):
+            del self._pending[item.run_id]
+            return RunLogLines(at=item.at, run_id=item.run_id, lines=tuple(item.lines))
+        return item
 
     def extend(self, items: Iterable[Any]) -> None:
         for item in items:
             self.put(item)
 
 
-def is_event(value: Any) -> bool:
-    return isinstance(value, Event)
-
-
-__all__ = ["INTENTS", "MAX_FRAME", "MAX_FRAME_FROM_FLEET", "METHODS", "PROTOCOL", "SOCKET_NAME", "VERSION", "EventQueue", "ProtocolError",
-           "Refused", "check_args", "decode", "encode", "frame_length", "hello", "pack", "unpack",
+__all__ = ["INTENTS", "MAX_FRAME", "MAX_FRAME_FROM_FLEET", "METHODS", "PROTOCOL", "SOCKET_NAME", "VERSION",
+           "EventQueue", "ProtocolError", "Refused", "check_args", "decode", "encode", "frame_length", "hello", "pack", "unpack",
            "version_problem"]
