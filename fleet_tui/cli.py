@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "and attach the console to it")
     mode.add_argument("--attach", action="store_true",
                       help="attach to the running fleet of this repository; fail instead of hosting one")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="attach to the fleet served on this socket (e.g. one forwarded over SSH with "
+                             "`ssh -L`); implies --attach")
     parser.add_argument("--once", action="store_true",
                         help="with --headless: exit when nothing is left to do and no run is live")
     parser.add_argument("--pm", action="store_true", help="with --headless: run the PM first")
@@ -144,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag, given in (("--once", args.once), ("--pm", args.pm), ("--resume-budget", args.resume_budget)):
         if given and not args.headless:
             parser.error(f"{flag} goes with --headless")
-    if args.command and (args.detach or args.attach):
-        parser.error(f"--detach and --attach go with the console, not with {args.command}")
+    if args.command and (args.detach or args.attach or args.socket):
+        parser.error(f"--detach, --attach and --socket go with the console, not with {args.command}")
+    if args.socket and (args.headless or args.demo or args.detach):
+        parser.error("--socket attaches a console: it does not go with --headless, --demo or --detach")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -230,6 +235,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once, pm=args.pm,
                             resume_budget=args.resume_budget)
+    if args.socket:
+        from fleet_tui.tui.launch import attach
+
+        return attach(Path(args.socket).expanduser().absolute(), config, state_dir, repo="", forge_kind="local")
     if args.detach:
         ensure_daemon(args, config, repo, state_dir)
     from fleet_tui.tui.launch import run_console

@@ -485,3 +485,95 @@ async def test_an_attached_console_reads_a_runs_history_through_the_fleet(state:
                 await client.retry(7)
             await client.shutdown()
     assert fake.called("approve") == [7] and fake.called("retry") == [7]
+
+
+# --- the command line: --attach, --socket, --detach's background fleet --------------------------------------
+
+
+LOCAL_CONFIG = '[forge]\nkind = "local"\n\n[runner]\nkind = "local"\n\n[roles.pm]\nengine = "scripted"\n\n' \
+               '[roles.dev]\nengine = "scripted"\n\n[roles.qa]\nengine = "scripted"\n'
+
+
+def test_attach_without_a_running_fleet_says_so_in_one_line(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet_tui.cli import main
+
+    config = repo.parent / "fleet.toml"
+    config.write_text(LOCAL_CONFIG)
+    assert main(["--attach", "--config", str(config), "--repo", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [(f"fleet-tui: no fleet runs for {repo.name}: start one with `fleet-tui "
+                                 "--headless` (or `fleet-tui --detach`)")]
+    assert main(["--socket", str(repo.parent / "nothing.sock"), "--config", str(config)]) == 1
+    assert capsys.readouterr().err.startswith("fleet-tui: ")
+
+
+def test_a_socket_in_a_directory_others_can_write_is_refused_by_the_console(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fleet_tui.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    planted = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    planted.bind(str(shared / "fleet.sock"))
+    planted.listen(1)
+    try:
+        assert main(["--socket", str(shared / "fleet.sock")]) == 1
+        assert "writable by other users: refusing its socket" in capsys.readouterr().err
+    finally:
+        planted.close()
+
+
+def test_a_background_fleet_outlives_its_consoles(repo: Path, tmp_path: Path) -> None:
+    """`--detach`'s daemon: a real `fleet-tui --headless` process, attached to, detached from, still serving."""
+    import signal
+
+    from fleet_tui.config import load_config
+    from fleet_tui.remote.daemon import journal_for, start_daemon
+
+    config_path = tmp_path / "fleet.toml"
+    config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n\n' + LOCAL_CONFIG)
+    config = load_config(config_path)
+    where = journal_for(config, repo, tmp_path / "state")
+    pid = start_daemon(["--config", str(config_path), "--repo", str(repo)], where, cwd=repo)
+    try:
+        assert lock_holder(where) == pid
+
+        async def attach_and_leave(name: str) -> str:
+            client = RemoteFleet(socket_path(where), console=name)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.run)
+                events = client.events()
+                assert isinstance(await anext(events), SnapshotPublished)
+                await client.set_paused(True)
+                await client.shutdown()
+                await events.aclose()
+            return client.repo
+
+        assert anyio.run(attach_and_leave, "one") == repo.name
+        assert anyio.run(attach_and_leave, "two") == repo.name  # the first console's quit left it running
+        hello = running_fleet(where)
+        assert hello is not None and hello["pid"] == pid
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while lock_holder(where) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for another process to exit: no event to wait on
+    assert lock_holder(where) is None and not socket_path(where).exists()
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                        st.sampled_from(["$", "v", "type", "at", "run_id", "lines", "level", "x"]), inner,
+                        max_size=4), max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON | st.fixed_dictionaries({"$": st.sampled_from(["RunLogLines", "Notice", "AgentRun", "enum",
+                                                                  "map", "datetime", "Detail"])}, optional={
+    "v": JSON, "type": st.sampled_from(["RunState", "Role", "x"]), "run_id": JSON, "lines": JSON, "at": JSON}))
+def test_decoding_any_json_refuses_or_builds_a_model_value(value: Any) -> None:
+    try:
+        decode(value)
+    except ProtocolError:
+        pass

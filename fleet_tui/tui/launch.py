@@ -11,6 +11,7 @@ import anyio
 
 from fleet_tui.config import FleetConfig
 from fleet_tui.control import DeferredFleet, FleetControl
+from fleet_tui.remote.daemon import FleetUnreachable as FleetUnreachableError
 from fleet_tui.tui.view import SetupItem, SetupProbe
 
 
@@ -39,7 +40,7 @@ def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_
     that repository already runs (a `--headless` daemon, another console), the console attaches to it; else it
     hosts the fleet and serves it to other consoles. `attach_only` refuses to host (the browser's console).
     `first_run` (no config file was found) opens the set-up screen and starts nothing."""
-    from fleet_tui.remote.daemon import FleetUnreachable, journal_for, running_fleet
+    from fleet_tui.remote.daemon import journal_for, running_fleet
 
     label = config.forge.repo if config.forge.kind == "github" else repo_path.name
     if not first_run:
@@ -47,7 +48,7 @@ def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_
         if running_fleet(where) is not None:
             return attach(where, config, state_dir, repo=label, forge_kind=config.forge.kind)
         if attach_only:
-            raise FleetUnreachable(f"no fleet runs for {label}: start one with `fleet-tui --headless` (or "
+            raise FleetUnreachableError(f"no fleet runs for {label}: start one with `fleet-tui --headless` (or "
                                    "`fleet-tui --detach`)")
     control = DeferredFleet(lambda: hosted(config, repo_path=repo_path, state_dir=state_dir),
                             repo=label, forge_kind=config.forge.kind)
@@ -55,12 +56,24 @@ def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_
     return _run(control, config, state_dir, probe)
 
 
-def attach(journal_dir: Path, config: FleetConfig, state_dir: Path, *, repo: str, forge_kind: str) -> int:
-    """The console on the fleet served in `journal_dir`; quitting it leaves the fleet running."""
-    from fleet_tui.remote import socket_path
-    from fleet_tui.remote.client import RemoteFleet
+def attach(where: Path, config: FleetConfig, state_dir: Path, *, repo: str, forge_kind: str) -> int:
+    """The console on the fleet served in the journal directory `where` (or on the socket `where`, e.g. one
+    forwarded over SSH); quitting it leaves the fleet running. An unreachable, unsafe or other-version fleet is
+    reported before the console opens."""
+    import anyio
 
-    return _run(RemoteFleet(socket_path(journal_dir), repo=repo, forge_kind=forge_kind), config, state_dir)
+    from fleet_tui.remote import socket_path
+    from fleet_tui.remote.client import RemoteFleet, probe
+
+    path = where if where.suffix == ".sock" or where.is_socket() else socket_path(where)
+    try:
+        hello = anyio.run(lambda: probe(path))
+    except FileNotFoundError:
+        raise FleetUnreachableError(f"no fleet is served on {path}") from None
+    except ConnectionRefusedError:
+        raise FleetUnreachableError(f"nothing answers on {path}: the fleet stopped (a stale socket)") from None
+    repo = repo or str(hello.get("repo") or path)
+    return _run(RemoteFleet(path, repo=repo, forge_kind=forge_kind), config, state_dir)
 
 
 def first_run_items(config: FleetConfig, *, repo_path: Path, state_dir: Path) -> list[SetupItem]:
