@@ -241,10 +241,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return attach(Path(args.socket).expanduser().absolute(), config, state_dir, repo="", forge_kind="local")
     if args.detach:
         ensure_daemon(args, config, repo, state_dir)
+    from fleet_tui.remote.daemon import passthrough_args
     from fleet_tui.tui.launch import run_console
 
     return run_console(config, repo_path=repo, state_dir=state_dir, first_run=config_path is None and not args.detach
-                       and not args.attach, attach_only=args.detach or args.attach)
+                       and not args.attach, attach_only=args.detach or args.attach,
+                       daemon_argv=passthrough_args(args))
 
 
 def ensure_daemon(args: argparse.Namespace, config: Any, repo: Path, state_dir: Path) -> None:

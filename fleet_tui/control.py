@@ -160,6 +160,10 @@ class DeferredFleet:
         if self._inner is not None:
             await self._inner.shutdown()
 
+    def allow_restart(self) -> None:
+        """Undo `shutdown()` for the next `run()` (a hand-off to a background fleet that did not happen)."""
+        self._stop = anyio.Event()
+
     async def _intent(self, action: str, **args: Any) -> None:
         fleet = await self._fleet()
         record_intent(fleet, action, args, user=self.user, console=self.console)

@@ -4,6 +4,7 @@ ownership checks."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -577,3 +578,66 @@ def test_decoding_any_json_refuses_or_builds_a_model_value(value: Any) -> None:
         decode(value)
     except ProtocolError:
         pass
+
+
+# --- the console's detach key: a hosting console hands its fleet to a background process --------------------
+
+
+class AttachedFake(FakeFleet):
+    attached = True
+    dropped_lines = 0
+
+
+@pytest.mark.anyio
+async def test_the_detach_key_hands_the_fleet_over_and_stays_attached(tmp_path: Path) -> None:
+    hosting, background = FakeFleet(), AttachedFake()
+    started: list[str] = []
+
+    def start() -> AttachedFake:
+        started.append("daemon")
+        return background
+
+    app = make_app(hosting, FleetConfig(), state_dir=tmp_path, theme_dir=tmp_path, environ={"DISPLAY": ":0"},
+                   platform="linux", hand_off=start)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.snapshot is not None and hosting.running)
+        await pilot.press("D")
+        await until(lambda: app.control is background and background.running)
+        assert started == ["daemon"] and ("shutdown", None) in hosting.calls
+        assert app.header.extra.get("attached") == "attached"
+        await pilot.press("D")  # attached now: nothing more to hand over
+        await pilot.press("a")
+        await until(lambda: background.called("approve"))
+        assert hosting.called("approve") == []
+        await pilot.press("q")
+    assert started == ["daemon"] and ("shutdown", None) in background.calls
+
+
+@pytest.mark.anyio
+async def test_a_failed_hand_over_keeps_hosting(tmp_path: Path) -> None:
+    from fleet_tui.control import DeferredFleet
+
+    class Rerunnable(FakeFleet):
+        async def run(self) -> None:
+            self._stop = asyncio.Event()
+            await super().run()
+
+    inner = Rerunnable()
+
+    @asynccontextmanager
+    async def factory() -> AsyncIterator[FakeFleet]:
+        yield inner
+
+    hosting = DeferredFleet(factory, repo="acme/widgets", forge_kind="github")
+
+    def start() -> Any:
+        raise RuntimeError("the background fleet exited with code 2 before serving")
+
+    app = make_app(hosting, FleetConfig(), state_dir=tmp_path, theme_dir=tmp_path, environ={"DISPLAY": ":0"},
+                   platform="linux", hand_off=start)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.snapshot is not None and hosting.state == "running")
+        await pilot.press("D")
+        await until(lambda: any("exited with code 2" in error for error in app.errors))
+        await until(lambda: hosting.state == "running" and inner.running)  # hosting again
+        assert app.control is hosting

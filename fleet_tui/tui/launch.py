@@ -12,13 +12,15 @@ import anyio
 from fleet_tui.config import FleetConfig
 from fleet_tui.control import DeferredFleet, FleetControl
 from fleet_tui.remote.daemon import FleetUnreachable as FleetUnreachableError
+from fleet_tui.tui.attach import HandOff
 from fleet_tui.tui.view import SetupItem, SetupProbe
 
 
-def _run(control: FleetControl, config: FleetConfig, state_dir: Path, first_run: SetupProbe | None = None) -> int:
+def _run(control: FleetControl, config: FleetConfig, state_dir: Path, first_run: SetupProbe | None = None,
+         hand_off: HandOff | None = None) -> int:
     from fleet_tui.tui.app import make_app
 
-    app = make_app(control, config, state_dir=state_dir, first_run=first_run)
+    app = make_app(control, config, state_dir=state_dir, first_run=first_run, hand_off=hand_off)
     app.run()
     return app.return_code or 0
 
@@ -35,10 +37,11 @@ async def hosted(config: FleetConfig, *, repo_path: Path, state_dir: Path) -> As
 
 
 def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_run: bool = False,
-                attach_only: bool = False) -> int:
+                attach_only: bool = False, daemon_argv: list[str] | None = None) -> int:
     """`fleet-tui`: the console on `repo_path` (local forge) or on `forge.repo` (GitHub). When the fleet for
     that repository already runs (a `--headless` daemon, another console), the console attaches to it; else it
     hosts the fleet and serves it to other consoles. `attach_only` refuses to host (the browser's console).
+    `daemon_argv` (the flags a background `--headless` needs) enables the console's detach key.
     `first_run` (no config file was found) opens the set-up screen and starts nothing."""
     from fleet_tui.remote.daemon import journal_for, running_fleet
 
@@ -53,7 +56,22 @@ def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_
     control = DeferredFleet(lambda: hosted(config, repo_path=repo_path, state_dir=state_dir),
                             repo=label, forge_kind=config.forge.kind)
     probe = (lambda: first_run_items(config, repo_path=repo_path, state_dir=state_dir)) if first_run else None
-    return _run(control, config, state_dir, probe)
+    start = None
+    if daemon_argv is not None and not first_run:
+        start = _background_fleet(daemon_argv, journal_for(config, repo_path, state_dir), label, config.forge.kind)
+    return _run(control, config, state_dir, probe, start)
+
+
+def _background_fleet(argv: list[str], where: Path, label: str, forge_kind: str) -> HandOff:
+    def start() -> FleetControl:
+        from fleet_tui.remote import socket_path
+        from fleet_tui.remote.client import RemoteFleet
+        from fleet_tui.remote.daemon import start_daemon
+
+        start_daemon(argv, where, cwd=Path.cwd())
+        return RemoteFleet(socket_path(where), repo=label, forge_kind=forge_kind)
+
+    return start
 
 
 def attach(where: Path, config: FleetConfig, state_dir: Path, *, repo: str, forge_kind: str) -> int:
