@@ -533,7 +533,8 @@ def test_a_background_fleet_outlives_its_consoles(repo: Path, tmp_path: Path) ->
     from fleet_tui.remote.daemon import journal_for, start_daemon
 
     config_path = tmp_path / "fleet.toml"
-    config_path.write_text(f'state_dir = "{tmp_path / "state"}"\n\n' + LOCAL_CONFIG)
+    # a short poll: a SIGTERM that lands during a tick is acted on only at the next poll
+    config_path.write_text(f'state_dir = "{tmp_path / "state"}"\npoll_interval_s = 1\n\n' + LOCAL_CONFIG)
     config = load_config(config_path)
     where = journal_for(config, repo, tmp_path / "state")
     pid = start_daemon(["--config", str(config_path), "--repo", str(repo)], where, cwd=repo)
@@ -557,10 +558,12 @@ def test_a_background_fleet_outlives_its_consoles(repo: Path, tmp_path: Path) ->
         assert hello is not None and hello["pid"] == pid
     finally:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while lock_holder(where) is not None and time.monotonic() < deadline:
-        time.sleep(0.05)  # waiting for another process to exit: no event to wait on
-    assert lock_holder(where) is None and not socket_path(where).exists()
+        deadline = time.monotonic() + 120  # generous: a loaded machine can make a tick slow to finish
+        while lock_holder(where) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for another process to exit: no event to wait on
+        if lock_holder(where) is not None:
+            os.kill(pid, signal.SIGKILL)  # never leave a fleet process behind a failed test
+    assert not socket_path(where).exists()
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
