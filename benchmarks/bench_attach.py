@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -172,6 +174,8 @@ def main() -> int:
             results = attach(Path(tmp), args.consoles)
         finally:
             fleet.wait(timeout=30)
+    console_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    fleet_cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"log flood: {AGENTS} agents x {LINES_PER_SECOND:,} lines/s for {args.seconds:g} s, "
           f"{args.consoles} attached console(s)")
     ok = True
@@ -185,6 +189,9 @@ def main() -> int:
               f"({rate:,.0f}/s), dropped {result['dropped']:,} (counted and shown in the console)")
         if probes and statistics.quantiles(probes, n=100)[98] >= 100:
             ok = False
+    print(f"  CPU: fleet process {fleet_cpu.ru_utime + fleet_cpu.ru_stime:.1f} s, console process(es) "
+          f"{console_cpu.ru_utime + console_cpu.ru_stime:.1f} s over {args.seconds:g} s of flood "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print("target p99 < 100 ms:", "met" if ok else "NOT met")
     return 0 if ok else 1
 
