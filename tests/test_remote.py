@@ -563,7 +563,8 @@ def test_a_background_fleet_outlives_its_consoles(repo: Path, tmp_path: Path) ->
             time.sleep(0.05)  # waiting for another process to exit: no event to wait on
         if lock_holder(where) is not None:
             os.kill(pid, signal.SIGKILL)  # never leave a fleet process behind a failed test
-    assert not socket_path(where).exists()
+    errors = (where / "daemon.err").read_text(errors="replace")[-2000:]
+    assert not socket_path(where).exists(), f"the fleet did not clean up its socket; its stderr: {errors}"
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
