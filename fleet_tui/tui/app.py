@@ -47,7 +47,7 @@ from fleet_tui.model import (
 from fleet_tui.tui import themes
 from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
 from fleet_tui.tui.alerts import BURST, Alert, AlertGate, summary
-from fleet_tui.tui.attach import HandOff, attached_notes, can_hand_off, can_read_remote_logs, hand_off
+from fleet_tui.tui.attach import HandOff, attached_notes, can_hand_off, can_read_remote_logs, hand_off_fleet
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.messages import (
     EventsEnded,
@@ -651,7 +651,7 @@ class FleetApp(App[None]):
         if not can_hand_off(self.control, self.hand_off) or self.hand_off is None:
             return
         self.notify("Starting the fleet in the background…", markup=False)
-        await hand_off(self, self.hand_off)
+        await hand_off_fleet(self, self.hand_off)
         self.notify("The fleet runs in the background; this console is attached to it", markup=False)
 
     @work(exclusive=True, group="fleet-loop", exit_on_error=False, description="The fleet loop")

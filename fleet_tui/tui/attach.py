@@ -28,7 +28,7 @@ def can_read_remote_logs(control: Any) -> bool:
     return callable(getattr(control, "log_tail", None))
 
 
-async def hand_off(app: Any, start: HandOff) -> None:
+async def hand_off_fleet(app: Any, start: HandOff) -> None:
     """Stop hosting the fleet in this console, start it as a background process (`start`, in a thread) and
     attach to it. If the background fleet does not come up, this console hosts the fleet again."""
     hosting = app.control
@@ -54,4 +54,4 @@ def can_hand_off(control: Any, start: HandOff | None) -> bool:
     return start is not None and not getattr(control, "attached", False)
 
 
-__all__ = ["HandOff", "attached_notes", "can_hand_off", "can_read_remote_logs", "hand_off"]
+__all__ = ["HandOff", "attached_notes", "can_hand_off", "can_read_remote_logs", "hand_off_fleet"]

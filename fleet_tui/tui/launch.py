@@ -51,8 +51,8 @@ def run_console(config: FleetConfig, *, repo_path: Path, state_dir: Path, first_
         if running_fleet(where) is not None:
             return attach(where, config, state_dir, repo=label, forge_kind=config.forge.kind)
         if attach_only:
-            raise FleetUnreachableError(f"no fleet runs for {label}: start one with `fleet-tui --headless` (or "
-                                   "`fleet-tui --detach`)")
+            raise FleetUnreachableError(f"no fleet runs for {label}: start one with `fleet-tui --headless` "
+                                        "(or `fleet-tui --detach`)")
     control = DeferredFleet(lambda: hosted(config, repo_path=repo_path, state_dir=state_dir),
                             repo=label, forge_kind=config.forge.kind)
     probe = (lambda: first_run_items(config, repo_path=repo_path, state_dir=state_dir)) if first_run else None
@@ -78,8 +78,6 @@ def attach(where: Path, config: FleetConfig, state_dir: Path, *, repo: str, forg
     """The console on the fleet served in the journal directory `where` (or on the socket `where`, e.g. one
     forwarded over SSH); quitting it leaves the fleet running. An unreachable, unsafe or other-version fleet is
     reported before the console opens."""
-    import anyio
-
     from fleet_tui.remote import socket_path
     from fleet_tui.remote.client import RemoteFleet, probe
 
