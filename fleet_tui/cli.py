@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
                     "review; you approve issues and merge PRs.",
         epilog="Run without a command to open the console on the repository in fleet.toml "
-               "(or the current git checkout with the embedded local forge). --headless exits 0 when nothing "
+               "(or the current git checkout with the embedded local forge); when that repository's fleet already "
+               "runs (--headless, --detach, another console), the console attaches to it. --headless exits 0 when nothing "
                "failed, 3 when a forge action failed, 4 when an issue went to needs-human; 2 is a config "
                "error, 1 any other error.",
     )
