@@ -239,7 +239,9 @@ class Orchestrator:
                     retry = self.executor.next_retry
                     if once and not busy and not len(self.supervisor) and retry is None:
                         break  # nothing left to do, nothing waiting to be retried, and no run is live
-                    if busy and not self._stopping:
+                    if self._stopping:
+                        break  # a shutdown asked for during the tick ends the loop now, not a poll later
+                    if busy:
                         continue  # act on the consequences at once
                     wait = self.config.poll_interval_s
                     if retry is not None:  # wake when a backing-off action may run again
