@@ -36,6 +36,8 @@ class ForgeObserver:
     async def observe(self) -> Snapshot:
         now = self.ctx.clock()
         labels = self.ctx.config.labels
+        if self.ctx.claims is not None:
+            await self.ctx.claims.look()  # every orchestrator's leases, in one request
         by_number: dict[int, Issue] = {}
         for label in (labels.proposed, labels.approved, labels.in_progress, labels.needs_human):
             for issue in await self.ctx.forge.list_issues(labels=[label]):
