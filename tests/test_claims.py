@@ -1,0 +1,237 @@
+"""Claims that hold across orchestrators: the lease decisions (pure), the forge's compare-and-swap on both
+backends (the local forge's SQLite row, GitHub's claim ref through the fake server), and two orchestrators with
+their own identities and journals racing on one repository whose comments and labels reach the other client
+only seconds later.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from fake_github import API, FLEET_LOGIN, OPERATOR_LOGIN, OPERATOR_TOKEN, REPO, FakeGitHub, open_github_forge
+from test_forge_contract import forge  # noqa: F401 - the contract fixture: both backends
+
+from fleet_tui import leases
+from fleet_tui.claims import ClaimKeeper
+from fleet_tui.forge.base import ClaimLease, Forge
+from fleet_tui.forge.github_claims import lease_message, parse_lease
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- the pure decisions -------------------------------------------------------------------------------
+
+
+def test_a_lease_may_be_broken_only_after_its_version_was_seen_unchanged_for_a_whole_lease() -> None:
+    seen = leases.watch({}, {4: "v1"}, now=100.0)
+    assert not leases.may_break(seen[4], "v1", 104.9, 5.0)
+    assert leases.may_break(seen[4], "v1", 105.0, 5.0)
+    # a renewal is a new version: the watch starts again, whatever time has passed
+    seen = leases.watch(seen, {4: "v2"}, now=104.0)
+    assert seen[4] == leases.Sighting("v2", 104.0)
+    assert not leases.may_break(seen[4], "v2", 108.0, 5.0)
+    assert leases.expired(seen, {4: "v2"}, 109.0, 5.0) == {4: "v2"}
+    # the same version seen again keeps its first sighting; a version never seen is never breakable
+    assert leases.watch(seen, {4: "v2"}, now=200.0)[4].since == 104.0
+    assert not leases.may_break(None, "v2", 1e9, 5.0)
+    assert not leases.may_break(seen[4], "v1", 1e9, 5.0)
+    # a claim that went away is forgotten: seen again, it is watched afresh
+    assert leases.watch(seen, {}, now=300.0) == {}
+
+
+def test_a_holder_renews_three_times_per_lease_and_holds_only_while_the_issue_is_worked() -> None:
+    assert not leases.renewal_due(10.0, 11.9, 6.0)
+    assert leases.renewal_due(10.0, 12.0, 6.0)
+    assert leases.still_holds(listed=True, open_=True, needs_human=False)
+    assert not leases.still_holds(listed=True, open_=True, needs_human=True)
+    assert not leases.still_holds(listed=False, open_=True, needs_human=False)
+    assert not leases.still_holds(listed=True, open_=False, needs_human=False)
+
+
+def test_the_lease_commit_names_its_holder_and_run() -> None:
+    text = lease_message(12, "f0123456789abcde", "dev-12-abc123", 180)
+    assert text.startswith("fleet claim of issue #12\n")
+    assert parse_lease(text) == ("f0123456789abcde", "dev-12-abc123")
+    assert parse_lease("some commit") == ("", "")
+
+
+# --- the forge's compare-and-swap, on both backends -----------------------------------------------------
+
+
+async def test_a_claim_is_a_compare_and_swap_on_the_forge(forge: Forge) -> None:  # noqa: F811
+    assert await forge.list_claims() == {}
+    first = await forge.acquire_claim(7, "fleet-a", "dev-7-a", lease_s=30)
+    assert first is not None and (first.issue, first.holder, first.run_id) == (7, "fleet-a", "dev-7-a")
+    assert await forge.acquire_claim(7, "fleet-b", "dev-7-b", lease_s=30) is None
+    assert await forge.get_claim(7) == first
+    assert {n: c.version for n, c in (await forge.list_claims()).items()} == {7: first.version}
+
+    renewed = await forge.replace_claim(first, "fleet-a", "dev-7-a", lease_s=30)
+    assert renewed is not None and renewed.version != first.version
+    # a taker that saw the version before the renewal loses; the renewal stands
+    assert await forge.replace_claim(first, "fleet-b", "dev-7-b", lease_s=30) is None
+    # two takers of the same expired version: exactly one wins
+    taken = await forge.replace_claim(renewed, "fleet-b", "dev-7-b", lease_s=30)
+    assert taken is not None
+    assert await forge.replace_claim(renewed, "fleet-c", "dev-7-c", lease_s=30) is None
+    # the old holder's next renewal fails: it knows it lost
+    assert await forge.replace_claim(renewed, "fleet-a", "dev-7-a", lease_s=30) is None
+    assert (await forge.get_claim(7)).holder == "fleet-b"  # type: ignore[union-attr]
+
+    await forge.release_claim(renewed)  # a stale lease releases nothing
+    assert (await forge.get_claim(7)) == taken
+    await forge.release_claim(taken)
+    assert await forge.get_claim(7) is None and await forge.list_claims() == {}
+    await forge.release_claim(taken)  # twice is no error
+    assert await forge.replace_claim(taken, "fleet-b", "dev-7-b", lease_s=30) is None
+    assert await forge.acquire_claim(7, "fleet-c", "dev-7-c", lease_s=30) is not None
+
+
+async def test_racing_acquirers_on_github_get_exactly_one_claim(tmp_path: Path) -> None:
+    async with open_github_forge(tmp_path) as (forge, server), AsyncExitStack() as stack:
+        from fleet_tui.forge.github import GitHubForge
+
+        others = []
+        for n in range(5):
+            token = f"rival-token-{n}"
+            server.add_user(f"rival-{n}", token, scopes="repo", permission="write")
+            others.append(await stack.enter_async_context(GitHubForge(
+                REPO, token=token, operator_token=OPERATOR_TOKEN, base_url=server.url, write_spacing=0.0,
+                retry_backoff=0.01, timeout=5.0, settle_s=0.05)))
+        won: list[ClaimLease] = []
+
+        async def race(client: Any, holder: str) -> None:
+            lease = await client.acquire_claim(3, holder, f"dev-3-{holder}", lease_s=60)
+            if lease is not None:
+                won.append(lease)
+
+        async with anyio.create_task_group() as tg:
+            for n, client in enumerate([forge, *others]):
+                tg.start_soon(race, client, f"fleet-{n}")
+        assert len(won) == 1
+        created = server.calls("POST", r"/git/refs$")
+        assert sorted(r.status for r in created) == [201] + [422] * 5
+        # the ref is a branch a human can see, pointing at a lease commit on the default branch's tree
+        sha = server.branch_sha("fleet-claims/3")
+        assert sha == won[0].version
+        commit = server.git_commit_json(sha)
+        assert commit["parents"] == [] and parse_lease(commit["message"])[0] == won[0].holder
+        assert commit["tree"]["sha"] == server._tree_of(server.branch_sha("main") or "")
+
+        # renewal and takeover are fast-forward-only updates: the loser gets GitHub's 422
+        clients = dict(zip([f"fleet-{n}" for n in range(6)], [forge, *others], strict=True))
+        renewed = await clients[won[0].holder].replace_claim(won[0], won[0].holder, won[0].run_id, lease_s=60)
+        assert renewed is not None
+        assert await forge.replace_claim(won[0], "fleet-x", "dev-3-x", lease_s=60) is None
+        patched = server.calls("PATCH", r"/git/refs/heads/fleet-claims/3$")
+        assert [r.status for r in patched] == [200, 422] and all(r.body["force"] is False for r in patched)
+        assert [p["sha"] for p in server.git_commit_json(renewed.version)["parents"]] == [won[0].version]
+        listed = server.calls("GET", r"/git/matching-refs/heads/fleet-claims/$")
+        assert listed == []  # nothing listed yet: one GET lists them all
+        assert list(await forge.list_claims()) == [3]
+        assert len(server.calls("GET", r"/git/matching-refs/heads/fleet-claims/$")) == 1
+
+
+async def test_the_fake_answers_the_refs_api_as_github_does(tmp_path: Path) -> None:
+    import httpx
+
+    with FakeGitHub(tmp_path) as server:
+        async with httpx.AsyncClient(base_url=server.url.rstrip("/"),
+                                     headers={"authorization": "token fleet-test-token"}) as http:
+            repo = f"/repos/{REPO}"
+            main = server.branch_sha("main")
+            tree = server._tree_of(main or "")
+            made = await http.post(f"{repo}/git/commits", json={"message": "lease", "tree": tree})
+            assert made.status_code == 201 and made.json()["tree"]["sha"] == tree and made.json()["parents"] == []
+            bad = await http.post(f"{repo}/git/commits", json={"message": "x", "tree": "f" * 40})
+            assert bad.status_code == 422
+            sha = made.json()["sha"]
+            ref = await http.post(f"{repo}/git/refs", json={"ref": "refs/heads/fleet-claims/1", "sha": sha})
+            assert ref.status_code == 201 and ref.json()["object"]["sha"] == sha
+            assert ref.json()["url"] == f"{API}{repo}/git/refs/heads/fleet-claims/1"
+            again = await http.post(f"{repo}/git/refs", json={"ref": "refs/heads/fleet-claims/1", "sha": sha})
+            assert again.status_code == 422 and again.json()["message"] == "Reference already exists"
+            other = (await http.post(f"{repo}/git/commits", json={"message": "other", "tree": tree})).json()["sha"]
+            not_ff = await http.patch(f"{repo}/git/refs/heads/fleet-claims/1", json={"sha": other, "force": False})
+            assert not_ff.status_code == 422 and not_ff.json()["message"] == "Update is not a fast forward"
+            got = await http.get(f"{repo}/git/ref/heads/fleet-claims/1")
+            assert got.status_code == 200 and got.json()["object"]["sha"] == sha
+            assert (await http.get(f"{repo}/git/ref/heads/fleet-claims/2")).status_code == 404
+            listed = await http.get(f"{repo}/git/matching-refs/heads/fleet-claims/")
+            assert [r["ref"] for r in listed.json()] == ["refs/heads/fleet-claims/1"]
+            gone = await http.delete(f"{repo}/git/refs/heads/fleet-claims/1")
+            assert gone.status_code == 204 and gone.content == b""
+            missing = await http.delete(f"{repo}/git/refs/heads/fleet-claims/1")
+            assert missing.status_code == 422 and missing.json()["message"] == "Reference does not exist"
+            assert (await http.get(f"{repo}/git/matching-refs/heads/fleet-claims/")).json() == []
+
+
+async def test_comments_and_labels_reach_other_clients_late_but_refs_at_once(tmp_path: Path) -> None:
+    import httpx
+
+    with FakeGitHub(tmp_path) as server:
+        issue = server.add_issue("Add a flag", labels=["approved"])
+        server.visibility_delay_s = 30.0
+        server.apply_label(issue.number, "fleet:in-progress", FLEET_LOGIN)
+        server.add_comment(issue.number, "claimed", FLEET_LOGIN)
+        repo = f"/repos/{REPO}"
+        for token, sees in (("fleet-test-token", True), (OPERATOR_TOKEN, False)):
+            async with httpx.AsyncClient(base_url=server.url.rstrip("/"),
+                                         headers={"authorization": f"token {token}"}) as http:
+                labels = [x["name"] for x in (await http.get(f"{repo}/issues/{issue.number}")).json()["labels"]]
+                comments = (await http.get(f"{repo}/issues/{issue.number}/comments")).json()
+                listed = (await http.get(f"{repo}/issues", params={"labels": "fleet:in-progress"})).json()
+                assert ("fleet:in-progress" in labels) is sees
+                assert (len(comments) == 1) is sees and (len(listed) == 1) is sees
+
+
+# --- the keeper: renewal, loss, takeover (local forge, a clock of our own) --------------------------------
+
+
+async def test_a_keeper_renews_its_lease_and_learns_when_it_lost_it(tmp_path: Path) -> None:
+    from test_forge_contract import init_repo
+
+    from fleet_tui.forge.local import LocalForge
+
+    now = [1000.0]
+    async with LocalForge(init_repo(tmp_path / "repo"), operator="alice") as local:
+        holder = ClaimKeeper(local, "fleet-a", 6.0, monotonic=lambda: now[0])
+        taker = ClaimKeeper(local, "fleet-b", 6.0, monotonic=lambda: now[0])
+        assert await holder.acquire(5, "dev-5-a") is not None
+        assert await taker.acquire(5, "dev-5-b") is None  # held: the taker stands down
+        await taker.look()
+        assert taker.elsewhere() == {5} and taker.breakable() == {}
+        for _ in range(6):  # the holder renews every 2 s: the taker never sees one version for 6 s
+            now[0] += 2.0
+            assert await holder.renew_due() == set()
+            await taker.look()
+            assert taker.breakable() == {}
+        # the holder stalls (a dead process, a cut network): after 6 s of one version, the taker may break it
+        version = (await local.get_claim(5)).version  # type: ignore[union-attr]
+        now[0] += 5.9
+        await taker.look()
+        assert taker.breakable() == {}
+        now[0] += 0.1
+        await taker.look()
+        assert taker.breakable() == {5: version}
+        assert await taker.acquire(5, "dev-5-b", seen_version=version) is not None
+        # the holder comes back: its renewal fails and it knows it lost the issue
+        now[0] += 2.0
+        assert await holder.renew_due() == {5}
+        assert holder.take_lost() == {5} and 5 not in holder.held
+        assert (await local.get_claim(5)).holder == "fleet-b"  # type: ignore[union-attr]
+        # a restarted holder keeps its own lease (same holder name): acquiring again adopts it
+        again = ClaimKeeper(local, "fleet-b", 6.0, monotonic=lambda: now[0])
+        assert await again.acquire(5, "dev-5-b") == await local.get_claim(5)
