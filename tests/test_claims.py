@@ -235,3 +235,162 @@ async def test_a_keeper_renews_its_lease_and_learns_when_it_lost_it(tmp_path: Pa
         # a restarted holder keeps its own lease (same holder name): acquiring again adopts it
         again = ClaimKeeper(local, "fleet-b", 6.0, monotonic=lambda: now[0])
         assert await again.acquire(5, "dev-5-b") == await local.get_claim(5)
+
+
+# --- two orchestrators on one repository -----------------------------------------------------------------
+
+QUICK = {
+    "pm": [{"final": "nothing"}],
+    "dev": [{"write": "notes/{issue}.md", "content": "# {title}\n"}, {"commit": "#{issue}: {title}"},
+            {"final": "done"}],
+    "qa": {"default": [{"final": "Fine.\n\nVERDICT: pass\n"}]},
+}
+SLOW = {**QUICK, "dev": [{"print": "thinking"}, {"sleep": 120}, *QUICK["dev"]]}
+
+
+@asynccontextmanager
+async def fleet_member(tmp_path: Path, server: FakeGitHub, name: str, *, lease_s: float,
+                       script: dict[str, Any], dev: int = 4) -> AsyncIterator[Any]:
+    """One orchestrator with its own GitHub identity and token, journal, workspaces and local runner."""
+    from fleet_tui.config import EngineConfig, FleetConfig, ForgeConfig, PolicyConfig, RoleConfig, RolesConfig
+    from fleet_tui.config import RunnerConfig
+    from fleet_tui.forge.github import GitHubForge
+    from fleet_tui.git import git_sync
+    from fleet_tui.orchestrator import Orchestrator
+    from fleet_tui.runners.local import LocalRunner
+    from fleet_tui.store import Journal
+    from fleet_tui.workspace import WorkspaceManager
+
+    home = tmp_path / name
+    home.mkdir()
+    token = f"{name}-token"
+    server.add_user(name, token, type="Bot", scopes="repo", permission="write")
+    (home / "script.json").write_text(json.dumps(script))
+    config = FleetConfig(
+        forge=ForgeConfig(kind="github", repo=REPO, claim_lease_s=lease_s), approvers=[OPERATOR_LOGIN],
+        engines={"scripted": EngineConfig(kind="scripted", command=sys.executable, script=str(home / "script.json"))},
+        runner=RunnerConfig(kind="local"), poll_interval_s=1,
+        roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted", max_concurrent=dev),
+                          qa=RoleConfig(engine="scripted", max_concurrent=dev)),
+        policy=PolicyConfig(max_live_runs=2 * dev))
+    journal = Journal.open(home / "journal")
+    try:
+        async with GitHubForge(REPO, token=token, operator_token=OPERATOR_TOKEN, base_url=server.url,
+                               write_spacing=0.0, retry_backoff=0.01, secondary_backoff=0.05, timeout=5.0,
+                               settle_s=0.05, readiness_backoff=0.01) as forge:
+            git_sync("clone", "-q", server.push_url, str(home / "checkout"), cwd=home)
+            runner = LocalRunner(instance=name, repo=REPO, runs_dir=home / "runs")
+            yield Orchestrator(config, forge=forge, runner=runner, journal=journal, repo_path=home / "checkout",
+                               workspaces=WorkspaceManager(home / "ws"))
+    finally:
+        journal.close()
+
+
+def approve_issues(server: FakeGitHub, count: int) -> list[int]:
+    numbers = []
+    for n in range(count):
+        issue = server.add_issue(f"Add flag number {n}", "Do it.", labels=["proposed"])
+        server.apply_label(issue.number, "approved", OPERATOR_LOGIN)
+        numbers.append(issue.number)
+    return numbers
+
+
+async def wait_for(condition: Any, limit: float, what: str) -> None:
+    with anyio.fail_after(limit):
+        while not condition():
+            await anyio.sleep(0.1)
+
+
+def fleet_branches(server: FakeGitHub, issue: int) -> list[str]:
+    return [name.removeprefix("refs/heads/") for name, _ in server._all_refs()
+            if name.startswith(f"refs/heads/fleet/{issue}-")]
+
+
+def dev_runs(orchs: list[Any], issue: int) -> list[str]:
+    from fleet_tui.model import Role
+
+    return [run.run_id for orch in orchs for run in orch.journal.runs(issue=issue)
+            if run.role == Role.DEV and run.qa_round == 0]
+
+
+async def test_two_orchestrators_racing_on_twenty_issues_build_each_exactly_once(tmp_path: Path) -> None:
+    with FakeGitHub(tmp_path) as server:
+        numbers = approve_issues(server, 20)
+        server.visibility_delay_s = 4.0  # each sees the other's labels and comments only 4 s late
+        async with fleet_member(tmp_path, server, "fleet-east", lease_s=30, script=QUICK, dev=8) as east, \
+                fleet_member(tmp_path, server, "fleet-west", lease_s=30, script=QUICK, dev=8) as west:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(east.run)
+                tg.start_soon(west.run)
+                # done when every issue has its PR; then no more dispatch (QA is not what this is about)
+                await wait_for(lambda: len(server.pulls) == 20, 50, "twenty PRs")
+                await east.set_paused(True)
+                await west.set_paused(True)
+                await wait_for(lambda: not len(east.supervisor) and not len(west.supervisor), 30, "runs ended")
+                await east.shutdown()
+                await west.shutdown()
+            for number in numbers:
+                assert len(dev_runs([east, west], number)) == 1, number
+                assert len(fleet_branches(server, number)) == 1, number
+                pulls = [p for p in server.pulls.values() if p.head.startswith(f"fleet/{number}-")]
+                assert len(pulls) == 1, number
+                claims = [c for c in server.issues[number].comments if "fleet:claim=" in c.body]
+                assert len(claims) == 1, number
+            # both worked, and the forge's compare-and-swap turned the losers away (422), not the comments
+            authors = {server.issues[p.number].user for p in server.pulls.values()}
+            assert authors == {"fleet-east", "fleet-west"}
+            created = server.calls("POST", r"/git/refs$")
+            assert sum(r.status == 201 for r in created) == 20
+            # the issues stay open and in progress (each PR waits for a human), so their leases stay held
+            assert set(await east.forge.list_claims()) == set(numbers)
+
+
+async def test_a_dead_holder_is_taken_over_only_after_its_lease_expires(tmp_path: Path) -> None:
+    import time
+
+    from fleet_tui.workspace import branch_name
+
+    lease_s = 5.0
+    with FakeGitHub(tmp_path) as server:
+        [number] = approve_issues(server, 1)
+        server.visibility_delay_s = 3.0
+        async with fleet_member(tmp_path, server, "fleet-east", lease_s=lease_s, script=SLOW) as east, \
+                fleet_member(tmp_path, server, "fleet-west", lease_s=lease_s, script=QUICK) as west:
+            async with anyio.create_task_group() as tg:
+                east_scope = anyio.CancelScope()
+
+                async def run_east() -> None:
+                    with east_scope:
+                        await east.run()
+
+                tg.start_soon(run_east)
+                await wait_for(lambda: len(east.supervisor) == 1, 20, "east's dev run live")
+                [run_id] = [run.run_id for run in east.supervisor.live_runs()]
+                tg.start_soon(west.run)
+                # while east lives (and renews), west stands off, longer than a lease
+                alive_until = time.monotonic() + lease_s + 1.0
+                while time.monotonic() < alive_until:
+                    await anyio.sleep(0.2)
+                    assert not west.journal.runs()
+                assert {r.login for r in server.calls(None, "/git/refs") if r.method != "GET"} == {"fleet-east"}
+                # east dies abruptly: no release, no goodbye; the branch it pushed before dying stays
+                server.create_branch(branch_name(number, server.issues[number].title), {"half.txt": "x\n"})
+                east_scope.cancel()
+                await wait_for(lambda: any(p.head.startswith(f"fleet/{number}-") for p in server.pulls.values()),
+                               lease_s + 20, "west's PR")
+                await west.shutdown()
+            writes = [r for r in server.requests if "/git/refs" in r.path and r.method in ("POST", "PATCH")
+                      and r.status in (200, 201)]
+            last_east = max(r.at for r in writes if r.login == "fleet-east")
+            takeover = min(r.at for r in writes if r.login == "fleet-west")
+            assert takeover - last_east >= lease_s  # never before east's last renewal aged a whole lease
+            [pull] = server.pulls.values()
+            assert server.issues[pull.number].user == "fleet-west" and pull.head_sha == server.branch_sha(pull.head)
+            assert len(fleet_branches(server, number)) == 1
+            assert len(dev_runs([west], number)) == 1
+            comments = [c for c in server.issues[number].comments if "fleet:claim=" in c.body]
+            assert [c.user for c in comments] == ["fleet-east", "fleet-west"] and "taken" in comments[1].body
+            # the orphaned agent of the dead orchestrator is stopped here, as an operator would
+            handle = await east.runner.attach(run_id)
+            await handle.stop()
+            await east.runner.cleanup(run_id)
