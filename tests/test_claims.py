@@ -100,7 +100,7 @@ async def test_a_claim_is_a_compare_and_swap_on_the_forge(forge: Forge) -> None:
 
 
 async def test_racing_acquirers_on_github_get_exactly_one_claim(tmp_path: Path) -> None:
-    async with open_github_forge(tmp_path) as (forge, server), AsyncExitStack() as stack:
+    async with open_github_forge(tmp_path) as (forge, server), AsyncExitStack() as stack:  # noqa: F811 - a GitHub forge of its own
         from fleet_tui.forge.github import GitHubForge
 
         others = []
@@ -252,8 +252,15 @@ SLOW = {**QUICK, "dev": [{"print": "thinking"}, {"sleep": 120}, *QUICK["dev"]]}
 async def fleet_member(tmp_path: Path, server: FakeGitHub, name: str, *, lease_s: float,
                        script: dict[str, Any], dev: int = 4) -> AsyncIterator[Any]:
     """One orchestrator with its own GitHub identity and token, journal, workspaces and local runner."""
-    from fleet_tui.config import EngineConfig, FleetConfig, ForgeConfig, PolicyConfig, RoleConfig, RolesConfig
-    from fleet_tui.config import RunnerConfig
+    from fleet_tui.config import (
+        EngineConfig,
+        FleetConfig,
+        ForgeConfig,
+        PolicyConfig,
+        RoleConfig,
+        RolesConfig,
+        RunnerConfig,
+    )
     from fleet_tui.forge.github import GitHubForge
     from fleet_tui.git import git_sync
     from fleet_tui.orchestrator import Orchestrator
