@@ -382,7 +382,9 @@ class Orchestrator:
                     self.journal.set_kv(key, {**meta, "foreign": True, "lost": True})
             stopped = [run.run_id for run in self.supervisor.live_runs() if run.issue == number]
             for run_id in stopped:
-                await self.supervisor.kill(run_id, RunState.STOPPED, f"another orchestrator took issue #{number} over")
+                # lost to the fleet, not failed by the agent: should the issue come back here, a fresh run starts
+                self.ctx.set_extras(run_id, interrupted=True)
+                await self.supervisor.kill(run_id, RunState.LOST, f"another orchestrator took issue #{number} over")
             self.journal.append_event("claim_lost", {"issue": number, "stopped": stopped})
             self.ctx.notice(f"issue #{number}: another orchestrator took the claim over after this one's lease "
                             f"expired unrenewed; {'stopped ' + ', '.join(stopped) + ' and ' if stopped else ''}"

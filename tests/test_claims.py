@@ -324,8 +324,8 @@ async def test_two_orchestrators_racing_on_twenty_issues_build_each_exactly_once
     with FakeGitHub(tmp_path) as server:
         numbers = approve_issues(server, 20)
         server.visibility_delay_s = 4.0  # each sees the other's labels and comments only 4 s late
-        async with fleet_member(tmp_path, server, "fleet-east", lease_s=30, script=QUICK, dev=8) as east, \
-                fleet_member(tmp_path, server, "fleet-west", lease_s=30, script=QUICK, dev=8) as west:
+        async with fleet_member(tmp_path, server, "fleet-east", lease_s=60, script=QUICK, dev=8) as east, \
+                fleet_member(tmp_path, server, "fleet-west", lease_s=60, script=QUICK, dev=8) as west:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(east.run)
                 tg.start_soon(west.run)
@@ -401,3 +401,45 @@ async def test_a_dead_holder_is_taken_over_only_after_its_lease_expires(tmp_path
             handle = await east.runner.attach(run_id)
             await handle.stop()
             await east.runner.cleanup(run_id)
+
+
+async def test_a_holder_that_lost_its_lease_stops_its_run_and_posts_nothing_more(tmp_path: Path,
+                                                                                   repo: Path) -> None:
+    from test_orchestrator import approve_new_issue, fleet, make_config
+
+    from fleet_tui.forge.local import LocalForge
+    from fleet_tui.model import Notice, RunState
+
+    config = make_config(tmp_path, SLOW)
+    config = config.model_copy(update={"forge": config.forge.model_copy(update={"claim_lease_s": 5.0})})
+    async with fleet(tmp_path, repo, config) as orch:
+        number = await approve_new_issue(orch)
+        notices: list[str] = []
+        stream = orch.events()
+
+        async def collect() -> None:
+            async for event in stream:
+                if isinstance(event, Notice):
+                    notices.append(event.message)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(collect)
+            tg.start_soon(orch.run)
+            await wait_for(lambda: len(orch.supervisor) == 1, 20, "the dev run live")
+            [run] = orch.supervisor.live_runs()
+            before = (await orch.forge.get_issue(number)).comments
+            # another orchestrator (cut off from this one, say) saw the lease expire and took the issue over
+            async with LocalForge(repo) as other:
+                seen = await other.get_claim(number)
+                assert seen is not None and seen.holder == orch.ctx.claims.holder
+                assert await other.replace_claim(seen, "fleet-elsewhere", "dev-elsewhere", lease_s=5) is not None
+            await wait_for(lambda: not len(orch.supervisor), 10, "the run stopped")
+            await orch.shutdown()
+            tg.cancel_scope.cancel()
+        ended = orch.journal.get_run(run.run_id)
+        assert ended.state == RunState.LOST and "another orchestrator took" in ended.reason
+        assert any(f"issue #{number}: another orchestrator took the claim over" in n for n in notices)
+        issue = await orch.forge.get_issue(number)
+        assert issue.comments == before and "fleet:needs-human" not in issue.labels
+        assert (await orch.forge.get_claim(number)).holder == "fleet-elsewhere"  # type: ignore[union-attr]
+        assert orch.observer.claim_for(number, None) is None
