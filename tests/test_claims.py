@@ -6,6 +6,7 @@ only seconds later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -58,6 +59,25 @@ def test_a_holder_renews_three_times_per_lease_and_holds_only_while_the_issue_is
     assert not leases.still_holds(listed=True, open_=True, needs_human=True)
     assert not leases.still_holds(listed=False, open_=True, needs_human=False)
     assert not leases.still_holds(listed=True, open_=False, needs_human=False)
+
+
+def test_reconcile_claims_an_issue_held_elsewhere_only_once_its_lease_was_seen_expired() -> None:
+    from test_reconcile import CONFIG, LABELS, NOW, approval, issue, pinned
+
+    from fleet_tui.reconcile import Claim, Snapshot, reconcile, text_sha
+
+    labelled = issue(1, LABELS.approved, LABELS.in_progress)
+    unlabelled = issue(2, LABELS.approved)  # the other's label is not visible here yet; its lease is
+    base = Snapshot(now=NOW, issues=(labelled, unlabelled), approvals={1: approval(1), 2: approval(2)},
+                    pins={**pinned(labelled), **pinned(unlabelled)})
+    # a live lease elsewhere (or an in-progress label with no lease: a claim released, a human's to clear)
+    assert [a for a in reconcile(dataclasses.replace(base, leased_elsewhere=frozenset({1, 2})), CONFIG)
+            if isinstance(a, Claim)] == []
+    assert [a.issue for a in reconcile(base, CONFIG) if isinstance(a, Claim)] == [2]
+    # seen unrenewed for a whole lease: taken over, naming the version seen
+    expired = dataclasses.replace(base, leased_elsewhere=frozenset({1, 2}), claimable={1: "v9"})
+    assert [a for a in reconcile(expired, CONFIG) if isinstance(a, Claim)] == [
+        Claim(1, "ev1", text_sha(labelled.title), text_sha(labelled.body), "v9")]
 
 
 def test_the_lease_commit_names_its_holder_and_run() -> None:
