@@ -1,5 +1,6 @@
 """Executing actions: each `Action` reconcile asks for becomes forge writes, journal records or a started run,
-done idempotently (markers, PR-by-head, claims read back) so that repeating one after a crash changes nothing.
+done idempotently (markers, PR-by-head, claims taken through the forge's own compare-and-swap) so that repeating
+one after a crash changes nothing.
 """
 
 from __future__ import annotations

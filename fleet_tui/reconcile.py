@@ -57,7 +57,7 @@ class ClaimRecord:
     event_id: str
     run_id: str
     branch: str
-    confirmed: bool = True  # label and marker comment written and read back
+    confirmed: bool = True  # the forge's lease taken, then the label and marker comment written
 
 
 @dataclass(frozen=True, slots=True)
