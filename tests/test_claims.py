@@ -164,6 +164,23 @@ async def test_racing_acquirers_on_github_get_exactly_one_claim(tmp_path: Path) 
         assert len(server.calls("GET", r"/git/matching-refs/heads/fleet-claims/$")) == 1
 
 
+async def test_a_refusal_that_is_no_loss_is_an_error_to_retry_not_a_lost_claim(tmp_path: Path) -> None:
+    """GitHub sometimes answers 422 "Reference update failed" for no reason it names: while the ref is still
+    where the caller saw it (or still absent), that is an error to try again, never a claim lost or won."""
+    from fleet_tui.forge.base import ForgeError
+
+    async with open_github_forge(tmp_path) as (github, server):
+        server.fault("POST", r"/git/refs$", status=422)
+        with pytest.raises(ForgeError):
+            await github.acquire_claim(4, "fleet-a", "dev-4-a", lease_s=30)
+        lease = await github.acquire_claim(4, "fleet-a", "dev-4-a", lease_s=30)
+        assert lease is not None
+        server.fault("PATCH", r"/git/refs/heads/fleet-claims/4$", status=422)
+        with pytest.raises(ForgeError):
+            await github.replace_claim(lease, "fleet-a", "dev-4-a", lease_s=30)
+        assert await github.replace_claim(lease, "fleet-a", "dev-4-a", lease_s=30) is not None
+
+
 async def test_the_fake_answers_the_refs_api_as_github_does(tmp_path: Path) -> None:
     import httpx
 
