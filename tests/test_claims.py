@@ -287,7 +287,7 @@ SLOW = {**QUICK, "dev": [{"print": "thinking"}, {"sleep": 120}, *QUICK["dev"]]}
 
 @asynccontextmanager
 async def fleet_member(tmp_path: Path, server: FakeGitHub, name: str, *, lease_s: float,
-                       script: dict[str, Any], dev: int = 4) -> AsyncIterator[Any]:
+                       script: dict[str, Any], dev: int = 4, poll_s: float = 1.0) -> AsyncIterator[Any]:
     """One orchestrator with its own GitHub identity and token, journal, workspaces and local runner."""
     from fleet_tui.config import (
         EngineConfig,
@@ -313,7 +313,7 @@ async def fleet_member(tmp_path: Path, server: FakeGitHub, name: str, *, lease_s
     config = FleetConfig(
         forge=ForgeConfig(kind="github", repo=REPO, claim_lease_s=lease_s), approvers=[OPERATOR_LOGIN],
         engines={"scripted": EngineConfig(kind="scripted", command=sys.executable, script=str(home / "script.json"))},
-        runner=RunnerConfig(kind="local"), poll_interval_s=1,
+        runner=RunnerConfig(kind="local"), poll_interval_s=poll_s,
         roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted", max_concurrent=dev),
                           qa=RoleConfig(engine="scripted", max_concurrent=dev)),
         policy=PolicyConfig(max_live_runs=2 * dev))
@@ -367,7 +367,7 @@ async def test_two_orchestrators_racing_on_twenty_issues_build_each_exactly_once
                 tg.start_soon(east.run)
                 tg.start_soon(west.run)
                 # done when every issue has its PR; then no more dispatch (QA is not what this is about)
-                await wait_for(lambda: len(server.pulls) == 20, 50, "twenty PRs")
+                await wait_for(lambda: len(server.pulls) == 20, 120, "twenty PRs")
                 await east.set_paused(True)
                 await west.set_paused(True)
                 await wait_for(lambda: not len(east.supervisor) and not len(west.supervisor), 30, "runs ended")
