@@ -409,6 +409,7 @@ class FakeGitHub:
         self.viewer: str | None = None  # who the request being served acts as
         self.lease_commits: dict[str, dict[str, Any]] = {}  # git database commits when there is no git
         self.other_refs: dict[str, str] = {}  # refs outside refs/heads/ when there is no git
+        self._trees: dict[str, str] = {}  # commit sha -> its tree
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.git_dir: Path | None = None
@@ -1442,10 +1443,22 @@ class FakeGitHub:
     def _tree_of(self, sha: str) -> str:
         if self.git_dir is None:
             return str(self.lease_commits.get(sha, {}).get("tree") or self.EMPTY_TREE)
-        try:
-            return self._git("rev-parse", f"{sha}^{{tree}}")
-        except RuntimeError:
-            return self.EMPTY_TREE
+        if sha not in self._trees:  # a commit's tree never changes
+            try:
+                self._trees[sha] = self._git("rev-parse", f"{sha}^{{tree}}")
+            except RuntimeError:
+                return self.EMPTY_TREE
+        return self._trees[sha]
+
+    def _object_types(self, shas: list[str]) -> list[str | None]:
+        """`_object_type` of several objects in one `git cat-file --batch-check`."""
+        if self.git_dir is None or not shas:
+            return [self._object_type(sha) for sha in shas]
+        if not all(re.fullmatch(r"[0-9a-f]{40}", sha or "") for sha in shas):
+            return [self._object_type(sha) for sha in shas]
+        out = subprocess.run(["git", "cat-file", "--batch-check=%(objecttype)"], cwd=str(self.git_dir),
+                             input="\n".join(shas) + "\n", capture_output=True, text=True, check=False).stdout
+        return [None if line.endswith("missing") else line for line in out.splitlines()]
 
     def _object_type(self, sha: str) -> str | None:
         if not re.fullmatch(r"[0-9a-f]{40}", sha or ""):
@@ -1508,7 +1521,8 @@ class FakeGitHub:
                               capture_output=True, check=False).returncode == 0
 
     def _empty_repo(self) -> bool:
-        return not any(name.startswith("refs/heads/") for name, _ in self._all_refs())
+        return self.branch_sha(self.default_branch) is None and not any(
+            name.startswith("refs/heads/") for name, _ in self._all_refs())
 
     def ref_json(self, full: str, sha: str) -> dict[str, Any]:
         return {"ref": full, "node_id": "REF_" + hashlib.sha1(full.encode()).hexdigest()[:16],
@@ -1551,9 +1565,10 @@ class FakeGitHub:
         parents = body.get("parents") or []
         if not isinstance(message, str) or not tree:
             raise ApiError(422, "Invalid request.\n\n\"message\" and \"tree\" are required.")
-        if self._object_type(tree) != "tree":
+        kinds = self._object_types([tree, *[str(p) for p in parents]])
+        if kinds[0] != "tree":
             raise ApiError(422, "Tree SHA does not exist")
-        if any(self._object_type(str(p)) != "commit" for p in parents):
+        if any(kind != "commit" for kind in kinds[1:]):
             raise ApiError(422, "Parent SHA does not exist or is not a commit object")
         user = self.user(login)
         name, email = login, f"{user.id}+{login}@users.noreply.github.example"
