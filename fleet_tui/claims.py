@@ -127,18 +127,21 @@ class ClaimKeeper:
             if lease is not None:
                 await self.forge.release_claim(lease)
 
-    async def settle(self, snapshot: Any, labels: Any) -> set[int]:
+    async def settle(self, snapshot: Any, labels: Any, journal: Any = None) -> set[int]:
         """Bring the leases in line with this orchestrator's claims in `snapshot` (a `reconcile.Snapshot`): take
         the lease of every claimed issue still being worked (a claim from before leases, or one back from a
-        needs-human stop), release those whose work is done, renew those due. Returns the issues found held by
+        needs-human stop), release those whose work is done (closed, needs-human, its PR merged or closed: the
+        journal's `pr_ended:<issue>`), renew those due. Returns the issues found held by
         another orchestrator: this one must stand down on them. An acquire that fails on the network leaves
         the issue out of `held`; the caller keeps such claims from dispatching until a later tick takes it."""
         issues = {issue.number: issue for issue in snapshot.issues}
         self.active = set()
         for number in snapshot.claims:
             issue = issues.get(number)
+            ended = bool(journal.get_kv(f"pr_ended:{number}")) if journal is not None else False
             if issue is not None and leases.still_holds(listed=True, open_=issue.state == "open",
-                                                        needs_human=issue.has_label(labels.needs_human)):
+                                                        needs_human=issue.has_label(labels.needs_human),
+                                                        pr_ended=ended):
                 self.active.add(number)
         for number in [n for n in self.held if n not in self.active]:
             await self.release(number)

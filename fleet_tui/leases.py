@@ -54,8 +54,9 @@ def renewal_due(renewed_at: float, now: float, lease_s: float) -> bool:
     return now - renewed_at >= lease_s / RENEWALS_PER_LEASE
 
 
-def still_holds(*, listed: bool, open_: bool, needs_human: bool) -> bool:
+def still_holds(*, listed: bool, open_: bool, needs_human: bool, pr_ended: bool = False) -> bool:
     """Whether the fleet should keep its lease on an issue it claimed: while the issue is open and still the
-    fleet's to work (listed with a fleet label), and not stopped for a human. A merged PR closes the issue; a
-    needs-human stop hands it to a human (a retry takes the lease again)."""
-    return listed and open_ and not needs_human
+    fleet's to work (listed with a fleet label), not stopped for a human, and its PR (if any) was not merged or
+    closed. Once released, the in-progress label alone keeps other orchestrators off (they take over only a
+    lease seen expired); the operator's retry takes the lease again."""
+    return listed and open_ and not needs_human and not pr_ended

@@ -342,7 +342,7 @@ class Orchestrator:
         if keeper is None:
             return snapshot
         try:
-            lost = await keeper.settle(snapshot, self.config.labels)
+            lost = await keeper.settle(snapshot, self.config.labels, self.journal)
         except ForgeError as exc:
             self.ctx.notice(f"cannot keep the fleet's claims on the forge: {exc}", "warning")
             lost = keeper.take_lost()
@@ -473,6 +473,7 @@ class Orchestrator:
     async def retry(self, issue: int) -> None:
         """Clear the needs-human stop: attempts and rounds count afresh from now."""
         self.journal.set_kv(f"retry:{issue}", self.clock().isoformat())
+        self.journal.delete_kv(f"pr_ended:{issue}")  # worked again: its claim takes the lease again
         await self.forge.remove_label(issue, self.config.labels.needs_human)
         self.journal.delete_kv(f"nh:{issue}")
         self.ctx.flagged.discard(issue)

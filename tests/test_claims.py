@@ -480,3 +480,30 @@ async def test_a_holder_that_lost_its_lease_stops_its_run_and_posts_nothing_more
         assert issue.comments == before and "fleet:needs-human" not in issue.labels
         assert (await orch.forge.get_claim(number)).holder == "fleet-elsewhere"  # type: ignore[union-attr]
         assert orch.observer.claim_for(number, None) is None
+
+
+async def test_a_claim_is_held_while_the_issue_is_worked_and_released_when_its_pr_is_merged(tmp_path: Path,
+                                                                                           repo: Path) -> None:
+    from test_orchestrator import approve_new_issue, fleet, make_config, run_once
+
+    async with fleet(tmp_path, repo, make_config(tmp_path, QUICK)) as orch:
+        number = await approve_new_issue(orch)
+        await run_once(orch)
+        lease = await orch.forge.get_claim(number)
+        assert lease is not None and lease.holder == orch.ctx.claims.holder  # PR open, QA passed: still held
+        [pull] = await orch.forge.list_pulls()
+        await orch.forge.merge_as_human(pull.number)  # the human merges; the PR closes the issue
+        await run_once(orch)
+        assert await orch.forge.get_claim(number) is None
+        assert orch.ctx.claims.held == {}
+        # a PR closed without merging: the issue stays open and in progress, the claim is released, and the
+        # label alone keeps other orchestrators off (they take over only a lease seen expired)
+        second = await approve_new_issue(orch, "Add a switch", "Add --switch.")
+        await run_once(orch)
+        assert await orch.forge.get_claim(second) is not None
+        [pull] = await orch.forge.list_pulls()
+        await orch.forge.close_issue(pull.number)
+        await run_once(orch)
+        assert await orch.forge.get_claim(second) is None
+        issue = await orch.forge.get_issue(second)
+        assert issue.state == "open" and orch.config.labels.in_progress in issue.labels
