@@ -273,7 +273,7 @@ class PoolRunner:
             try:
                 with anyio.fail_after(60):
                     found[host.name] = await host.runner.find_runs()
-            except (HostUnreachable, TimeoutError) as exc:
+            except (HostUnreachable, RunnerError, TimeoutError) as exc:  # one host's trouble is not the pool's
                 errors[host.name] = exc
                 self._mark(host, reachable=False, error=str(exc) or "no answer within 60 s")
 
