@@ -138,6 +138,10 @@ async def collect_lines(handle: object) -> list[str]:
     return [line async for line in handle.lines()]  # type: ignore[attr-defined]
 
 
+async def _extend(lines: list[str], handle: object) -> None:
+    lines.extend(await collect_lines(handle))
+
+
 def batch_api(runner: KubernetesRunner):  # type: ignore[no-untyped-def]
     return runner.batch()
 
@@ -150,7 +154,7 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_forge_token_never_in_a_pod")
     runner = cluster.runner(secret="fleet-engine-keys")
-    script = ('echo "start in $(pwd) as $(id -u):$(id -g)"; cat README.md; echo "literal: $$(NOT_EXPANDED) $KEY"; '
+    script = ('echo "start in $(pwd) as $(id -u):$(id -g)"; cat README.md; echo '"'literal: $(NOT_EXPANDED)'"' "$KEY"; '
               'echo "to stderr" >&2; cat /fleet/prompt.md; echo done > /fleet/result.txt; mkdir -p /fleet/out; '
               'echo nested > /fleet/out/n.txt; echo hack > /workspace/new.txt; exit 3')
     spec = spec_for(tmp_path, script, run_id="Dev-7-Hello_World-" + "x" * 60,
@@ -167,7 +171,7 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
         assert code == 3
         assert lines[0] == "start in /workspace as 1000:1000"
         assert "# Project" in lines
-        assert "literal: $(NOT_EXPANDED) v$(HOME)" in lines  # Kubernetes' own $(VAR) expansion never applies
+        assert "literal: $(NOT_EXPANDED) v$(HOME)" in lines, lines  # Kubernetes' own $(VAR) expansion never applies
         assert "to stderr" in lines and "do the thing" in lines
 
         # The Job as the API has it: security, limits, labels, the Secret and no forge token.
@@ -209,12 +213,14 @@ async def test_timeout_ends_the_run_with_124(cluster: Cluster, tmp_path: Path) -
     runner = cluster.runner()
     spec = spec_for(tmp_path, "echo started; sleep 60; echo never", run_id="dev-8-slow", timeout_s=3)
     handle = await runner.start(spec)
+    lines: list[str] = []
     try:
         with anyio.fail_after(30):
-            lines = await collect_lines(handle)
-            code = await handle.wait()
+            async with anyio.create_task_group() as tasks:  # as the supervisor does: read and wait at once
+                tasks.start_soon(lambda: _extend(lines, handle))
+                code = await handle.wait()
         assert code == 124 and handle.timed_out
-        assert lines == ["started"]
+        assert lines[0] == "started" and "never" not in lines
     finally:
         await runner.cleanup(spec.run_id)
 
@@ -223,7 +229,7 @@ async def test_timeout_ends_the_run_with_124(cluster: Cluster, tmp_path: Path) -
 async def test_the_cluster_ends_a_run_nobody_watches_at_its_deadline(cluster: Cluster, tmp_path: Path) -> None:
     """activeDeadlineSeconds holds while no orchestrator runs; a restarted one sees exit 124."""
     runner = cluster.runner(deadline_margin_s=0)
-    spec = spec_for(tmp_path, "echo started; sleep 60", run_id="dev-9-away", timeout_s=8)
+    spec = spec_for(tmp_path, "echo started; sleep 60", run_id="dev-9-away", timeout_s=12)
     await runner.start(spec)  # ... and the orchestrator goes away
     try:
         again = cluster.runner(instance=runner.instance, deadline_margin_s=0)

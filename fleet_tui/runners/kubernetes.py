@@ -301,14 +301,14 @@ class KubernetesRunHandle:
         try:
             core = self._runner.core()
             while not stop.is_set():
-                state = self._runner.wait_container_started(self, stop)
+                state = self._runner.wait_container_started(self, stop, fresh=resume.last is None)
                 if state is None:
                     break
                 follow = follow and state == "running"
                 kwargs: dict[str, Any] = {"container": AGENT, "follow": follow, "timestamps": True,
                                           "_preload_content": False}
-                # No read timeout on a follow stream: a quiet agent is not a broken stream.
-                kwargs["_request_timeout"] = (_REQUEST_S, None) if follow else _REQUEST_S
+                if not follow:  # a follow stream has no read timeout: a quiet agent is not a broken stream
+                    kwargs["_request_timeout"] = _REQUEST_S
                 if resume.last is not None:
                     resume.reopen()
                     kwargs["since_seconds"] = max(1, math.ceil(time.time() - resume.last[0]) + 1)
@@ -605,7 +605,7 @@ class KubernetesRunner:
             state = await self.call(lambda: self.keeper_state(handle))
             if state == "running":
                 break
-            if state == "ended":
+            if state in ("ended", "gone"):
                 raise RunnerError(f"the pod of run {spec.run_id} ended before its workspace was delivered")
             if time.monotonic() > deadline:
                 raise RunnerError(f"the pod of run {spec.run_id} did not start within {self._start_timeout_s:.0f} s"
@@ -672,13 +672,17 @@ class KubernetesRunner:
         except Exception:  # noqa: BLE001 - we cannot follow it further
             return "gone"
 
-    def wait_container_started(self, handle: KubernetesRunHandle, stop: threading.Event) -> str | None:
-        """Thread: "running" or "ended" once the agent container has started (logs exist); None when stopped."""
+    def wait_container_started(self, handle: KubernetesRunHandle, stop: threading.Event, *,
+                               fresh: bool = True) -> str | None:
+        """Thread: "running" or "ended" once the agent container has started (logs exist); None when stopped,
+        or when the pod is gone after its log was read (`fresh` False)."""
         while not stop.is_set():
             state = self._state(handle, AGENT)
             if state in ("running", "ended"):
                 return state
             if state == "gone":
+                if not fresh:  # deleted after its log was read (the cluster's deadline, or a cleanup)
+                    return None
                 raise RunnerError(f"the pod of run {handle.run_id} is gone")
             stop.wait(self.poll_s / 2)
         return None
