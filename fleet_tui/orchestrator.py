@@ -533,6 +533,11 @@ async def build_fleet(config: FleetConfig, *, repo_path: Path, state_dir: Path |
 
         runner = DockerRunner(config.runner, instance=instance, repo=repo_id)
         owner = parse_user(config.runner.user)
+    elif config.runner.kind == "kubernetes":
+        from fleet_tui.runners.kubernetes import KubernetesRunner  # needs the `kubernetes` extra: a clear error
+
+        # The workspace travels to the pod as a tar owned by the agent's uid; host files keep their owner.
+        runner = KubernetesRunner(config.runner, instance=instance, repo=repo_id, owner=parse_user(config.runner.user))
     else:
         from fleet_tui.runners.local import LocalRunner
 

@@ -16,7 +16,10 @@ under CI=true).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
+import sys
 import json
 import os
 import subprocess
@@ -159,17 +162,21 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
               'echo nested > /fleet/out/n.txt; echo hack > /workspace/new.txt; exit 3')
     spec = spec_for(tmp_path, script, run_id="Dev-7-Hello_World-" + "x" * 60,
                     env={"KEY": "v$(HOME)", "GITHUB_TOKEN": "ghp_forge_token_never_in_a_pod"})
-    if cluster.fake is not None:
-        cluster.fake.secrets[(cluster.namespace, "fleet-engine-keys")] = {"data": {}}
-    else:
-        pytest.skip("create the Secret fleet-engine-keys in the namespace to run this against a real cluster")
+    core = runner.core()
+    secret = {"metadata": {"name": "fleet-engine-keys"}, "stringData": {"ENGINE_KEY": "sk-from-the-secret"}}
+    with contextlib.suppress(Exception):  # left by an earlier run against a real cluster
+        core.delete_namespaced_secret("fleet-engine-keys", cluster.namespace)
+    core.create_namespaced_secret(cluster.namespace, secret)
+    spec = dataclasses.replace(spec, invocation=dataclasses.replace(
+        spec.invocation, argv=("sh", "-c", 'echo "engine key: $ENGINE_KEY"; ' + script)))
     handle = await runner.start(spec)
     try:
         with anyio.fail_after(60):
             lines = await collect_lines(handle)
             code = await handle.wait()
         assert code == 3
-        assert lines[0] == "start in /workspace as 1000:1000"
+        assert lines[0] == "engine key: sk-from-the-secret"
+        assert lines[1] == "start in /workspace as 1000:1000"
         assert "# Project" in lines
         assert "literal: $(NOT_EXPANDED) v$(HOME)" in lines, lines  # Kubernetes' own $(VAR) expansion never applies
         assert "to stderr" in lines and "do the thing" in lines
@@ -203,6 +210,7 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
         assert not (spec.workspace / "new.txt").exists()
     finally:
         await runner.cleanup(spec.run_id)
+        core.delete_namespaced_secret("fleet-engine-keys", cluster.namespace)
     assert await runner.find_runs() == []
     if cluster.fake is not None:  # Background propagation: the pod went with the Job
         assert not [key for key, pod in cluster.fake.pods.items() if key[1].startswith(handle.job)]
@@ -329,6 +337,12 @@ async def test_a_wrong_token_is_refused_clearly(fake_api: tuple[FakeKubernetes, 
                               instance="k8s-badtoken")
     with pytest.raises(RunnerError, match="refused: Unauthorized"):
         await runner.find_runs()
+
+
+def test_without_the_client_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # as if it were not installed
+    with pytest.raises(RunnerError, match=r"pip install 'fleet-tui\[kubernetes\]'"):
+        KubernetesRunner(RunnerConfig(kind="kubernetes"), instance="k8s-noclient")
 
 
 def test_root_is_refused_before_anything_is_created(tmp_path: Path) -> None:
