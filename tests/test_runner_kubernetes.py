@@ -35,7 +35,7 @@ from fake_k8s import FakeKubernetes
 
 from fleet_tui.config import KubernetesConfig, RunnerConfig
 from fleet_tui.engines.base import Invocation
-from fleet_tui.model import Role
+from fleet_tui.model import Role, RunState
 from fleet_tui.runners.base import LABEL_INSTANCE, RunSpec
 from fleet_tui.runners.kubernetes import (
     ANN_RUN,
@@ -410,3 +410,48 @@ def test_the_fake_refuses_what_an_api_server_refuses(fake_api: tuple[FakeKuberne
     assert len(pods()) == 1
     api.delete_namespaced_job(name, "fleet-test")
     assert len(pods()) == 1 and pods()[0]["metadata"]["ownerReferences"] == []
+
+
+# --- the whole fleet on Kubernetes ------------------------------------------------------------------------
+
+
+@needs_docker
+async def test_the_fleet_runs_pm_dev_and_qa_as_jobs(cluster: Cluster, tmp_path: Path, repo: Path) -> None:
+    """PM -> approve -> Dev -> PR -> QA changes -> fix -> QA pass, every run a Job; the branch comes back as a
+    bundle inside /fleet, and nothing of the fleet's is left in the namespace."""
+    from test_orchestrator import PROPOSALS, SCRIPT
+
+    from fleet_tui.config import EngineConfig, FleetConfig, RoleConfig, RolesConfig
+    from fleet_tui.orchestrator import build_fleet
+    from fleet_tui.runners.base import Runner
+
+    if not hasattr(Runner, "collect"):
+        pytest.skip("the supervisor does not collect runs yet (Runner.collect comes with the Docker pool work)")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    settings = KubernetesConfig(kubeconfig=cluster.kubeconfig, context=cluster.context, namespace=cluster.namespace)
+    config = FleetConfig(
+        engines={"scripted": EngineConfig(kind="scripted", command="python3", script=str(script))},
+        roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted"),
+                          qa=RoleConfig(engine="scripted")),
+        runner=RunnerConfig(kind="kubernetes", image=IMAGE, memory="256m", cpus=0.5, kubernetes=settings),
+        poll_interval_s=5)
+    async with build_fleet(config, repo_path=repo, state_dir=tmp_path / "state") as orch:
+        assert orch.runner.kind == "kubernetes"
+        with anyio.fail_after(120):
+            await orch.run_pm()
+            await orch.run(once=True)
+            proposed = await orch.forge.list_issues(labels=["proposed"])
+            assert sorted(i.title for i in proposed) == sorted(p["title"] for p in PROPOSALS)
+            number = proposed[0].number
+            await orch.approve(number)
+            await orch.run(once=True)
+        [pull] = await orch.forge.list_pulls()
+        assert pull.head.startswith(f"fleet/{number}-")
+        verdicts = [review.body for review in pull.reviews]
+        assert "<!-- fleet:verdict=changes round=1 -->" in verdicts[0]
+        assert "<!-- fleet:verdict=pass round=2 -->" in verdicts[1]
+        shape = [(r.role, r.qa_round, r.state) for r in orch.journal.runs() if r.role != Role.PM]
+        assert shape == [(Role.DEV, 0, RunState.SUCCEEDED), (Role.QA, 1, RunState.SUCCEEDED),
+                         (Role.DEV, 1, RunState.SUCCEEDED), (Role.QA, 2, RunState.SUCCEEDED)]
+        assert await orch.runner.find_runs() == []  # every Job deleted once its result was in
