@@ -254,24 +254,37 @@ async def test_the_cluster_ends_a_run_nobody_watches_at_its_deadline(cluster: Cl
 
 
 @needs_docker
-async def test_stop_ends_the_agent_and_keeps_its_scratch(cluster: Cluster, tmp_path: Path) -> None:
+async def test_stop_ends_the_agent_keeps_its_scratch_and_frees_its_slot(cluster: Cluster, tmp_path: Path) -> None:
     runner = cluster.runner()
+    runner.settings = runner.settings.model_copy(update={"max_runs": 1})
     spec = spec_for(tmp_path, "echo partial > /fleet/partial.txt; echo up; sleep 60", run_id="dev-10-stop")
+    second = spec_for(tmp_path, "echo second", run_id="dev-11-second")
     handle = await runner.start(spec)
+    started: list[object] = []
     try:
-        with anyio.fail_after(30):
-            async for line in handle.lines():
-                if line == "up":
-                    break
+        async with anyio.create_task_group() as tasks:
+            async def start_second() -> None:  # max_runs = 1: waits for the first run's slot
+                started.append(await runner.start(second))
+            tasks.start_soon(start_second)
+            with anyio.fail_after(30):
+                async for line in handle.lines():
+                    if line == "up":
+                        break
+            assert [run.run_id for run in await runner.find_runs()] == [spec.run_id] and not started
             began = time.monotonic()
             await handle.stop()
-            code = await handle.wait()
-        assert code != 0 and handle.stopped and not handle.timed_out
-        assert time.monotonic() - began < 15
-        await runner.collect(spec.run_id, spec.scratch)
-        assert (spec.scratch / "partial.txt").read_text() == "partial\n"
+            with anyio.fail_after(30):
+                code = await handle.wait()
+            assert code != 0 and handle.stopped and not handle.timed_out
+            assert time.monotonic() - began < 15
+            await runner.collect(spec.run_id, spec.scratch)
+            assert (spec.scratch / "partial.txt").read_text() == "partial\n"
+            await runner.cleanup(spec.run_id)
+        with anyio.fail_after(30):
+            assert await started[0].wait() == 0  # type: ignore[attr-defined]
     finally:
         await runner.cleanup(spec.run_id)
+        await runner.cleanup(second.run_id)
 
 
 @needs_docker

@@ -249,9 +249,16 @@ class KubernetesRunHandle:
         self.exit_code: int | None = None
         self.pod = pod
         self._runner = runner
+        self._timeout_s = timeout_s
         self._deadline = started_at + timeout_s
         self._done = anyio.Event()
         self._waiting = False
+
+    def began(self, at: float) -> None:
+        """The agent started at `at` (epoch seconds): its timeout counts from then, not from the Job's creation,
+        so time spent waiting to be scheduled or for the image is not the agent's."""
+        self.started_at = at
+        self._deadline = at + self._timeout_s
 
     # --- logs ---------------------------------------------------------------------------------
 
@@ -449,6 +456,7 @@ class KubernetesRunner:
         self._ttl_s = ttl_after_finished_s
         self._read_only_root = read_only_root
         self._cluster = _Cluster(self.settings)
+        self._starting = anyio.Lock()  # counting this fleet's Jobs and creating one is one step
 
     def paths(self, spec_workspace: Path, spec_scratch: Path) -> tuple[str, str]:
         return WORKDIR, SCRATCH
@@ -581,16 +589,30 @@ class KubernetesRunner:
         manifest = self.job_manifest(spec)
         name = manifest["metadata"]["name"]
 
-        def create() -> float:
+        def create() -> float | None:
+            if len(self._own_jobs()) >= self.settings.max_runs:
+                return None
             job = self.batch().create_namespaced_job(self.namespace, manifest, _request_timeout=_REQUEST_S)
             created = job.metadata.creation_timestamp
             return created.timestamp() if created else time.time()
 
-        created = await self.call(create)
+        # At most max_runs Jobs of this fleet at once (ended ones count until cleaned up: their pods wait to be
+        # collected); beyond that a start waits for a slot, up to the run's timeout, as a queue would.
+        give_up = time.monotonic() + max(30.0, float(spec.timeout_s))
+        while True:
+            async with self._starting:
+                created = await self.call(create)
+            if created is not None:
+                break
+            if time.monotonic() >= give_up:
+                raise RunnerError(f"runner.kubernetes.max_runs ({self.settings.max_runs}) Jobs of this fleet are "
+                                  f"already in namespace {self.namespace}; run {spec.run_id} found no slot")
+            await anyio.sleep(self.poll_s * 2)
         handle = KubernetesRunHandle(self, spec.run_id, name, role=spec.role, issue=spec.issue, started_at=created,
                                      timeout_s=spec.timeout_s)
         try:
             await self._deliver(handle, spec)
+            handle.began(time.time())
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(RunnerError):
                 await self.cleanup(spec.run_id)
@@ -877,9 +899,23 @@ class KubernetesRunner:
             role = Role.DEV
         issue = labels.get(LABEL_ISSUE, "")
         created = job.metadata.creation_timestamp
-        return KubernetesRunHandle(self, run_id, job.metadata.name, role=role,
-                                   issue=int(issue) if issue.isdigit() else None,
-                                   started_at=created.timestamp() if created else time.time(), timeout_s=timeout_s)
+        handle = KubernetesRunHandle(self, run_id, job.metadata.name, role=role,
+                                     issue=int(issue) if issue.isdigit() else None,
+                                     started_at=created.timestamp() if created else time.time(), timeout_s=timeout_s)
+        began = await self.call(lambda: self._agent_began(handle))
+        if began is not None:
+            handle.began(began)
+        return handle
+
+    def _agent_began(self, handle: KubernetesRunHandle) -> float | None:
+        """Thread: when the agent container started (None while it has not, or its pod is gone)."""
+        pod = self._pod(handle)
+        status = self._container(pod, AGENT) if pod is not None else None
+        state = status.state if status is not None else None
+        for part in (state.running, state.terminated) if state is not None else ():
+            if part is not None and part.started_at is not None:
+                return float(part.started_at.timestamp())
+        return None
 
     def _delete(self, name: str) -> None:
         from kubernetes.client.exceptions import ApiException
