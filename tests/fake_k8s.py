@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ _POD_SECURITY_KEYS = {"fsGroup", "fsGroupChangePolicy", "runAsGroup", "runAsNonR
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(code: int, reason: str, message: str, *, details: dict[str, Any] | None = None) -> web.Response:
@@ -279,6 +279,7 @@ class FakeKubernetes:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.errors: list[str] = []  # what went wrong in the controller (for a failing test to show)
         self._containers: dict[tuple[str, str], dict[str, str]] = {}  # pod -> container name -> docker id
         self._volumes = Path(tempfile.mkdtemp(prefix="fake-k8s-"))
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -735,7 +736,7 @@ class FakeKubernetes:
         """Container states from Docker into pod statuses; then the job controller's decisions."""
         ids = {cid: (key, name) for key, names in self._containers.items() for name, cid in names.items()}
         if ids:
-            code, out = await _docker("inspect", *ids)
+            _, out = await _docker("inspect", *ids)
             for info in json.loads(out) if out.strip().startswith("[") else []:
                 key, name = ids.get(info["Id"], (None, None))
                 pod = self.pods.get(key) if key else None
@@ -801,8 +802,8 @@ class FakeKubernetes:
         while True:
             try:
                 await self._observe()
-            except Exception:  # noqa: BLE001 - one bad look must not stop the controller
-                pass
+            except Exception as exc:  # noqa: BLE001 - one bad look must not stop the controller
+                self.errors.append(repr(exc))
             await asyncio.sleep(0.25)
 
 

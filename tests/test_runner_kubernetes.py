@@ -19,10 +19,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import sys
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -419,7 +419,7 @@ def test_the_fake_refuses_what_an_api_server_refuses(fake_api: tuple[FakeKuberne
     assert missing.value.status == 404 and json.loads(missing.value.body)["reason"] == "NotFound"
     # The API's default for a Job orphans its pod; the fleet always asks for Background.
     name = good["metadata"]["name"]
-    pods = lambda: [p for p in fake.pods.values() if p["metadata"]["labels"].get("job-name") == name]  # noqa: E731
+    pods = lambda: [p for p in fake.pods.values() if p["metadata"]["labels"].get("job-name") == name]
     assert len(pods()) == 1
     api.delete_namespaced_job(name, "fleet-test")
     assert len(pods()) == 1 and pods()[0]["metadata"]["ownerReferences"] == []

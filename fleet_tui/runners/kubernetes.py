@@ -732,10 +732,10 @@ class KubernetesRunner:
                     return "deadline", TIMEOUT_EXIT
                 if pod is None:
                     return "exit", 137 if handle.stopped else 1
-        if status is not None and status.state is not None and status.state.waiting is not None:
-            if status.state.waiting.reason in _STUCK_REASONS:
-                raise RunnerError(f"the pod of run {handle.run_id} cannot start: {status.state.waiting.reason}: "
-                                  f"{(status.state.waiting.message or '').strip()[:300]}")
+        waiting = status.state.waiting if status is not None and status.state is not None else None
+        if waiting is not None and waiting.reason in _STUCK_REASONS:
+            raise RunnerError(f"the pod of run {handle.run_id} cannot start: {waiting.reason}: "
+                              f"{(waiting.message or '').strip()[:300]}")
         return None
 
     async def signal_stop(self, handle: KubernetesRunHandle) -> None:
@@ -994,8 +994,8 @@ def check_cluster(config: RunnerConfig, *, timeout_s: float = 10.0) -> list[tupl
     except Exception as exc:  # noqa: BLE001 - connection errors vary widely
         return [*results, (False, f"cannot reach the Kubernetes API at {cluster.host}: {str(exc)[:300]}")]
     if settings.engine_secret:
-        results.append((True, f"engine keys from Secret {settings.engine_secret} (the fleet needs no right to read "
-                              "it; a missing Secret shows as CreateContainerConfigError when a run starts)"))
+        results.append((True, (f"engine keys from Secret {settings.engine_secret} (the fleet needs no right to "
+                               "read it; a missing Secret shows as CreateContainerConfigError when a run starts)")))
     else:
         results.append((False, "runner.kubernetes.engine_secret is empty: engines that need an API key get none"))
     return results
