@@ -315,6 +315,24 @@ class FakeKubernetes:
         ready.wait(10)
         return self
 
+    def go_offline(self) -> None:
+        """Stop answering, as an API server restarting does: connections refused, open streams cut."""
+        async def down() -> None:
+            if self._runner is not None:
+                await self._runner.cleanup()
+                self._runner = None
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(down(), self._loop).result(10)
+
+    def go_online(self) -> None:
+        """Answer again on the same port, with everything (Jobs, pods, containers) as it was."""
+        async def up() -> None:
+            self._runner = web.AppRunner(self._app(), handle_signals=False, shutdown_timeout=0.5)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(up(), self._loop).result(10)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"

@@ -63,6 +63,7 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _QUEUE_CHUNKS = 4096
 _REQUEST_S = 30.0  # one ordinary API call
+_OUTAGE_S = 15.0  # how long a waiting run rides out an unreachable API before it reports it
 _STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                             "CreateContainerError"})
 
@@ -93,8 +94,16 @@ while [ ! -e {CONTROL}/collected ]; do sleep 1; done
 """
 
 
-class KubernetesUnavailable(RunnerError):
-    """The Kubernetes API cannot be reached (or no configuration says where it is)."""
+try:  # the supervisor keeps a run whose host does not answer, and follows it again when it does
+    from fleet_tui.runners.base import HostUnreachable as _HostUnreachable  # type: ignore[attr-defined]
+except ImportError:  # a supervisor without that notion: an unreachable API is a plain runner error
+    class _HostUnreachable(Exception):  # type: ignore[no-redef]
+        pass
+
+
+class KubernetesUnavailable(RunnerError, _HostUnreachable):
+    """The Kubernetes API cannot be reached (or no configuration says where it is). Runs are not lost: the
+    cluster keeps them, and they are re-attached once the API answers (`wait_for_host`)."""
 
 
 def require_client() -> None:
@@ -304,22 +313,22 @@ class KubernetesRunHandle:
 
         resume = _Resume()
         follow = True
-        failures = 0
+        failures, failing_since = 0, 0.0
         try:
             core = self._runner.core()
             while not stop.is_set():
-                state = self._runner.wait_container_started(self, stop, fresh=resume.last is None)
-                if state is None:
-                    break
-                follow = follow and state == "running"
-                kwargs: dict[str, Any] = {"container": AGENT, "follow": follow, "timestamps": True,
-                                          "_preload_content": False}
-                if not follow:  # a follow stream has no read timeout: a quiet agent is not a broken stream
-                    kwargs["_request_timeout"] = _REQUEST_S
-                if resume.last is not None:
-                    resume.reopen()
-                    kwargs["since_seconds"] = max(1, math.ceil(time.time() - resume.last[0]) + 1)
                 try:
+                    state = self._runner.wait_container_started(self, stop, fresh=resume.last is None)
+                    if state is None:
+                        break
+                    follow = follow and state == "running"
+                    kwargs: dict[str, Any] = {"container": AGENT, "follow": follow, "timestamps": True,
+                                              "_preload_content": False}
+                    if not follow:  # a follow stream has no read timeout: a quiet agent is not a broken stream
+                        kwargs["_request_timeout"] = _REQUEST_S
+                    if resume.last is not None:
+                        resume.reopen()
+                        kwargs["since_seconds"] = max(1, math.ceil(time.time() - resume.last[0]) + 1)
                     response = core.read_namespaced_pod_log(self.pod, self._runner.namespace, **kwargs)
                     holder["stream"] = response
                     if stop.is_set():
@@ -332,6 +341,8 @@ class KubernetesRunHandle:
                             self._deliver(raw + b"\n", resume, put)
                     if pending and not follow:
                         self._deliver(pending, resume, put)
+                except RunnerError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - urllib3 errors vary widely
                     if stop.is_set():
                         break
@@ -339,18 +350,20 @@ class KubernetesRunHandle:
                         holder["error"] = RunnerError(f"the pod of run {self.run_id} was removed before all its "
                                                       "output was read")
                         break
-                    failures += 1
+                    # The API restarting or a connection cut: reopen, for as long as an outage is ridden out.
                     _log.debug("log stream of %s broke: %r", self.run_id, exc)
-                    if failures > 5:
-                        holder["error"] = RunnerError(f"log stream of run {self.run_id} broke: {exc}")
+                    failures, failing_since = failures + 1, failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > _OUTAGE_S:
+                        holder["error"] = KubernetesUnavailable(f"log stream of run {self.run_id} broke: {exc}")
                         break
                     stop.wait(min(2.0, 0.2 * failures))
                     continue
                 finally:
                     _shutdown(holder)
+                failures, failing_since = 0, 0.0
                 if not follow:
                     break
-                follow = self._runner.agent_state(self) == "running"
+                follow = self._runner.agent_state(self) != "ended"  # unknown: the next look says
         except RunnerError as exc:
             holder["error"] = exc
         finally:
@@ -388,8 +401,18 @@ class KubernetesRunHandle:
             return self.exit_code
         self._waiting = True
         try:
+            away_since: float | None = None
             while True:
-                outcome = await self._runner.call(lambda: self._runner.outcome(self))
+                try:
+                    outcome = await self._runner.call(lambda: self._runner.outcome(self))
+                    away_since = None
+                except KubernetesUnavailable:
+                    # A blip (an API server restarting) is ridden out; a longer outage is the supervisor's to wait.
+                    away_since = away_since or time.monotonic()
+                    if time.monotonic() - away_since > _OUTAGE_S:
+                        raise
+                    await anyio.sleep(self._runner.poll_s)
+                    continue
                 if outcome is not None:
                     break
                 if time.time() >= self._deadline and not self.timed_out and not self.stopped:
@@ -456,6 +479,8 @@ class KubernetesRunner:
         self._ttl_s = ttl_after_finished_s
         self._read_only_root = read_only_root
         self._cluster = _Cluster(self.settings)
+        self.reachable: bool | None = None
+        self._recheck_s = 5.0
         self._starting = anyio.Lock()  # counting this fleet's Jobs and creating one is one step
 
     def paths(self, spec_workspace: Path, spec_scratch: Path) -> tuple[str, str]:
@@ -501,12 +526,30 @@ class KubernetesRunner:
         """Run a blocking client call in a daemon thread; its errors become `RunnerError`s."""
         def guarded() -> _T:
             try:
-                return fn()
+                value = fn()
             except Exception as exc:  # noqa: BLE001 - translated, or raised as it is
-                raise self._translate(exc) from None
+                error = self._translate(exc)
+                if isinstance(error, KubernetesUnavailable):
+                    self.reachable = False
+                raise error from None
+            self.reachable = True
+            return value
 
         async with self.limiter:
             return await _in_daemon_thread(guarded)
+
+    def is_reachable(self, host: str) -> bool | None:
+        """Whether the API answered the last call (None before any); the cluster is this runner's one host."""
+        return self.reachable
+
+    async def wait_for_host(self, host: str) -> None:
+        """Return once the API answers again (asked every few seconds)."""
+        while True:
+            try:
+                await self.ping()
+                return
+            except KubernetesUnavailable:
+                await anyio.sleep(self._recheck_s)
 
     async def ping(self) -> str:
         """The cluster's version; raises `KubernetesUnavailable` when it cannot be reached."""
@@ -691,8 +734,8 @@ class KubernetesRunner:
     def agent_state(self, handle: KubernetesRunHandle) -> str:
         try:
             return self._state(handle, AGENT)
-        except Exception:  # noqa: BLE001 - we cannot follow it further
-            return "gone"
+        except Exception:  # noqa: BLE001 - the API did not say
+            return "unknown"
 
     def wait_container_started(self, handle: KubernetesRunHandle, stop: threading.Event, *,
                                fresh: bool = True) -> str | None:
@@ -747,7 +790,7 @@ class KubernetesRunner:
                 if code == 0:
                     return
                 _log.debug("stop of %s through the keeper failed: %s", handle.run_id, err[:200])
-            if self.agent_state(handle) != "ended":
+            if self.agent_state(handle) in ("pending", "running", "gone"):
                 self._delete(handle.job)
         await self.call(signal)
 
