@@ -375,6 +375,7 @@ class FakeKubernetes:
         app = web.Application(middlewares=[self._auth])
         base, batch = "/api/v1/namespaces/{ns}", "/apis/batch/v1/namespaces/{ns}"
         app.router.add_get("/version", self._version)
+        app.router.add_get("/version/", self._version)
         app.router.add_post(f"{batch}/jobs", self._create_job)
         app.router.add_get(f"{batch}/jobs", self._list_jobs)
         app.router.add_get(f"{batch}/jobs/{{name}}", self._get_job)

@@ -369,6 +369,20 @@ def test_without_the_client_the_error_says_what_to_install(monkeypatch: pytest.M
         KubernetesRunner(RunnerConfig(kind="kubernetes"), instance="k8s-noclient")
 
 
+def test_check_says_what_works_and_what_is_missing(fake_api: tuple[FakeKubernetes, Path]) -> None:
+    from fleet_tui.runners.kubernetes import check_cluster
+
+    _, path = fake_api
+    settings = KubernetesConfig(kubeconfig=str(path), namespace="fleet-test")
+    results = check_cluster(RunnerConfig(kind="kubernetes", kubernetes=settings))
+    assert [ok for ok, _ in results] == [True, True, False]
+    assert "v1.31.0-fake" in results[0][1] and "engine_secret is empty" in results[2][1]
+    down = settings.model_copy(update={"kubeconfig": str(FakeKubernetes().kubeconfig(path.with_name("down"),
+                                                                                      server="http://127.0.0.1:9"))})
+    [(ok, why)] = check_cluster(RunnerConfig(kind="kubernetes", kubernetes=down), timeout_s=3)
+    assert not ok and "cannot reach the Kubernetes API at http://127.0.0.1:9" in why
+
+
 def test_root_is_refused_before_anything_is_created(tmp_path: Path) -> None:
     config = RunnerConfig(kind="kubernetes", user="0:0")
     runner = KubernetesRunner(config, instance="k8s-root")

@@ -657,7 +657,8 @@ class KubernetesRunner:
             await self._deliver(handle, spec)
             handle.began(time.time())
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(RunnerError):
+            # Leave nothing behind; bounded, so quitting mid-start stays quick even when the API does not answer.
+            with anyio.move_on_after(5, shield=True), contextlib.suppress(RunnerError):
                 await self.cleanup(spec.run_id)
             raise
         return handle
