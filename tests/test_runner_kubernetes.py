@@ -454,11 +454,11 @@ def test_the_fake_refuses_what_an_api_server_refuses(fake_api: tuple[FakeKuberne
 
 
 @needs_docker
-async def test_the_fleet_runs_pm_dev_and_qa_as_jobs(cluster: Cluster, tmp_path: Path, repo: Path) -> None:
-    """PM -> approve -> Dev -> PR -> QA changes -> fix -> QA pass, every run a Job; the branch comes back as a
-    bundle inside /fleet, and nothing of the fleet's is left in the namespace."""
-    from test_orchestrator import PROPOSALS, SCRIPT
-
+async def test_the_fleet_runs_as_jobs_and_a_restarted_fleet_reattaches(cluster: Cluster, tmp_path: Path,
+                                                                       repo: Path) -> None:
+    """Approve -> Dev (the orchestrator quits mid-run; a new one re-attaches to the live Job and reads it from the
+    start) -> PR -> QA pass, every run a Job built by `build_fleet`; the branch comes back as a bundle inside
+    /fleet, and nothing of the fleet's is left in the namespace."""
     from fleet_tui.config import EngineConfig, FleetConfig, RoleConfig, RolesConfig
     from fleet_tui.orchestrator import build_fleet
     from fleet_tui.runners.base import Runner
@@ -466,30 +466,42 @@ async def test_the_fleet_runs_pm_dev_and_qa_as_jobs(cluster: Cluster, tmp_path: 
     if not hasattr(Runner, "collect"):
         pytest.skip("the supervisor does not collect runs yet (Runner.collect comes with the Docker pool work)")
     script = tmp_path / "script.json"
-    script.write_text(json.dumps(SCRIPT))
+    script.write_text(json.dumps({
+        "dev": [{"print": "working on {issue}"}, {"sleep": 4}, {"write": "notes/{issue}.md", "content": "notes\n"},
+                {"commit": "#{issue}: {title}"}, {"print": "finished"}, {"final": "done"}],
+        "qa": [{"final": "Good.\n\nVERDICT: pass\n"}]}))
     settings = KubernetesConfig(kubeconfig=cluster.kubeconfig, context=cluster.context, namespace=cluster.namespace)
     config = FleetConfig(
         engines={"scripted": EngineConfig(kind="scripted", command="python3", script=str(script))},
         roles=RolesConfig(pm=RoleConfig(engine="scripted"), dev=RoleConfig(engine="scripted"),
                           qa=RoleConfig(engine="scripted")),
         runner=RunnerConfig(kind="kubernetes", image=IMAGE, memory="256m", cpus=0.5, kubernetes=settings),
-        poll_interval_s=5)
-    async with build_fleet(config, repo_path=repo, state_dir=tmp_path / "state") as orch:
+        poll_interval_s=1)
+    state = tmp_path / "state"
+    async with build_fleet(config, repo_path=repo, state_dir=state) as orch:
         assert orch.runner.kind == "kubernetes"
-        with anyio.fail_after(120):
-            await orch.run_pm()
-            await orch.run(once=True)
-            proposed = await orch.forge.list_issues(labels=["proposed"])
-            assert sorted(i.title for i in proposed) == sorted(p["title"] for p in PROPOSALS)
-            number = proposed[0].number
-            await orch.approve(number)
-            await orch.run(once=True)
-        [pull] = await orch.forge.list_pulls()
-        assert pull.head.startswith(f"fleet/{number}-")
-        verdicts = [review.body for review in pull.reviews]
-        assert "<!-- fleet:verdict=changes round=1 -->" in verdicts[0]
-        assert "<!-- fleet:verdict=pass round=2 -->" in verdicts[1]
-        shape = [(r.role, r.qa_round, r.state) for r in orch.journal.runs() if r.role != Role.PM]
-        assert shape == [(Role.DEV, 0, RunState.SUCCEEDED), (Role.QA, 1, RunState.SUCCEEDED),
-                         (Role.DEV, 1, RunState.SUCCEEDED), (Role.QA, 2, RunState.SUCCEEDED)]
-        assert await orch.runner.find_runs() == []  # every Job deleted once its result was in
+        issue = await orch.forge.create_issue("Add notes", "Write the notes.", [orch.config.labels.proposed])
+        await orch.approve(issue.number)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(orch.run)
+                while True:  # until the Dev agent is at work in its pod
+                    runs = [r for r in orch.journal.runs() if r.role == Role.DEV]
+                    log = orch.log_path(runs[0].run_id) if runs else None
+                    if log is not None and log.exists() and "working on" in log.read_text():
+                        break
+                    await anyio.sleep(0.2)
+                tasks.cancel_scope.cancel()  # the orchestrator quits; the Job runs on
+        dev_run = runs[0].run_id
+        assert [run.run_id for run in await orch.runner.find_runs()] == [dev_run]
+    async with build_fleet(config, repo_path=repo, state_dir=state) as again:
+        with anyio.fail_after(90):
+            await again.run(once=True)
+        [pull] = await again.forge.list_pulls()
+        assert pull.head.startswith(f"fleet/{issue.number}-")
+        assert "<!-- fleet:verdict=pass round=1 -->" in pull.reviews[0].body
+        shape = [(r.role, r.state) for r in again.journal.runs()]
+        assert shape == [(Role.DEV, RunState.SUCCEEDED), (Role.QA, RunState.SUCCEEDED)]
+        log_text = again.log_path(dev_run).read_text()
+        assert log_text.count("working on") == 1 and log_text.count("finished") == 1  # from the start, once
+        assert await again.runner.find_runs() == []  # every Job deleted once its result was in
