@@ -758,10 +758,6 @@ class KubernetesRunner:
         run at activeDeadlineSeconds, None while it runs."""
         from kubernetes.client.exceptions import ApiException
 
-        pod = self._pod(handle)
-        status = self._container(pod, AGENT) if pod is not None else None
-        if status is not None and status.state is not None and status.state.terminated is not None:
-            return "exit", int(status.state.terminated.exit_code)
         try:
             job = self.batch().read_namespaced_job(handle.job, self.namespace, _request_timeout=_REQUEST_S)
         except ApiException as exc:
@@ -770,12 +766,19 @@ class KubernetesRunner:
                     return "exit", 137
                 raise RunnerError(f"the Job of run {handle.run_id} is gone") from None
             raise
-        for condition in (job.status.conditions or []) if job.status else []:
-            if condition.status == "True" and condition.type in ("Failed", "Complete"):
-                if condition.reason == "DeadlineExceeded":
-                    return "deadline", TIMEOUT_EXIT
-                if pod is None:
-                    return "exit", 137 if handle.stopped else 1
+        ended = [condition for condition in ((job.status.conditions or []) if job.status else [])
+                 if condition.status == "True" and condition.type in ("Failed", "Complete")]
+        # First: the cluster's deadline kills the agent too, and its exit code then is the kill's, not a result.
+        if any(condition.reason == "DeadlineExceeded" for condition in ended):
+            return "deadline", TIMEOUT_EXIT
+        pod = self._pod(handle)
+        status = self._container(pod, AGENT) if pod is not None else None
+        if status is not None and status.state is not None and status.state.terminated is not None:
+            return "exit", int(status.state.terminated.exit_code)
+        if ended:
+            return "exit", 137 if handle.stopped else 1  # ended with no exit code (its pod evicted, deleted)
+        if pod is not None and pod.status is not None and pod.status.phase in ("Succeeded", "Failed"):
+            return "exit", 137 if handle.stopped else 1  # the pod ended without the agent's exit (evicted)
         waiting = status.state.waiting if status is not None and status.state is not None else None
         if waiting is not None and waiting.reason in _STUCK_REASONS:
             raise RunnerError(f"the pod of run {handle.run_id} cannot start: {waiting.reason}: "
