@@ -279,6 +279,8 @@ class FakeKubernetes:
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
+        self.exec_protocols = ("v5.channel.k8s.io", "v4.channel.k8s.io")  # v4 only: a server before 1.30
+        self.exec_spoken: list[str] = []  # the subprotocol of each exec, as negotiated
         self.errors: list[str] = []  # what went wrong in the controller (for a failing test to show)
         self._containers: dict[tuple[str, str], dict[str, str]] = {}  # pod -> container name -> docker id
         self._volumes = Path(tempfile.mkdtemp(prefix="fake-k8s-"))
@@ -571,8 +573,9 @@ class FakeKubernetes:
         if not command:
             return _status(400, "BadRequest", "you must specify at least 1 command")
         with_stdin = request.query.get("stdin") == "true"
-        ws = web.WebSocketResponse(protocols=("v5.channel.k8s.io", "v4.channel.k8s.io"), max_msg_size=0)
+        ws = web.WebSocketResponse(protocols=self.exec_protocols, max_msg_size=0)
         await ws.prepare(request)
+        self.exec_spoken.append(ws.ws_protocol or "")
         process = await asyncio.create_subprocess_exec(
             "docker", "exec", *(["-i"] if with_stdin else []), docker_id, *command,
             stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,

@@ -169,6 +169,9 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
     core.create_namespaced_secret(cluster.namespace, secret)
     spec = dataclasses.replace(spec, invocation=dataclasses.replace(
         spec.invocation, argv=("sh", "-c", 'echo "engine key: $ENGINE_KEY"; ' + script)))
+    if cluster.fake is not None:  # exec as a server before 1.30 speaks it (no way to close stdin)
+        cluster.fake.exec_protocols = ("v4.channel.k8s.io",)
+        cluster.fake.exec_spoken.clear()
     handle = await runner.start(spec)
     try:
         with anyio.fail_after(60):
@@ -208,7 +211,11 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
         assert (spec.scratch / "result.txt").read_text() == "done\n"
         assert (spec.scratch / "out" / "n.txt").read_text() == "nested\n"
         assert not (spec.workspace / "new.txt").exists()
+        if cluster.fake is not None:
+            assert set(cluster.fake.exec_spoken) == {"v4.channel.k8s.io"}
     finally:
+        if cluster.fake is not None:
+            cluster.fake.exec_protocols = FakeKubernetes().exec_protocols
         await runner.cleanup(spec.run_id)
         core.delete_namespaced_secret("fleet-engine-keys", cluster.namespace)
     assert await runner.find_runs() == []
