@@ -235,7 +235,7 @@ async def test_timeout_ends_the_run_with_124(cluster: Cluster, tmp_path: Path) -
                 tasks.start_soon(lambda: _extend(lines, handle))
                 code = await handle.wait()
         assert code == 124 and handle.timed_out
-        assert lines[0] == "started" and "never" not in lines
+        assert lines == ["started"]
     finally:
         await runner.cleanup(spec.run_id)
 

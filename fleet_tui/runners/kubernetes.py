@@ -77,8 +77,10 @@ while [ ! -e "$c/ready" ]; do
   sleep 0.5
 done
 cd {WORKDIR} || exit 125
-"$@" </dev/null &
+exec 3>&2
+"$@" </dev/null 2>&3 3>&- &
 pid=$!
+exec 2>/dev/null  # the shell's own "Terminated" notes are not the agent's output
 trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
 ( while kill -0 "$pid" 2>/dev/null; do
     if [ -e "$c/stop" ]; then kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null; exit 0; fi
