@@ -37,14 +37,8 @@ from fleet_tui.config import KubernetesConfig, RunnerConfig
 from fleet_tui.engines.base import Invocation
 from fleet_tui.model import Role, RunState
 from fleet_tui.runners.base import LABEL_INSTANCE, RunSpec
-from fleet_tui.runners.kubernetes import (
-    ANN_RUN,
-    LABEL_EGRESS,
-    LABEL_ISSUE,
-    LABEL_ROLE,
-    KubernetesRunner,
-    KubernetesUnavailable,
-)
+from fleet_tui.runners.kubernetes import KubernetesRunner, KubernetesUnavailable
+from fleet_tui.runners.kubernetes_job import ANN_RUN, LABEL_EGRESS, LABEL_ISSUE, LABEL_ROLE
 from fleet_tui.runners.local import RunnerError
 
 REAL_CONTEXT = os.environ.get("FLEET_K8S_TEST_CONTEXT", "")

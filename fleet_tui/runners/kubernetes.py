@@ -17,18 +17,17 @@ orchestrator lists its own Jobs, re-attaches and reads each log from the start. 
 deletes only Jobs of its own fleet instance.
 
 The client is blocking: every call runs in a daemon thread with a bounded request timeout, and log streams
-are shut down from outside, so cancelling a supervisor returns at once.
+are shut down from outside, so cancelling a supervisor returns at once. What the Job looks like is built in
+`fleet_tui.runners.kubernetes_job`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import queue
-import re
 import tempfile
 import threading
 import time
@@ -42,21 +41,23 @@ from fleet_tui.config import RunnerConfig
 from fleet_tui.model import Role
 from fleet_tui.runners.base import LABEL_INSTANCE, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.docker import _END, _in_daemon_thread, _parse_ts, _Resume, _take_batch
+from fleet_tui.runners.kubernetes_job import (
+    AGENT,
+    ANN_RUN,
+    ANN_TIMEOUT,
+    CONTROL,
+    KEEPER,
+    LABEL_ISSUE,
+    LABEL_ROLE,
+    LABEL_RUN,
+    SCRATCH,
+    WORKDIR,
+    job_manifest,
+    label_value,
+    valid_label_key,
+)
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
 
-WORKDIR = "/workspace"
-SCRATCH = "/fleet"
-CONTROL = "/fleet-control"  # ready / stop / collected markers, outside what is collected
-AGENT = "agent"
-KEEPER = "keeper"
-LABEL_RUN = "fleet.run_id"  # a label-safe form of the run id (the exact one is in ANN_RUN)
-LABEL_ROLE = "fleet.role"
-LABEL_ISSUE = "fleet.issue"
-LABEL_EGRESS = "fleet.egress"  # "none" for runs that must not reach the network: select it in a NetworkPolicy
-ANN_RUN = "fleet-tui/run-id"
-ANN_REPO = "fleet-tui/repo"
-ANN_TIMEOUT = "fleet-tui/timeout-s"
-FORGE_TOKEN_NAMES = frozenset({"GITHUB_TOKEN", "GH_TOKEN", "GITHUB_PAT"})
 INSTALL_HINT = "pip install 'fleet-tui[kubernetes]'"
 
 _log = logging.getLogger(__name__)
@@ -66,35 +67,6 @@ _REQUEST_S = 30.0  # one ordinary API call
 _OUTAGE_S = 15.0  # how long a waiting run rides out an unreachable API before it reports it
 _STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                             "CreateContainerError"})
-
-# The agent container: wait (bounded) for the workspace, run the Invocation ("$@"), end it when the keeper is
-# told to stop it. The container ends with the agent's own exit code.
-_AGENT_SCRIPT = f"""c={CONTROL}
-i=0
-while [ ! -e "$c/ready" ]; do
-  [ -e "$c/stop" ] && exit 143
-  i=$((i+1)); if [ "$i" -gt 1200 ]; then echo "fleet: the workspace never arrived" >&2; exit 125; fi
-  sleep 0.5
-done
-cd {WORKDIR} || exit 125
-exec 3>&2
-"$@" </dev/null 2>&3 3>&- &
-pid=$!
-exec 2>/dev/null  # the shell's own "Terminated" notes are not the agent's output
-trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
-( while kill -0 "$pid" 2>/dev/null; do
-    if [ -e "$c/stop" ]; then kill -TERM "$pid" 2>/dev/null; sleep 2; kill -KILL "$pid" 2>/dev/null; exit 0; fi
-    sleep 0.5
-  done ) &
-code=0
-while kill -0 "$pid" 2>/dev/null; do wait "$pid"; code=$?; done
-exit "$code"
-"""
-# The keeper: keep the pod (and its volumes) until the orchestrator has collected /fleet.
-_KEEPER_SCRIPT = f"""trap 'exit 0' TERM INT
-while [ ! -e {CONTROL}/collected ]; do sleep 1; done
-"""
-
 
 try:  # the supervisor keeps a run whose host does not answer, and follows it again when it does
     from fleet_tui.runners.base import HostUnreachable as _HostUnreachable  # type: ignore[attr-defined]
@@ -114,62 +86,6 @@ def require_client() -> None:
         import kubernetes  # noqa: F401
     except ImportError:
         raise RunnerError(f'runner.kind = "kubernetes" needs the Kubernetes client: {INSTALL_HINT}') from None
-
-
-# --- names, labels, quantities -------------------------------------------------------------------------------
-
-_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
-_LABEL_KEY_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-
-
-def label_value(text: str) -> str:
-    """`text` when Kubernetes takes it as a label value; else a readable prefix and a hash of the whole."""
-    if len(text) <= 63 and _LABEL_VALUE.fullmatch(text):
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:50].strip("-_.")
-    return f"{stem}-{digest}" if stem else digest
-
-
-def valid_label_key(key: str) -> bool:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", prefix)):
-        return False
-    return len(name) <= 63 and bool(_LABEL_KEY_NAME.fullmatch(name))
-
-
-def job_name(instance: str, run_id: str) -> str:
-    """A DNS label (<= 63) unique to (instance, run): readable run id, then a hash of both."""
-    digest = hashlib.sha256(f"{instance}\0{run_id}".encode()).hexdigest()[:10]
-    stem = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")[:40].strip("-")
-    return f"fleet-{stem}-{digest}" if stem else f"fleet-{digest}"
-
-
-def memory_quantity(memory: str) -> str:
-    """Docker's 512m / 4g (binary units) as a Kubernetes quantity (512Mi / 4Gi)."""
-    match = re.fullmatch(r"(\d+)([bkmg]?)", memory.strip().lower())
-    if not match:
-        raise RunnerError(f"runner.memory must look like 512m or 4g, got {memory!r}")
-    return match.group(1) + {"": "", "b": "", "k": "Ki", "m": "Mi", "g": "Gi"}[match.group(2)]
-
-
-def cpu_quantity(cpus: float) -> str:
-    millis = max(1, round(cpus * 1000))
-    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
-
-
-def _no_expansion(text: str) -> str:
-    """Kubernetes expands $(VAR) in command, args and env values; `$$` is a literal `$`."""
-    return text.replace("$", "$$")
-
-
-def _user_ids(user: str) -> tuple[int, int]:
-    uid, _, gid = user.strip().partition(":")
-    if not uid.isdigit() or (gid and not gid.isdigit()):
-        raise RunnerError(f'runner.user must be numeric for Kubernetes ("1000:1000"), got {user!r}')
-    if int(uid) == 0:
-        raise RunnerError(f'runner.user is {user!r}: agents never run as root; use a uid like "1000:1000"')
-    return int(uid), int(gid or uid)
 
 
 # --- the blocking client --------------------------------------------------------------------------------------
@@ -564,70 +480,11 @@ class KubernetesRunner:
 
     # --- the Job ----------------------------------------------------------------------------------------
 
-    def _labels_of(self, spec: RunSpec) -> dict[str, str]:
-        extra = {key: label_value(str(value)) for key, value in spec.labels.items() if valid_label_key(key)}
-        labels = {**extra, **self.labels, LABEL_INSTANCE: self.instance, LABEL_RUN: label_value(spec.run_id),
-                  LABEL_ROLE: label_value(str(spec.role)), LABEL_EGRESS: "none" if spec.network == "none" else "allowed",
-                  "app.kubernetes.io/managed-by": "fleet-tui"}
-        if spec.issue is not None:
-            labels[LABEL_ISSUE] = str(spec.issue)
-        return labels
-
     def job_manifest(self, spec: RunSpec) -> dict[str, Any]:
         """The Job for `spec`, as the API takes it."""
-        uid, gid = _user_ids(self.config.user)
-        labels = self._labels_of(spec)
-        annotations = {ANN_RUN: spec.run_id, ANN_REPO: self.repo, ANN_TIMEOUT: str(spec.timeout_s)}
-        limits = {"memory": memory_quantity(self.config.memory), "cpu": cpu_quantity(self.config.cpus)}
-        container_security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                              "readOnlyRootFilesystem": self._read_only_root, "runAsNonRoot": True}
-        env = [{"name": name, "value": _no_expansion(value)} for name, value in sorted(spec.invocation.env.items())
-               if name not in FORGE_TOKEN_NAMES]
-        mounts = [{"name": "workspace", "mountPath": WORKDIR}, {"name": "fleet", "mountPath": SCRATCH},
-                  {"name": "control", "mountPath": CONTROL}, {"name": "tmp", "mountPath": "/tmp"}]
-        agent: dict[str, Any] = {
-            "name": AGENT, "image": self.image, "imagePullPolicy": self.settings.image_pull_policy,
-            "command": [_no_expansion(part) for part in ("/bin/sh", "-c", _AGENT_SCRIPT, "fleet-agent",
-                                                          *spec.invocation.argv)],
-            "workingDir": WORKDIR, "env": env, "resources": {"limits": limits, "requests": dict(limits)},
-            "securityContext": container_security, "volumeMounts": mounts,
-        }
-        if self.settings.engine_secret:
-            agent["envFrom"] = [{"secretRef": {"name": self.settings.engine_secret}}]
-        keeper_limits = {"memory": "64Mi", "cpu": "100m"}
-        keeper = {
-            "name": KEEPER, "image": self.image, "imagePullPolicy": self.settings.image_pull_policy,
-            "command": ["/bin/sh", "-c", _no_expansion(_KEEPER_SCRIPT)], "workingDir": "/",
-            "resources": {"limits": keeper_limits, "requests": dict(keeper_limits)},
-            "securityContext": container_security, "volumeMounts": mounts[:3],
-        }
-        pod_spec: dict[str, Any] = {
-            "restartPolicy": "Never", "automountServiceAccountToken": False, "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 5,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid,
-                                "seccompProfile": {"type": "RuntimeDefault"}},
-            "volumes": [{"name": name, "emptyDir": {}} for name in ("workspace", "fleet", "control", "tmp")],
-            "containers": [agent, keeper],
-        }
-        if self.settings.service_account:
-            pod_spec["serviceAccountName"] = self.settings.service_account
-        if self.settings.node_selector:
-            pod_spec["nodeSelector"] = dict(self.settings.node_selector)
-        if self.settings.tolerations:
-            pod_spec["tolerations"] = [
-                {key: int(value) if key == "tolerationSeconds" else value for key, value in entry.items()}
-                for entry in self.settings.tolerations]
-        return {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": job_name(self.instance, spec.run_id), "namespace": self.namespace,
-                         "labels": labels, "annotations": annotations},
-            "spec": {
-                "backoffLimit": 0,
-                "activeDeadlineSeconds": max(1, math.ceil(spec.timeout_s + self._margin_s)),
-                "ttlSecondsAfterFinished": self._ttl_s,
-                "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
-            },
-        }
+        return job_manifest(spec, self.config, instance=self.instance, repo=self.repo, image=self.image,
+                            labels=self.labels, deadline_margin_s=self._margin_s, ttl_s=self._ttl_s,
+                            read_only_root=self._read_only_root)
 
     async def start(self, spec: RunSpec) -> KubernetesRunHandle:
         """Create the Job, wait for its pod to run, deliver the workspace and scratch dir, then let it go."""
