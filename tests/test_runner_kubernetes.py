@@ -42,6 +42,8 @@ from fleet_tui.runners.kubernetes_job import ANN_RUN, LABEL_EGRESS, LABEL_ISSUE,
 from fleet_tui.runners.local import RunnerError
 
 REAL_CONTEXT = os.environ.get("FLEET_K8S_TEST_CONTEXT", "")
+# Read before the tests' own HOME replaces the developer's: $KUBECONFIG as it is, else ~/.kube/config.
+REAL_KUBECONFIG = "" if os.environ.get("KUBECONFIG") else str(Path.home() / ".kube" / "config")
 IMAGE = os.environ.get("FLEET_K8S_TEST_IMAGE", "fleet-test:latest")
 BUILD_SCRIPT = Path(__file__).parent / "docker" / "build-test-image.sh"
 _INSTANCE_PREFIX = f"k8s-{os.getpid()}-{time.time_ns() % 10**6}-"
@@ -79,7 +81,7 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     if REAL_CONTEXT:
-        yield Cluster("", REAL_CONTEXT, os.environ.get("FLEET_K8S_TEST_NAMESPACE", "default"), None)
+        yield Cluster(REAL_KUBECONFIG, REAL_CONTEXT, os.environ.get("FLEET_K8S_TEST_NAMESPACE", "default"), None)
         return
     try:
         import docker
