@@ -386,6 +386,24 @@ def test_check_says_what_works_and_what_is_missing(fake_api: tuple[FakeKubernete
     assert not ok and "cannot reach the Kubernetes API at http://127.0.0.1:9" in why
 
 
+def test_names_labels_and_quantities_are_what_kubernetes_takes() -> None:
+    from fake_k8s import _label_value_ok, expand
+
+    from fleet_tui.runners.kubernetes_job import _no_expansion, cpu_quantity, job_name, label_value, memory_quantity
+
+    long_id = "Dev-7-" + "ü" * 80
+    for run_id in ("dev-7-abc", long_id, "qa/12:1", "---"):
+        name = job_name("f0123456789abcde", run_id)
+        assert len(name) <= 63 and name == name.lower() and name[0].isalnum() and name[-1].isalnum()
+        assert _label_value_ok(label_value(run_id))
+    assert job_name("f1", "dev-7") != job_name("f2", "dev-7")  # two fleets, one namespace
+    assert label_value(long_id) != label_value(long_id + "x")
+    assert [memory_quantity(m) for m in ("512m", "4g", "1024k", "100")] == ["512Mi", "4Gi", "1024Ki", "100"]
+    assert [cpu_quantity(c) for c in (2.0, 0.5, 1.25)] == ["2", "500m", "1250m"]
+    for text in ("$(HOME)", "$$(HOME)", "a$", "$", "cost: $5 $(", "${X}"):
+        assert expand(_no_expansion(text), {"HOME": "/root", "X": "y"}) == text
+
+
 def test_root_is_refused_before_anything_is_created(tmp_path: Path) -> None:
     config = RunnerConfig(kind="kubernetes", user="0:0")
     runner = KubernetesRunner(config, instance="k8s-root")
