@@ -153,9 +153,13 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_forge_token_never_in_a_pod")
     runner = cluster.runner(secret="fleet-engine-keys")
-    script = ('echo "start in $(pwd) as $(id -u):$(id -g)"; cat README.md; echo '"'literal: $(NOT_EXPANDED)'"' "$KEY"; '
-              'echo "to stderr" >&2; cat /fleet/prompt.md; echo done > /fleet/result.txt; mkdir -p /fleet/out; '
-              'echo nested > /fleet/out/n.txt; echo hack > /workspace/new.txt; exit 3')
+    # stdout and stderr are two streams: the log keeps each one's order, not their interleaving (a stderr line
+    # may land among the 16 KiB pieces of a long stdout line still being written), so it comes apart.
+    script = ('echo "start in $(pwd) as $(id -u):$(id -g)"; cat README.md; '
+              'echo '"'literal: $(NOT_EXPANDED)'"' "$KEY"; cat /fleet/prompt.md; '
+              'head -c 40000 /dev/zero | tr "\\0" a; echo; sleep 0.5; echo "to stderr" >&2; '
+              'echo done > /fleet/result.txt; mkdir -p /fleet/out; echo nested > /fleet/out/n.txt; '
+              'echo hack > /workspace/new.txt; exit 3')
     spec = spec_for(tmp_path, script, run_id="Dev-7-Hello_World-" + "x" * 60,
                     env={"KEY": "v$(HOME)", "GITHUB_TOKEN": "ghp_forge_token_never_in_a_pod"})
     core = runner.core()
@@ -174,9 +178,10 @@ async def test_run_streams_lines_returns_exit_code_and_brings_fleet_back(cluster
             lines = await collect_lines(handle)
             code = await handle.wait()
         assert code == 3
-        assert lines[0] == "engine key: sk-from-the-secret"
-        assert lines[1] == "start in /workspace as 1000:1000"
+        out = [line for line in lines if line != "to stderr"]
+        assert out[:2] == ["engine key: sk-from-the-secret", "start in /workspace as 1000:1000"]
         assert "# Project" in lines
+        assert "a" * 40000 in lines, [len(line) for line in lines]  # a line longer than the runtime's 16 KiB pieces comes back whole
         assert "literal: $(NOT_EXPANDED) v$(HOME)" in lines, lines  # Kubernetes' own $(VAR) expansion never applies
         assert "to stderr" in lines and "do the thing" in lines
 

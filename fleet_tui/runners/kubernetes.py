@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -65,6 +66,8 @@ _T = TypeVar("_T")
 _QUEUE_CHUNKS = 4096
 _REQUEST_S = 30.0  # one ordinary API call
 _OUTAGE_S = 15.0  # how long a waiting run rides out an unreachable API before it reports it
+_PIECE_BYTES = 16384  # the longest log entry containerd (and Docker) store; a longer line is split
+_STAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z ")
 _STUCK_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                             "CreateContainerError"})
 
@@ -294,7 +297,7 @@ class KubernetesRunHandle:
         if key is None:
             put(raw)
         elif resume.accept(key):
-            put(payload)
+            put(_join_pieces(payload))
 
     async def last_logs(self, n: int = 50) -> list[str]:
         """The last `n` lines the agent wrote (for the outcome, after the run ended)."""
@@ -353,6 +356,21 @@ class KubernetesRunHandle:
         if self.exit_code is None:
             self.stopped = True
         await self._runner.signal_stop(self)
+
+
+def _join_pieces(payload: bytes) -> bytes:
+    """One log line again. The runtime stores a line longer than 16 KiB in pieces, and with timestamps the
+    kubelet writes each piece's: "TS piece1TS piece2...\n". The inner timestamps sit right after each full piece."""
+    parts, pos = [], 0
+    while len(payload) - pos > _PIECE_BYTES:
+        parts.append(payload[pos:pos + _PIECE_BYTES])
+        pos += _PIECE_BYTES
+        stamp = _STAMP.match(payload, pos)
+        if stamp is None:
+            break
+        pos = stamp.end()
+    parts.append(payload[pos:])
+    return b"".join(parts)
 
 
 def _shutdown(holder: dict[str, Any]) -> None:
