@@ -511,10 +511,11 @@ async def test_the_fleet_runs_as_jobs_and_a_restarted_fleet_reattaches(cluster: 
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(orch.run)
-                while True:  # until the Dev agent is at work in its pod
+                while True:  # until the Dev agent is at work in its pod, and its log's line count is saved
                     runs = [r for r in orch.journal.runs() if r.role == Role.DEV]
                     log = orch.log_path(runs[0].run_id) if runs else None
-                    if log is not None and log.exists() and "working on" in log.read_text():
+                    if (log is not None and log.exists() and "working on" in log.read_text()
+                            and int(orch.ctx.extras(runs[0].run_id).get("output_lines", 0)) >= 1):
                         break
                     await anyio.sleep(0.2)
                 tasks.cancel_scope.cancel()  # the orchestrator quits; the Job runs on
