@@ -554,6 +554,8 @@ class FakeKubernetes:
                 await response.write(data)
             await process.wait()
             await response.write_eof()
+        except ConnectionResetError:  # the client went away (a stream shut down from its side): as a server does
+            pass
         finally:
             if process.returncode is None:
                 process.kill()
@@ -612,6 +614,8 @@ class FakeKubernetes:
                          "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
             await ws.send_bytes(b"\x03" + json.dumps(final).encode())
             await ws.close()
+        except ConnectionResetError:  # the client went away
+            pass
         finally:
             feeder.cancel()
             if process.returncode is None:
