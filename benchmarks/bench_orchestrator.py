@@ -2,7 +2,7 @@
 
 1. Approve-to-dispatch: from the operator's approve intent (`Orchestrator.approve`, which writes the label as
    the operator and pins the approval) to the dev run's `RunChanged` event in state starting/running: the
-   wake, one observe, the claim (label, marker comment, read back), the workspace clone and the dispatch.
+   wake, one observe, the claim (the forge's lease, label, marker comment), the workspace clone and the dispatch.
    Measured on the local forge and on the fake GitHub over loopback (no write spacing, so it is the fleet's
    own cost, not GitHub's), local runner, scripted engine. The poll interval is 60 s: only the wake counts.
 2. `reconcile()` on a snapshot of 5,000 open issues (proposed / approved and claimed / in progress) and

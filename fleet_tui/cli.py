@@ -1,4 +1,5 @@
-"""The `fleet-tui` command: console (default), --demo, --headless, init, check.
+"""The `fleet-tui` command: console (default; it attaches to a running fleet), --demo, --headless, --detach,
+web, init, check.
 
 Only the standard library is imported at module level so `--version` and `--help` stay fast; each mode
 imports what it needs. Errors reach the user as one clear line (details in the debug log), never as a
@@ -8,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import sys
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (keeps --version fast)
 
 from fleet_tui import __version__
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operator console for an autonomous coding-agent fleet: agents propose, build and "
                     "review; you approve issues and merge PRs.",
         epilog="Run without a command to open the console on the repository in fleet.toml "
-               "(or the current git checkout with the embedded local forge). --headless exits 0 when nothing "
+               "(or the current git checkout with the embedded local forge); when that repository's fleet already "
+               "runs (--headless, --detach, another console), the console attaches to it. --headless exits 0 when nothing "
                "failed, 3 when a forge action failed, 4 when an issue went to needs-human; 2 is a config "
                "error, 1 any other error.",
     )
@@ -56,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="run the whole loop on a sample project (local forge, scripted agents; no account)")
     mode.add_argument("--headless", action="store_true",
                       help="run the orchestrator without the console, one log line per event on stdout")
+    mode.add_argument("--detach", action="store_true",
+                      help="run the fleet as a background daemon (it keeps running after the console quits) "
+                           "and attach the console to it")
+    mode.add_argument("--attach", action="store_true",
+                      help="attach to the running fleet of this repository; fail instead of hosting one")
+    parser.add_argument("--socket", metavar="PATH",
+                        help="attach to the fleet served on this socket (e.g. one forwarded over SSH with "
+                             "`ssh -L`); implies --attach")
     parser.add_argument("--once", action="store_true",
                         help="with --headless: exit when nothing is left to do and no run is live")
     parser.add_argument("--pm", action="store_true", help="with --headless: run the PM first")
@@ -95,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
                                        "and by role. Reads only; works while the fleet runs.")
     _common(stats, top=False)
 
+    web = sub.add_parser("web", help="serve the console in a browser (textual-serve), on 127.0.0.1 with a token",
+                         description="Serve the attached console through textual-serve. It listens on "
+                                     "127.0.0.1 by default and prints a URL with a random access token; a request "
+                                     "without the token is refused. From a laptop: `ssh -L 8000:127.0.0.1:8000 "
+                                     "host`, then open the printed URL. Starts the fleet in the background when "
+                                     "none runs for the repository.")
+    _common(web, top=False)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+
     image = sub.add_parser("image", help="the agents' Docker image",
                            description="Build the agents' Docker image (runner.image) with the coding CLIs of the "
                                        "engines fleet.toml uses.")
@@ -127,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag, given in (("--once", args.once), ("--pm", args.pm), ("--resume-budget", args.resume_budget)):
         if given and not args.headless:
             parser.error(f"{flag} goes with --headless")
+    if args.command and (args.detach or args.attach or args.socket):
+        parser.error(f"--detach, --attach and --socket go with the console, not with {args.command}")
+    if args.socket and (args.headless or args.demo or args.detach):
+        parser.error("--socket attaches a console: it does not go with --headless, --demo or --detach")
     try:
         return _dispatch(args)
     except KeyboardInterrupt:
@@ -159,7 +184,7 @@ def _report(exc: BaseException) -> int:
 
 # Exceptions from the layers whose message is written for the user.
 _USER_FACING = {"ForgeError", "NotFound", "RateLimitedError", "JournalError", "JournalLocked", "GitError",
-                "RunnerError", "EngineConfigError", "WorkspaceError"}
+                "RunnerError", "EngineConfigError", "WorkspaceError", "Refused", "UnsafeSocket", "FleetUnreachable"}
 _LOG_PATH: Path | None = None
 
 
@@ -195,6 +220,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_image(args, config)
     if args.command == "stats":
         return cmd_stats(config, _repo_path(args, config), state_dir)
+    if args.command == "web":
+        return cmd_web(args, config, _repo_path(args, config), state_dir)
     if args.command == "check":
         from fleet_tui.doctor import run_check
 
@@ -209,9 +236,44 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_headless(config, repo_path=repo, state_dir=state_dir, once=args.once, pm=args.pm,
                             resume_budget=args.resume_budget)
+    if args.socket:
+        from fleet_tui.tui.launch import attach
+
+        return attach(Path(args.socket).expanduser().absolute(), config, state_dir, repo="", forge_kind="local")
+    if args.detach:
+        ensure_daemon(args, config, repo, state_dir)
+    from fleet_tui.remote.daemon import passthrough_args
     from fleet_tui.tui.launch import run_console
 
-    return run_console(config, repo_path=repo, state_dir=state_dir, first_run=config_path is None)
+    return run_console(config, repo_path=repo, state_dir=state_dir, first_run=config_path is None and not args.detach
+                       and not args.attach, attach_only=args.detach or args.attach,
+                       daemon_argv=passthrough_args(args))
+
+
+def ensure_daemon(args: argparse.Namespace, config: Any, repo: Path, state_dir: Path) -> None:
+    """Start the fleet for `repo` as a background `--headless` process unless one runs already."""
+    from pathlib import Path
+
+    from fleet_tui.remote.daemon import journal_for, passthrough_args, running_fleet, start_daemon
+
+    where = journal_for(config, repo, state_dir)
+    if running_fleet(where) is not None:
+        return
+    pid = start_daemon(passthrough_args(args), where, cwd=Path.cwd())
+    print(f"fleet-tui: the fleet runs in the background (pid {pid}); stop it with `kill {pid}`", file=sys.stderr)
+
+
+def cmd_web(args: argparse.Namespace, config: Any, repo: Path, state_dir: Path) -> int:
+    """`fleet-tui web`: the attached console in a browser, behind a random token."""
+    import shlex
+
+    from fleet_tui.remote.daemon import passthrough_args
+    from fleet_tui.tui.web import serve_console
+
+    ensure_daemon(args, config, repo, state_dir)
+    command = " ".join(shlex.quote(part) for part in
+                       [sys.executable, "-m", "fleet_tui", "--attach", *passthrough_args(args)])
+    return serve_console(command, host=args.host, port=args.port)
 
 
 def _repo_path(args: argparse.Namespace, config: Any) -> Path:

@@ -61,6 +61,8 @@ class FleetContext:
     # since start: actions that failed and issues sent to needs-human (`--headless --once` exit codes)
     failed_actions: int = 0
     needs_human_raised: int = 0
+    # this orchestrator's leases on the forge (`fleet_tui.claims.ClaimKeeper`); None: the forge keeps no claims
+    claims: Any = None
     _said: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def notice(self, message: str, level: Literal["info", "warning", "error"] = "info", bell: bool = False) -> None:

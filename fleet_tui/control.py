@@ -5,6 +5,9 @@ The console depends on this protocol only: it never imports the forge or the run
 
 from __future__ import annotations
 
+import getpass
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -14,6 +17,27 @@ from typing import Any, Protocol
 import anyio
 
 from fleet_tui.model import Comment, Event, Issue, PullRequest, Review
+
+log = logging.getLogger("fleet_tui.control")
+
+
+def local_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name in this environment
+        return f"uid {os.geteuid()}"
+
+
+def record_intent(control: object, action: str, args: dict[str, Any], *, user: str, console: str) -> None:
+    """Journal who asked for an operator intent (the OS user and the console's id) before it runs. A control
+    without a journal (a test double, an attached client) records nothing: the fleet's host records it."""
+    append = getattr(getattr(control, "journal", None), "append_event", None)
+    if append is None:
+        return
+    try:
+        append("operator_intent", {"action": action, **args, "user": user, "console": console})
+    except Exception as exc:  # noqa: BLE001 - a journal hiccup must not block the intent itself
+        log.warning("could not journal %s by %s: %s", action, user, exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +108,8 @@ class DeferredFleet:
         self.stopped_reason = ""
         self.repo = repo
         self.forge_kind = forge_kind
+        self.user = local_user()
+        self.console = f"local-{os.getpid()}"  # the hosting console, in the journal's record of intents
 
     def _set_state(self, state: str, reason: str = "") -> None:
         self.state, self.stopped_reason = state, reason
@@ -134,26 +160,35 @@ class DeferredFleet:
         if self._inner is not None:
             await self._inner.shutdown()
 
+    def allow_restart(self) -> None:
+        """Undo `shutdown()` for the next `run()` (a hand-off to a background fleet that did not happen)."""
+        self._stop = anyio.Event()
+
+    async def _intent(self, action: str, **args: Any) -> None:
+        fleet = await self._fleet()
+        record_intent(fleet, action, args, user=self.user, console=self.console)
+        await getattr(fleet, action)(**args)
+
     async def approve(self, issue: int) -> None:
-        await (await self._fleet()).approve(issue)
+        await self._intent("approve", issue=issue)
 
     async def reject(self, issue: int) -> None:
-        await (await self._fleet()).reject(issue)
+        await self._intent("reject", issue=issue)
 
     async def stop_run(self, run_id: str) -> None:
-        await (await self._fleet()).stop_run(run_id)
+        await self._intent("stop_run", run_id=run_id)
 
     async def retry(self, issue: int) -> None:
-        await (await self._fleet()).retry(issue)
+        await self._intent("retry", issue=issue)
 
     async def run_pm(self) -> None:
-        await (await self._fleet()).run_pm()
+        await self._intent("run_pm")
 
     async def set_paused(self, paused: bool) -> None:
-        await (await self._fleet()).set_paused(paused)
+        await self._intent("set_paused", paused=paused)
 
     async def merge(self, pr: int) -> None:
-        await (await self._fleet()).merge(pr)
+        await self._intent("merge", pr=pr)
 
     def log_path(self, run_id: str) -> Path | None:
         return self._inner.log_path(run_id) if self._inner is not None else None

@@ -1,11 +1,13 @@
 """Executing actions: each `Action` reconcile asks for becomes forge writes, journal records or a started run,
-done idempotently (markers, PR-by-head, claims read back) so that repeating one after a crash changes nothing.
+done idempotently (markers, PR-by-head, claims taken through the forge's own compare-and-swap) so that repeating
+one after a crash changes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +39,8 @@ from fleet_tui.roles import dev as dev_role
 from fleet_tui.roles import pm as pm_role
 from fleet_tui.roles import qa as qa_role
 from fleet_tui.supervise import RunSupervisor
+
+log = logging.getLogger("fleet_tui.execute")
 
 CLAIM_RE = re.compile(r"<!-- fleet:run=([A-Za-z0-9._-]+) -->")
 BACKOFF_BASE_S = 5.0
@@ -119,23 +123,44 @@ class ActionExecutor:
         run_id = existing[0].run_id if existing else f"dev-{number}-{short_id()}"
         branch = self._branch(number, issue.title)
         key = f"claim:{number}:{action.event_id}"
-        self.ctx.journal.set_kv(key, {"branch": branch, "run_id": run_id})
+        keeper = self.ctx.claims
+        takeover = bool(action.lease)
+        if keeper is not None:
+            # the lock: the forge's own compare-and-swap. Only its winner writes the label and the comment
+            lease = await keeper.acquire(number, run_id, seen_version=action.lease)
+            if lease is None:
+                log.info("issue #%s is claimed by another orchestrator; standing down", number)
+                return
+            if takeover:
+                self.ctx.notice(f"issue #{number}: another orchestrator's claim expired unrenewed; taking it over "
+                                "with a fresh dev run", "warning")
+        meta = {"branch": branch, "run_id": run_id, "takeover": takeover}
+        self.ctx.journal.set_kv(key, meta)
         self.ctx.journal.add_claim(number, action.event_id, run_id)
         run_id = next(c.run_id for c in self.ctx.journal.claims_for(number) if c.approval_event_id == action.event_id)
-        self.ctx.journal.set_kv(key, {"branch": branch, "run_id": run_id})
+        meta["run_id"] = run_id
+        self.ctx.journal.set_kv(key, meta)
         await self.ctx.forge.add_labels(number, [self.ctx.config.labels.in_progress])
         claim_marker = dev_role.claim_marker(number, action.event_id)
+        if keeper is not None:
+            # the comment is the record humans read; a takeover gets its own (the marker names the run)
+            tag = claim_marker + (marker("run", run_id) if takeover else "")
+            await self.ctx.forge.post_comment(number, dev_role.claim_body(run_id, takeover=takeover), tag)
+            self.ctx.journal.set_kv(key, {**meta, "confirmed": True})
+            self.ctx.journal.append_event("claim", {"issue": number, "event_id": action.event_id, "run_id": run_id,
+                                                    "takeover": takeover})
+            return
         await self.ctx.forge.post_comment(number, dev_role.claim_body(run_id) + "\n" + marker("run", run_id),
-                                      claim_marker)
-        # read back: the earliest claim comment for this approval stands; a later one stands down
+                                          claim_marker)
+        # a forge without claims of its own: the earliest claim comment for this approval stands
         issue = await self.ctx.forge.get_issue(number)
         mine = sorted((c for c in issue.comments if claim_marker in c.body), key=lambda c: (c.created_at, c.id))
         winner = CLAIM_RE.search(mine[0].body) if mine else None
         if winner is None or winner.group(1) != run_id:
-            self.ctx.journal.set_kv(key, {"branch": branch, "run_id": run_id, "foreign": True})
+            self.ctx.journal.set_kv(key, {**meta, "foreign": True})
             self.ctx.notice(f"issue #{number} is claimed by another orchestrator; standing down", "warning")
             return
-        self.ctx.journal.set_kv(key, {"branch": branch, "run_id": run_id, "confirmed": True})
+        self.ctx.journal.set_kv(key, {**meta, "confirmed": True})
         self.ctx.journal.append_event("claim", {"issue": number, "event_id": action.event_id, "run_id": run_id})
 
     def _branch(self, number: int, title: str) -> str:
@@ -270,9 +295,15 @@ class ActionExecutor:
     async def _do_openpr(self, action: OpenPR) -> None:
         issue = await self.ctx.forge.get_issue(action.issue)
         extras = self.ctx.extras(action.run_id)
+        claim = self.ctx.journal.get_kv(f"claim:{action.issue}:{extras.get('event_id', '')}") or {}
         if extras.get("rewritten"):  # a rebased branch replaces the head it was cut from, and only that one
             head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch, force=True,
                                                     expected=extras.get("fixes_head") or None)
+        elif claim.get("takeover"):
+            # taken over from an orchestrator whose lease expired: it may have pushed this branch name before it
+            # died. Its work is not ours to build on (this run started from the base), so replace what is there,
+            # and only what the forge has just now (a lease against the head read before the push)
+            head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch, force=True)
         else:
             head = await self.ctx.forge.push_branch(self.ctx.workspaces.mirror, action.branch)
         pull = await self.ctx.forge.find_pull(action.branch)

@@ -4,7 +4,10 @@ live. SIGTERM and SIGINT stop dispatching and exit cleanly; live runs are left t
 
 Exit codes, for a scheduler to act on: 0 nothing failed; 3 a forge action failed (push, open PR, review,
 claim) at least once; 4 an issue went to needs-human (this wins over 3). A config error is 2, any other
-error 1."""
+error 1.
+
+While it runs, the fleet is served on `fleet.sock` in its journal directory: a console started in the same
+repository attaches to it (`fleet_tui.remote`)."""
 
 from __future__ import annotations
 
@@ -143,11 +146,14 @@ async def host(orchestrator: Any, *, once: bool, out: TextIO, pm: bool = False, 
 
 def run_headless(config: FleetConfig, *, repo_path: Path, state_dir: Path, once: bool = False,
                  out: TextIO | None = None, pm: bool = False, resume_budget: bool = False) -> int:
-    """The `--headless` entry point; returns the exit code (see the module docstring)."""
+    """The `--headless` entry point; returns the exit code (see the module docstring). The fleet is served on
+    its journal's socket meanwhile, so consoles can attach (`fleet-tui` in the same repository)."""
     from fleet_tui.orchestrator import build_fleet
+    from fleet_tui.remote.server import serving_if_possible
 
     async def main() -> int:
-        async with build_fleet(config, repo_path=repo_path, state_dir=state_dir) as orchestrator:
+        async with (build_fleet(config, repo_path=repo_path, state_dir=state_dir) as orchestrator,
+                    serving_if_possible(orchestrator, orchestrator.journal.dir)):
             return await host(orchestrator, once=once, out=out or sys.stdout, pm=pm, resume_budget=resume_budget)
 
     return anyio.run(main)

@@ -36,6 +36,8 @@ class ForgeObserver:
     async def observe(self) -> Snapshot:
         now = self.ctx.clock()
         labels = self.ctx.config.labels
+        if self.ctx.claims is not None:
+            await self.ctx.claims.look()  # every orchestrator's leases, in one request
         by_number: dict[int, Issue] = {}
         for label in (labels.proposed, labels.approved, labels.in_progress, labels.needs_human):
             for issue in await self.ctx.forge.list_issues(labels=[label]):
@@ -133,7 +135,11 @@ class ForgeObserver:
             if pull.state != "open":  # still open but no longer the fleet's to follow: forget it, say nothing
                 kind = "merged" if pull.state == "merged" else "pr_closed"
                 self.ctx.journal.append_event(kind, {"pr": number, "issue": issue})
+                self.ctx.journal.set_kv(f"pr_ended:{issue}", kind)  # the claim's work is done: its lease goes
             known.pop(str(number), None)
+        for issue in open_now.values():
+            if self.ctx.journal.get_kv(f"pr_ended:{issue}"):
+                self.ctx.journal.delete_kv(f"pr_ended:{issue}")  # a new PR for it: worked again
         known.update({str(n): i for n, i in open_now.items()})
         if known != (self.ctx.journal.get_kv("open_fleet_prs", {}) or {}):
             self.ctx.journal.set_kv("open_fleet_prs", known)

@@ -7,6 +7,7 @@ all sharing one `FleetContext`. It never imports Textual.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 from collections import deque
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import anyio
 import anyio.abc
 
+from fleet_tui.claims import ClaimKeeper, claim_holder, supports_claims
 from fleet_tui.config import FleetConfig
 from fleet_tui.context import FleetContext, now_utc
 from fleet_tui.control import Detail
@@ -140,6 +142,9 @@ class Orchestrator:
         self.observer = ForgeObserver(self.ctx, self.supervisor.live_run)
         self.executor.observer = self.observer
         self.executor.supervisor = self.supervisor
+        if supports_claims(forge):
+            self.ctx.claims = ClaimKeeper(forge, claim_holder(forge.repo, journal, runner),
+                                          config.forge.claim_lease_s)
         self.ticks = 0
 
     # --- FleetControl: events ----------------------------------------------------------------------
@@ -226,6 +231,8 @@ class Orchestrator:
                 self.publish(LoopState(at=self.clock(), state="starting"))
                 await self.start()
                 self.publish(LoopState(at=self.clock(), state="running"))
+                if self.ctx.claims is not None:
+                    tg.start_soon(self._keep_claims)
                 last = -MIN_TICK_S
                 while not self._stopping:
                     since = anyio.current_time() - last
@@ -239,7 +246,9 @@ class Orchestrator:
                     retry = self.executor.next_retry
                     if once and not busy and not len(self.supervisor) and retry is None:
                         break  # nothing left to do, nothing waiting to be retried, and no run is live
-                    if busy and not self._stopping:
+                    if self._stopping:
+                        break  # a shutdown asked for during the tick ends the loop now, not a poll later
+                    if busy:
                         continue  # act on the consequences at once
                     wait = self.config.poll_interval_s
                     if retry is not None:  # wake when a backing-off action may run again
@@ -308,6 +317,7 @@ class Orchestrator:
             log.exception("observe failed")
             self.ctx.notice(f"cannot read the forge: {exc}", "error")
             return []
+        snapshot = await self._settle_claims(snapshot)
         actions = reconcile(snapshot, self.config)
         actions.sort(key=lambda a: 0 if isinstance(a, Kill) else 1)
         executed: list[Action] = []
@@ -324,6 +334,63 @@ class Orchestrator:
             self.ctx.notice(f"cannot read issue #{number} this time: {error}", "warning")
         await self._publish_snapshot(snapshot)
         return executed
+
+    # --- claims across orchestrators ------------------------------------------------------------------
+
+    async def _settle_claims(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot with this orchestrator's leases brought in line: claims it lost or could not take the
+        lease of are left out (nothing is dispatched for them), and other orchestrators' leases are named."""
+        keeper = self.ctx.claims
+        if keeper is None:
+            return snapshot
+        try:
+            lost = await keeper.settle(snapshot, self.config.labels, self.journal)
+        except ForgeError as exc:
+            self.ctx.notice(f"cannot keep the fleet's claims on the forge: {exc}", "warning")
+            lost = keeper.take_lost()
+        if lost:
+            await self._drop_lost(lost)
+        out = lost | keeper.unheld()
+        snapshot = dataclasses.replace(
+            snapshot, claims={n: c for n, c in snapshot.claims.items() if n not in out},
+            leased_elsewhere=keeper.elsewhere(), claimable=keeper.breakable())
+        self.observer.last = snapshot
+        return snapshot
+
+    async def _keep_claims(self) -> None:
+        """Renew the held leases on time, whatever the poll interval (every third of `forge.claim_lease_s`)."""
+        keeper = self.ctx.claims
+        while True:
+            await anyio.sleep(max(MIN_TICK_S, keeper.next_renewal_in()))
+            try:
+                taken = await keeper.renew_due()
+            except Exception as exc:  # noqa: BLE001 - the network: the next turn tries again
+                self.ctx.notice(f"cannot renew the fleet's claims: {exc}", "warning")
+                await anyio.sleep(min(5.0, keeper.lease_s / 9))
+                continue
+            if taken:
+                await self._drop_lost(keeper.take_lost() | taken)
+                self.wake()
+
+    async def _drop_lost(self, issues: set[int]) -> None:
+        """Stand down on issues whose lease another orchestrator took over (after this one's expired unrenewed,
+        so it was cut off or stalled for a whole lease): stop their runs and drop the claims. Nothing more is
+        written to the forge: the issue is the other orchestrator's now."""
+        for number in sorted(issues):
+            for claim in self.journal.claims_for(number):
+                key = f"claim:{number}:{claim.approval_event_id}"
+                meta = self.journal.get_kv(key) or {}
+                if meta and not meta.get("foreign"):
+                    self.journal.set_kv(key, {**meta, "foreign": True, "lost": True})
+            stopped = [run.run_id for run in self.supervisor.live_runs() if run.issue == number]
+            for run_id in stopped:
+                # lost to the fleet, not failed by the agent: should the issue come back here, a fresh run starts
+                self.ctx.set_extras(run_id, interrupted=True)
+                await self.supervisor.kill(run_id, RunState.LOST, f"another orchestrator took issue #{number} over")
+            self.journal.append_event("claim_lost", {"issue": number, "stopped": stopped})
+            self.ctx.notice(f"issue #{number}: another orchestrator took the claim over after this one's lease "
+                            f"expired unrenewed; {'stopped ' + ', '.join(stopped) + ' and ' if stopped else ''}"
+                            "dropped the claim (nothing more is posted)", "warning")
 
     async def _publish_snapshot(self, snapshot: Snapshot) -> None:
         labels = self.config.labels
@@ -408,6 +475,7 @@ class Orchestrator:
     async def retry(self, issue: int) -> None:
         """Clear the needs-human stop: attempts and rounds count afresh from now."""
         self.journal.set_kv(f"retry:{issue}", self.clock().isoformat())
+        self.journal.delete_kv(f"pr_ended:{issue}")  # worked again: its claim takes the lease again
         await self.forge.remove_label(issue, self.config.labels.needs_human)
         self.journal.delete_kv(f"nh:{issue}")
         self.ctx.flagged.discard(issue)

@@ -57,7 +57,7 @@ class ClaimRecord:
     event_id: str
     run_id: str
     branch: str
-    confirmed: bool = True  # label and marker comment written and read back
+    confirmed: bool = True  # the forge's lease taken, then the label and marker comment written
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +123,10 @@ class Snapshot:
     edits: Mapping[int, datetime] = field(default_factory=dict)  # latest title/body edit per approved issue
     holds: Mapping[int, Hold] = field(default_factory=dict)  # needs-human stops the fleet placed
     budget_lifted_on: date | None = None  # the operator lifted the daily budget stop for this day
+    # claims across orchestrators (the forge's leases): issues another orchestrator holds a lease on, and those
+    # of them whose lease this orchestrator has seen unrenewed for a whole lease period (issue -> version seen)
+    leased_elsewhere: frozenset[int] = frozenset()
+    claimable: Mapping[int, str] = field(default_factory=dict)
 
 
 # --- what reconcile asks for ------------------------------------------------------------------------
@@ -141,6 +145,7 @@ class Claim:
     event_id: str
     title_sha: str
     body_sha: str
+    lease: str = ""  # take over the lease seen expired at this version ("": acquire a claim nobody holds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,10 +499,16 @@ def reconcile(snapshot: Snapshot, config: FleetConfig) -> list[Action]:
                 actions.append(Claim(number, event_id, text_sha(issue.title), text_sha(issue.body)))
             continue
         if claim is None or claim.event_id != event_id:
-            if issue.has_label(labels.in_progress) and claim is None:
-                continue  # claimed by another orchestrator
+            lease = ""
+            if claim is None and (issue.has_label(labels.in_progress) or number in snapshot.leased_elsewhere):
+                # claimed by another orchestrator: ours only once its lease was seen expired. An in-progress
+                # label without a lease is a released claim (the lease is taken before the label is written):
+                # it waits for a human, who removes the label to hand the issue back
+                lease = snapshot.claimable.get(number, "")
+                if not lease:
+                    continue
             if may_dispatch and slots.take(Role.DEV, number):
-                actions.append(Claim(number, event_id, text_sha(issue.title), text_sha(issue.body)))
+                actions.append(Claim(number, event_id, text_sha(issue.title), text_sha(issue.body), lease))
             continue
         issue_spend = snapshot.spend_issue.get(number, Usage())
         over_issue_budget = _over(issue_spend, 0, policy.budget_issue_usd)

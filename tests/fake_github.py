@@ -182,6 +182,7 @@ class CommentRec:
     body: str
     created: float
     via_app: str | None = None
+    visible_at: float = 0.0  # monotonic time from which clients other than its author see it
 
 
 @dataclass
@@ -232,6 +233,8 @@ class IssueRec:
     is_pull: bool = False
     edits: list[EditRec] = field(default_factory=list)
     last_edited: float | None = None
+    # label changes not yet visible to other clients: (visible_at monotonic, login, label, added)
+    label_log: list[tuple[float, str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -400,6 +403,13 @@ class FakeGitHub:
         self.apps: dict[int, FakeApp] = {}
         self.installation_tokens: dict[str, InstallationToken] = {}
         self.clock_offset = 0.0  # seconds the server's wall clock runs ahead of this machine's
+        # eventual consistency GitHub does not rule out: a new comment or label change is seen by clients
+        # other than its author only this many seconds later (refs stay strongly consistent)
+        self.visibility_delay_s = 0.0
+        self.viewer: str | None = None  # who the request being served acts as
+        self.lease_commits: dict[str, dict[str, Any]] = {}  # git database commits when there is no git
+        self.other_refs: dict[str, str] = {}  # refs outside refs/heads/ when there is no git
+        self._trees: dict[str, str] = {}  # commit sha -> its tree
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.git_dir: Path | None = None
@@ -511,6 +521,8 @@ class FakeGitHub:
             if name in issue.labels:
                 return
             issue.labels.append(name)
+            if self.visibility_delay_s > 0:
+                issue.label_log.append((time.monotonic() + self.visibility_delay_s, login, name, True))
             via = via_app if via_app is not None else self.user(login).app
             issue.events.append(EventRec(self.next_id(), "labeled", login, self.now(), label=name, via_app=via))
             issue.updated = self.now()
@@ -521,6 +533,8 @@ class FakeGitHub:
             if name not in issue.labels:
                 return False
             issue.labels.remove(name)
+            if self.visibility_delay_s > 0:
+                issue.label_log.append((time.monotonic() + self.visibility_delay_s, login, name, False))
             issue.events.append(EventRec(self.next_id(), "unlabeled", login, self.now(), label=name,
                                          via_app=self.user(login).app))
             issue.updated = self.now()
@@ -529,7 +543,8 @@ class FakeGitHub:
     def add_comment(self, number: int, body: str, user: str = OPERATOR_LOGIN) -> CommentRec:
         with self.lock:
             issue = self.issues[number]
-            comment = CommentRec(self.next_id(), number, user, body, self.now(), self.user(user).app)
+            comment = CommentRec(self.next_id(), number, user, body, self.now(), self.user(user).app,
+                                 time.monotonic() + self.visibility_delay_s if self.visibility_delay_s > 0 else 0.0)
             issue.comments.append(comment)
             issue.updated = comment.created
             return comment
@@ -836,8 +851,9 @@ class FakeGitHub:
             "number": issue.number, "state": issue.state,
             "state_reason": "completed" if issue.state == "closed" else None,
             "title": issue.title, "body": issue.body, "user": user_json(self.user(issue.user)),
-            "labels": [self.label_json(n) for n in issue.labels], "assignee": None, "assignees": [],
-            "milestone": None, "locked": False, "active_lock_reason": None, "comments": len(issue.comments),
+            "labels": [self.label_json(n) for n in self.visible_labels(issue)], "assignee": None,
+            "assignees": [], "milestone": None, "locked": False, "active_lock_reason": None,
+            "comments": len(self.visible_comments(issue)),
             "closed_at": iso(issue.closed), "created_at": iso(issue.created), "updated_at": iso(issue.updated),
             "closed_by": None, "author_association": "MEMBER",
             "reactions": {"url": base + "/reactions", "total_count": 0, "+1": 0, "-1": 0, "laugh": 0,
@@ -850,6 +866,24 @@ class FakeGitHub:
                                     "diff_url": f"{WEB}/{REPO}/pull/{issue.number}.diff",
                                     "patch_url": f"{WEB}/{REPO}/pull/{issue.number}.patch", "merged_at": None}
         return data
+
+    def visible_labels(self, issue: IssueRec) -> list[str]:
+        """The issue's labels as the client being served sees them: another client's recent changes undone."""
+        labels = list(issue.labels)
+        now = time.monotonic()
+        for visible_at, login, name, added in reversed(issue.label_log):
+            if visible_at <= now or login == self.viewer or self.viewer is None:
+                continue
+            if added and name in labels:
+                labels.remove(name)
+            elif not added and name not in labels:
+                labels.append(name)
+        return labels
+
+    def visible_comments(self, issue: IssueRec) -> list[CommentRec]:
+        now = time.monotonic()
+        return [c for c in issue.comments
+                if c.visible_at <= now or self.viewer is None or c.user == self.viewer]
 
     def comment_json(self, comment: CommentRec) -> dict[str, Any]:
         url = f"{API}/repos/{REPO}/issues/comments/{comment.id}"
@@ -1031,6 +1065,7 @@ class FakeGitHub:
     def handle(self, method: str, path: str, query: dict[str, list[str]], body: Any, login: str
                ) -> tuple[int, Any, dict[str, str]]:
         prefix = f"/repos/{REPO}"
+        self.viewer = login
         if path == "/user" and method == "GET":
             return 200, private_user_json(self.user(login)), {}
         if path == "/rate_limit" and method == "GET":
@@ -1079,6 +1114,13 @@ class FakeGitHub:
             (r"/commits/([^/]+)/status", "GET", self._combined_status),
             (r"/commits/([^/]+)/check-runs", "GET", self._check_runs),
             (r"/collaborators/([^/]+)/permission", "GET", self._permission),
+            (r"/git/commits", "POST", self._create_git_commit),
+            (r"/git/commits/([^/]+)", "GET", self._get_git_commit),
+            (r"/git/refs", "POST", self._create_ref),
+            (r"/git/refs/(.+)", "PATCH", self._update_ref),
+            (r"/git/refs/(.+)", "DELETE", self._delete_ref),
+            (r"/git/ref/(.+)", "GET", self._get_ref),
+            (r"/git/matching-refs/(.*)", "GET", self._matching_refs),
         ]
 
     def _get_repo(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
@@ -1118,8 +1160,7 @@ class FakeGitHub:
                                       "date": "2024-01-01T00:00:00Z"},
                            "committer": {"name": "Fake", "email": "fake@example.invalid",
                                          "date": "2024-01-01T00:00:00Z"},
-                           "tree": {"sha": "4b825dc642cb6eb9a060e54bf8d69288fbee4904",
-                                    "url": f"{API}/repos/{REPO}/git/trees/4b825dc642cb6eb9a060e54bf8d69288fbee4904"},
+                           "tree": {"sha": (tree := self._tree_of(sha)), "url": f"{API}/repos/{REPO}/git/trees/{tree}"},
                            "comment_count": 0, "verification": None}},
             "_links": {"self": base, "html": f"{WEB}/{REPO}/tree/{name}"}, "protected": rule is not None,
             "protection": protection, "protection_url": base + "/protection",
@@ -1209,7 +1250,7 @@ class FakeGitHub:
         creator = _q(query, "creator", "")
         since_ts = datetime.fromisoformat(since.replace("Z", "+00:00")).timestamp() if since else None
         found = [i for i in self.issues.values()
-                 if (state == "all" or i.state == state) and all(n in i.labels for n in wanted)
+                 if (state == "all" or i.state == state) and all(n in self.visible_labels(i) for n in wanted)
                  and (since_ts is None or i.updated >= since_ts) and (not creator or i.user == creator)]
         key = (lambda i: i.updated) if _q(query, "sort", "created") == "updated" else (lambda i: i.number)
         found.sort(key=key, reverse=_q(query, "direction", "desc") == "desc")
@@ -1243,7 +1284,7 @@ class FakeGitHub:
 
     def _list_comments(self, login: str, query: dict[str, list[str]], body: Any, number: str
                        ) -> tuple[int, Any, dict[str, str]]:
-        return 200, [self.comment_json(c) for c in self._issue(number).comments], {}
+        return 200, [self.comment_json(c) for c in self.visible_comments(self._issue(number))], {}
 
     def _create_comment(self, login: str, query: dict[str, list[str]], body: Any, number: str
                         ) -> tuple[int, Any, dict[str, str]]:
@@ -1396,6 +1437,210 @@ class FakeGitHub:
                                                           "triage": permission != "read", "pull": True}}}, {}
 
     # -- GitHub Apps -------------------------------------------------------------------------------
+    # -- the git database: commits and refs (strongly consistent, as on GitHub) ----------------------
+    EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+    def _tree_of(self, sha: str) -> str:
+        if self.git_dir is None:
+            return str(self.lease_commits.get(sha, {}).get("tree") or self.EMPTY_TREE)
+        if sha not in self._trees:  # a commit's tree never changes
+            try:
+                self._trees[sha] = self._git("rev-parse", f"{sha}^{{tree}}")
+            except RuntimeError:
+                return self.EMPTY_TREE
+        return self._trees[sha]
+
+    def _object_types(self, shas: list[str]) -> list[str | None]:
+        """`_object_type` of several objects in one `git cat-file --batch-check`."""
+        if self.git_dir is None or not shas:
+            return [self._object_type(sha) for sha in shas]
+        if not all(re.fullmatch(r"[0-9a-f]{40}", sha or "") for sha in shas):
+            return [self._object_type(sha) for sha in shas]
+        out = subprocess.run(["git", "cat-file", "--batch-check=%(objecttype)"], cwd=str(self.git_dir),
+                             input="\n".join(shas) + "\n", capture_output=True, text=True, check=False).stdout
+        return [None if line.endswith("missing") else line for line in out.splitlines()]
+
+    def _object_type(self, sha: str) -> str | None:
+        if not re.fullmatch(r"[0-9a-f]{40}", sha or ""):
+            return None
+        if self.git_dir is None:
+            if sha in self.lease_commits or sha in self.refs.values():
+                return "commit"
+            return "tree" if sha == self.EMPTY_TREE else None
+        try:
+            return self._git("cat-file", "-t", sha)
+        except RuntimeError:
+            return None
+
+    def ref_sha(self, full: str) -> str | None:
+        """Where `refs/...` points, or None."""
+        if self.git_dir is None:
+            if full.startswith("refs/heads/"):
+                return self.refs.get(full.removeprefix("refs/heads/"))
+            return self.other_refs.get(full)
+        try:
+            return self._git("rev-parse", "--verify", "-q", full + "^{commit}")
+        except RuntimeError:
+            return None
+
+    def _all_refs(self) -> list[tuple[str, str]]:
+        if self.git_dir is None:
+            return sorted([(f"refs/heads/{n}", s) for n, s in self.refs.items()] + list(self.other_refs.items()))
+        out = self._git("for-each-ref", "--format=%(refname) %(objectname)", "refs/")
+        return sorted(tuple(line.split(" ", 1)) for line in out.splitlines() if line)  # type: ignore[misc]
+
+    def _swap_ref(self, full: str, new: str | None, old: str | None) -> None:
+        """Point `full` at `new` (None: delete) if it is at `old` (None: absent); the caller checked."""
+        if self.git_dir is None:
+            table, key = ((self.refs, full.removeprefix("refs/heads/")) if full.startswith("refs/heads/")
+                          else (self.other_refs, full))
+            if new is None:
+                table.pop(key, None)
+            else:
+                table[key] = new
+            return
+        if new is None:
+            self._git("update-ref", "-d", full, old or "")
+        else:
+            self._git("update-ref", full, new, old or "0" * 40)
+
+    def _is_ancestor(self, old: str, new: str) -> bool:
+        if old == new:
+            return True
+        if self.git_dir is None:
+            seen, todo = set(), [new]
+            while todo:
+                sha = todo.pop()
+                if sha == old:
+                    return True
+                if sha not in seen:
+                    seen.add(sha)
+                    todo.extend(self.lease_commits.get(sha, {}).get("parents", []))
+            return False
+        return subprocess.run(["git", "merge-base", "--is-ancestor", old, new], cwd=str(self.git_dir),
+                              capture_output=True, check=False).returncode == 0
+
+    def _empty_repo(self) -> bool:
+        return self.branch_sha(self.default_branch) is None and not any(
+            name.startswith("refs/heads/") for name, _ in self._all_refs())
+
+    def ref_json(self, full: str, sha: str) -> dict[str, Any]:
+        return {"ref": full, "node_id": "REF_" + hashlib.sha1(full.encode()).hexdigest()[:16],
+                "url": f"{API}/repos/{REPO}/git/{full}",
+                "object": {"type": "commit", "sha": sha, "url": f"{API}/repos/{REPO}/git/commits/{sha}"}}
+
+    def git_commit_json(self, sha: str) -> dict[str, Any]:
+        if self.git_dir is None:
+            info = self.lease_commits[sha]
+            tree, parents, message, date = info["tree"], info["parents"], info["message"], info["date"]
+            name, email = info["name"], info["email"]
+        else:
+            raw = self._git("cat-file", "commit", sha)
+            head, _, message = raw.partition("\n\n")
+            tree, parents, name, email, date = self.EMPTY_TREE, [], "Fake", "fake@example.invalid", iso(0)
+            for line in head.splitlines():
+                key, _, value = line.partition(" ")
+                if key == "tree":
+                    tree = value
+                elif key == "parent":
+                    parents.append(value)
+                elif key == "author":
+                    found = re.match(r"(.*) <(.*)> (\d+) ", value)
+                    if found:
+                        name, email, date = found.group(1), found.group(2), iso(float(found.group(3)))
+        person = {"name": name, "email": email, "date": date}
+        return {"sha": sha, "node_id": f"C_{sha[:16]}", "url": f"{API}/repos/{REPO}/git/commits/{sha}",
+                "html_url": f"{WEB}/{REPO}/commit/{sha}", "author": person, "committer": person,
+                "message": message, "tree": {"sha": tree, "url": f"{API}/repos/{REPO}/git/trees/{tree}"},
+                "parents": [{"sha": p, "url": f"{API}/repos/{REPO}/git/commits/{p}",
+                             "html_url": f"{WEB}/{REPO}/commit/{p}"} for p in parents],
+                "verification": {"verified": False, "reason": "unsigned", "signature": None, "payload": None,
+                                 "verified_at": None}}
+
+    def _create_git_commit(self, login: str, query: dict[str, list[str]], body: Any
+                           ) -> tuple[int, Any, dict[str, str]]:
+        if self._empty_repo():
+            raise ApiError(409, "Git Repository is empty.")
+        message, tree = body.get("message"), str(body.get("tree") or "")
+        parents = body.get("parents") or []
+        if not isinstance(message, str) or not tree:
+            raise ApiError(422, "Invalid request.\n\n\"message\" and \"tree\" are required.")
+        kinds = self._object_types([tree, *[str(p) for p in parents]])
+        if kinds[0] != "tree":
+            raise ApiError(422, "Tree SHA does not exist")
+        if any(kind != "commit" for kind in kinds[1:]):
+            raise ApiError(422, "Parent SHA does not exist or is not a commit object")
+        user = self.user(login)
+        name, email = login, f"{user.id}+{login}@users.noreply.github.example"
+        if self.git_dir is None:
+            date = iso(time.time())
+            sha = hashlib.sha1(json.dumps([tree, parents, message, name, date, self.next_id()]).encode()).hexdigest()
+            self.lease_commits[sha] = {"tree": tree, "parents": [str(p) for p in parents], "message": message,
+                                       "name": name, "email": email, "date": date}
+        else:
+            args = ["commit-tree", tree, "-m", message]
+            for parent in parents:
+                args += ["-p", str(parent)]
+            sha = subprocess.run(["git", *args], cwd=str(self.git_dir), capture_output=True, text=True, check=True,
+                                 env={"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_NAME": name,
+                                      "GIT_COMMITTER_EMAIL": email, "GIT_CONFIG_NOSYSTEM": "1",
+                                      "HOME": str(self.root), "PATH": "/usr/bin:/bin:/usr/local/bin"}).stdout.strip()
+        return 201, self.git_commit_json(sha), {"location": f"{API}/repos/{REPO}/git/commits/{sha}"}
+
+    def _get_git_commit(self, login: str, query: dict[str, list[str]], body: Any, sha: str
+                        ) -> tuple[int, Any, dict[str, str]]:
+        if self._object_type(sha) != "commit":
+            raise ApiError(404, "Not Found")
+        return 200, self.git_commit_json(sha), {}
+
+    def _create_ref(self, login: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any, dict[str, str]]:
+        full, sha = str(body.get("ref") or ""), str(body.get("sha") or "")
+        if self._empty_repo():
+            raise ApiError(409, "Git Repository is empty.")
+        if not full.startswith("refs/") or full.count("/") < 2:
+            raise ApiError(422, "Reference name must start with 'refs/' and have at least two slashes.")
+        if self._object_type(sha) is None:
+            raise ApiError(422, "Object does not exist")
+        if self.ref_sha(full) is not None:
+            raise ApiError(422, "Reference already exists")
+        self._swap_ref(full, sha, None)
+        return 201, self.ref_json(full, sha), {"location": f"{API}/repos/{REPO}/git/{full}"}
+
+    def _update_ref(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        full, sha = f"refs/{ref}", str(body.get("sha") or "")
+        current = self.ref_sha(full)
+        if current is None:
+            raise ApiError(422, "Reference does not exist")
+        if self._object_type(sha) != "commit":
+            raise ApiError(422, "Object does not exist")
+        if not body.get("force") and not self._is_ancestor(current, sha):
+            raise ApiError(422, "Update is not a fast forward")
+        self._swap_ref(full, sha, current)
+        return 200, self.ref_json(full, sha), {}
+
+    def _delete_ref(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                    ) -> tuple[int, Any, dict[str, str]]:
+        full = f"refs/{ref}"
+        current = self.ref_sha(full)
+        if current is None:
+            raise ApiError(422, "Reference does not exist")
+        self._swap_ref(full, None, current)
+        return 204, None, {}
+
+    def _get_ref(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                 ) -> tuple[int, Any, dict[str, str]]:
+        full = f"refs/{ref}"
+        sha = self.ref_sha(full)
+        if sha is None:
+            raise ApiError(404, "Not Found")
+        return 200, self.ref_json(full, sha), {}
+
+    def _matching_refs(self, login: str, query: dict[str, list[str]], body: Any, ref: str
+                       ) -> tuple[int, Any, dict[str, str]]:
+        prefix = f"refs/{ref}"
+        return 200, [self.ref_json(name, sha) for name, sha in self._all_refs() if name.startswith(prefix)], {}
+
     def verify_jwt(self, token: str) -> FakeApp:
         """The App a JWT speaks for, checked like GitHub: RS256 signature by that App's key, `iss` its id,
         `iat` not in the future (60 s leeway), `exp` in the future and at most 10 minutes after `iat`."""
@@ -1532,6 +1777,7 @@ _PERMISSION_ROUTES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r"/repos/[^/]+/[^/]+/branches/.+/protection(/.*)?", ("administration",)),
     (r"/repos/[^/]+/[^/]+/branches(/.*)?", ("contents", "metadata")),
     (r"/repos/[^/]+/[^/]+/rules/branches/.+", ("metadata",)),
+    (r"/repos/[^/]+/[^/]+/git/(commits|refs|ref|matching-refs)(/.*)?", ("contents",)),
     (r"(/api)?/graphql", ("issues", "pull_requests")),
     (r"/repos/[^/]+/[^/]+(/collaborators/.*)?", ("metadata",)),
     (r"/[^/]+/[^/]+\.git/(info/refs|git-upload-pack|git-receive-pack)", ("contents",)),
@@ -1697,9 +1943,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is not None and fault.kind == "status":
                 status, data, extra = fault.status, {"message": "Server Error"}, {}
             page_headers: dict[str, str] = {}
-            if status == 200 and method == "GET" and isinstance(data, list):
+            if status == 200 and method == "GET" and isinstance(data, list) and "/git/matching-refs/" not in path:
                 data, page_headers = _paginate(data, query, self.headers.get("host", ""), parts.path)
-            payload = json.dumps(data, separators=(",", ":")).encode()
+            payload = b"" if status == 204 else json.dumps(data, separators=(",", ":")).encode()
             etag = 'W/"' + hashlib.sha256(payload).hexdigest()[:40] + '"'
             not_modified = (method == "GET" and status == 200
                             and etag in [t.strip() for t in self.headers.get("if-none-match", "").split(",")])
@@ -1789,7 +2035,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("x-github-api-version-selected", "2026-03-10")
             for key, value in headers.items():
                 self.send_header(key, value)
-            if status != 304:
+            if status not in (204, 304):
                 self.send_header("content-length", str(len(payload)))
             self.end_headers()
             if status != 304 and payload:

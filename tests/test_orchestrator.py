@@ -28,7 +28,6 @@ from fleet_tui.model import (
     SnapshotPublished,
 )
 from fleet_tui.orchestrator import Orchestrator, _Subscriber
-from fleet_tui.roles import dev as dev_role
 from fleet_tui.runners.local import LocalRunner
 from fleet_tui.store import Journal
 from fleet_tui.workspace import WorkspaceManager
@@ -150,8 +149,8 @@ async def test_a_claim_already_made_by_another_orchestrator_stands(tmp_path: Pat
         number = await approve_new_issue(orch)
         event = standing_label_event(await orch.forge.label_events(number), "approved")
         assert event is not None
-        other = dev_role.claim_body("dev-elsewhere") + "\n" + marker("run", "dev-elsewhere")
-        await orch.forge.post_comment(number, other, dev_role.claim_marker(number, event.event_id))
+        # the lock is the forge's claim (a lease), not a comment: another orchestrator holds it, live
+        assert await orch.forge.acquire_claim(number, "another-fleet", "dev-elsewhere", lease_s=180) is not None
         notices: list[str] = []
 
         stream = orch.events()
@@ -165,9 +164,11 @@ async def test_a_claim_already_made_by_another_orchestrator_stands(tmp_path: Pat
             tg.start_soon(collect)
             await run_once(orch)
         assert orch.journal.runs() == []
-        assert any("another orchestrator" in n for n in notices)
-        comments = (await orch.forge.get_issue(number)).comments
-        assert sum("fleet:claim=" in c.body for c in comments) == 1
+        issue = await orch.forge.get_issue(number)
+        # it stood down quietly: no comment, no label of its own, the other's lease untouched
+        assert not any("fleet:claim=" in c.body for c in issue.comments)
+        assert "fleet:in-progress" not in issue.labels
+        assert (await orch.forge.get_claim(number)).holder == "another-fleet"
 
 
 @pytest.mark.anyio

@@ -72,6 +72,21 @@ class GitSource:
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimLease:
+    """One orchestrator's hold on an issue, as the forge stores it: who holds it and the version a
+    compare-and-swap must name to renew it, take it over or drop it.
+
+    `version` changes with every renewal and is never reused (GitHub: the lease commit's sha; the local forge: a
+    fresh random token). `holder` and `run_id` are "" when the forge's list does not carry them (GitHub lists a
+    claim's ref only; the lease commit says who holds it, read when it matters)."""
+
+    issue: int
+    version: str
+    holder: str = ""
+    run_id: str = ""
+
+
 @runtime_checkable
 class Forge(Protocol):
     kind: str  # "local" | "github"
@@ -189,6 +204,34 @@ class Forge(Protocol):
 
     async def post_review(self, number: int, body: str, commit_id: str) -> Review:
         """A review with event COMMENT. No other event exists in this protocol."""
+        ...
+
+    # claims across orchestrators ----------------------------------------------------------------
+    # The lock that keeps two orchestrators off one issue: an atomic compare-and-swap the forge itself
+    # provides (GitHub: creating a git ref; locally: a SQLite transaction). The in-progress label and the marker
+    # comment stay the human-visible record; they are never the lock.
+
+    async def list_claims(self) -> dict[int, ClaimLease]:
+        """Every claim on the forge, by issue, in one read."""
+        ...
+
+    async def get_claim(self, issue: int) -> ClaimLease | None:
+        """The claim of `issue` with its holder and run, or None when there is none."""
+        ...
+
+    async def acquire_claim(self, issue: int, holder: str, run_id: str, *, lease_s: float) -> ClaimLease | None:
+        """Create the claim of `issue` for `holder` if none exists (atomic); None when one already does."""
+        ...
+
+    async def replace_claim(self, seen: ClaimLease, holder: str, run_id: str, *,
+                            lease_s: float) -> ClaimLease | None:
+        """Swap the claim from version `seen.version` to a fresh version held by `holder`, only if it still is
+        at that version (atomic). Renewal is this with the holder's own lease; taking an expired lease over is
+        this with the lease seen expired. None when the claim moved or is gone: someone else holds it."""
+        ...
+
+    async def release_claim(self, lease: ClaimLease) -> None:
+        """Drop the claim if it still is at `lease.version`; a claim that moved or is gone is left alone."""
         ...
 
     # access and limits ----------------------------------------------------------------------

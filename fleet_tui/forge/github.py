@@ -29,6 +29,7 @@ import anyio
 
 from fleet_tui.forge.base import (
     DIFF_LIMIT,
+    ClaimLease,
     ForgeError,
     GitSource,
     NotFound,
@@ -36,6 +37,7 @@ from fleet_tui.forge.base import (
     RateLimitedError,
     cut_diff,
 )
+from fleet_tui.forge.github_claims import GitHubClaims
 from fleet_tui.forge.github_shapes import (
     EDITS_QUERY,
     actor_of,
@@ -232,6 +234,7 @@ class GitHubForge:
                                                                    tuple[ReviewComment, ...]]]] = {}
         self._pulls: dict[int, tuple[tuple[Any, ...], PullRequest]] = {}  # last full read, by its key
         self._ci_checked: dict[int, float] = {}  # when each PR's CI was last read
+        self._claims = GitHubClaims(self)
 
     # --- construction ------------------------------------------------------------------------
     @classmethod
@@ -1315,6 +1318,23 @@ class GitHubForge:
             said = "; ".join(str(getattr(e, "message", e)) for e in errors) or str(exc)
             raise ForgeError(f"GitHub GraphQL {what}: {said}") from None
         return data if isinstance(data, dict) else {}
+
+    # --- claims across orchestrators (a git ref swapped atomically: see github_claims) ------------
+    async def list_claims(self) -> dict[int, ClaimLease]:
+        return await self._claims.list()
+
+    async def get_claim(self, issue: int) -> ClaimLease | None:
+        return await self._claims.get(issue)
+
+    async def acquire_claim(self, issue: int, holder: str, run_id: str, *, lease_s: float) -> ClaimLease | None:
+        return await self._claims.acquire(issue, holder, run_id, lease_s)
+
+    async def replace_claim(self, seen: ClaimLease, holder: str, run_id: str, *,
+                            lease_s: float) -> ClaimLease | None:
+        return await self._claims.replace(seen, holder, run_id, lease_s)
+
+    async def release_claim(self, lease: ClaimLease) -> None:
+        await self._claims.release(lease)
 
     # --- access --------------------------------------------------------------------------------
     async def permission(self, login: str) -> Permission:

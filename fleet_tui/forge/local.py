@@ -27,7 +27,8 @@ from typing import Any, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
-from fleet_tui.forge.base import DIFF_LIMIT, ForgeError, GitSource, NotFound, Permission, cut_diff
+from fleet_tui.forge import local_claims
+from fleet_tui.forge.base import DIFF_LIMIT, ClaimLease, ForgeError, GitSource, NotFound, Permission, cut_diff
 from fleet_tui.git import GitError, git, git_env
 from fleet_tui.model import (
     Actor,
@@ -119,6 +120,14 @@ CREATE TABLE IF NOT EXISTS edits (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS edits_number ON edits(number);
+CREATE TABLE IF NOT EXISTS claims (           -- one orchestrator's lease per issue (see local_claims.py)
+    issue      INTEGER PRIMARY KEY,
+    version    TEXT NOT NULL,                 -- a fresh random token at every write: the compare-and-swap key
+    holder     TEXT NOT NULL,
+    run_id     TEXT NOT NULL,
+    lease_s    REAL NOT NULL,
+    written_at TEXT NOT NULL                  -- for humans reading the table; expiry never reads it
+);
 """
 
 # GitHub's closing keywords: "Closes #12", "fixes: #3", ...
@@ -288,6 +297,24 @@ class LocalForge:
             return await anyio.to_thread.run_sync(run)
         except sqlite3.Error as exc:
             raise ForgeError(f"the local forge database {self.db_path} failed: {exc}") from exc
+
+    # claims across orchestrators (one transaction each: see local_claims) ------------------------
+
+    async def list_claims(self) -> dict[int, ClaimLease]:
+        return await self._db(local_claims.list_claims, write=False)
+
+    async def get_claim(self, issue: int) -> ClaimLease | None:
+        return await self._db(lambda conn: local_claims.get_claim(conn, issue), write=False)
+
+    async def acquire_claim(self, issue: int, holder: str, run_id: str, *, lease_s: float) -> ClaimLease | None:
+        return await self._db(lambda conn: local_claims.acquire(conn, issue, holder, run_id, lease_s, _now()))
+
+    async def replace_claim(self, seen: ClaimLease, holder: str, run_id: str, *,
+                            lease_s: float) -> ClaimLease | None:
+        return await self._db(lambda conn: local_claims.replace(conn, seen, holder, run_id, lease_s, _now()))
+
+    async def release_claim(self, lease: ClaimLease) -> None:
+        await self._db(lambda conn: local_claims.release(conn, lease))
 
     # identities -------------------------------------------------------------------------------
 

@@ -85,7 +85,10 @@ def claim_marker(issue: int, event_id: str) -> str:
     return marker("claim", f"{issue}:{event_id}")
 
 
-def claim_body(run_id: str) -> str:
+def claim_body(run_id: str, *, takeover: bool = False) -> str:
+    if takeover:
+        return (f"The fleet has taken this issue over (run `{run_id}`): the orchestrator that held it stopped "
+                "renewing its claim, so its lease expired.")
     return f"The fleet has claimed this issue (run `{run_id}`)."
 
 

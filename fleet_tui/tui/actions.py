@@ -55,6 +55,8 @@ ACTIONS: tuple[FleetAction, ...] = (
     FleetAction("switch_pane", "tab", "Pane", "Focus the next pane", show=False),
     FleetAction("fullscreen", "f", "Full log", "Toggle the log pane full screen", show=False),
     FleetAction("help", "question_mark", "Help", "Show every key"),
+    FleetAction("detach", "D", "Detach", "Run the fleet in the background; it outlives this console",
+                show=False, long_name="Detach the fleet to a background process"),
     FleetAction("quit", "q", "Quit", "Quit the console (agents keep running)", show=False),
 )
 

@@ -47,6 +47,7 @@ from fleet_tui.model import (
 from fleet_tui.tui import themes
 from fleet_tui.tui.actions import ACTIONS, ACTIONS_BY_ID, bindings
 from fleet_tui.tui.alerts import BURST, Alert, AlertGate, summary
+from fleet_tui.tui.attach import HandOff, attached_notes, can_hand_off, can_read_remote_logs, hand_off_fleet
 from fleet_tui.tui.commands import FleetCommands
 from fleet_tui.tui.messages import (
     EventsEnded,
@@ -292,6 +293,8 @@ class MainScreen(Screen[None]):
             if action == "restart_loop":
                 return True if state == "stopped" else None
             return None if state in ("stopped", "unconfigured") else True
+        if action == "detach":
+            return True if can_hand_off(self.fleet.control, self.fleet.hand_off) else None
         if action not in _ROW_ACTIONS:
             return True
         local = self.fleet.control.forge_kind == "local"
@@ -393,6 +396,9 @@ class MainScreen(Screen[None]):
 
     def action_restart_loop(self) -> None:
         self.fleet.restart_loop()
+
+    def action_detach(self) -> None:
+        self.fleet.detach_fleet()
 
     def action_pause(self) -> None:
         self.fleet.toggle_pause()
@@ -508,9 +514,10 @@ class FleetApp(App[None]):
     def __init__(self, control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
                  state_dir: Path | None = None, theme_dir: Path | None = None,
                  environ: Mapping[str, str] | None = None, platform: str | None = None,
-                 first_run: SetupProbe | None = None) -> None:
+                 first_run: SetupProbe | None = None, hand_off: HandOff | None = None) -> None:
         super().__init__()
         self.first_run = first_run
+        self.hand_off = hand_off
         self.control = control
         self.config = config
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -638,6 +645,14 @@ class FleetApp(App[None]):
 
     async def action_quit(self) -> None:
         await self.quit_console()
+
+    @work(exclusive=True, group="hand-off", exit_on_error=False, description="Handing the fleet to a background process")
+    async def detach_fleet(self) -> None:
+        if not can_hand_off(self.control, self.hand_off) or self.hand_off is None:
+            return
+        self.notify("Starting the fleet in the background…", markup=False)
+        await hand_off_fleet(self, self.hand_off)
+        self.notify("The fleet runs in the background; this console is attached to it", markup=False)
 
     @work(exclusive=True, group="fleet-loop", exit_on_error=False, description="The fleet loop")
     async def _host_loop(self) -> None:
@@ -853,11 +868,18 @@ class FleetApp(App[None]):
         path = self.control.log_path(run_id)
         if path is not None:
             self._load_history(run_id, path)
+        elif can_read_remote_logs(self.control):
+            self._load_remote_history(run_id)
 
     @work(thread=True, exclusive=True, group="log-history", exit_on_error=False, description="Reading a run's log")
     def _load_history(self, run_id: str, path: Path) -> None:
         if path.is_file():
             self.post_message(HistoryLoaded(run_id, read_log_tail(path, self.max_lines)))
+
+    @work(exclusive=True, group="log-history", exit_on_error=False, description="Reading a run's log")
+    async def _load_remote_history(self, run_id: str) -> None:
+        lines = await self.control.log_tail(run_id, self.max_lines)  # type: ignore[attr-defined]
+        self.post_message(HistoryLoaded(run_id, [history_line(line) for line in lines]))
 
     def on_history_loaded(self, message: HistoryLoaded) -> None:
         if message.run_id == self.shown_run and not self._history.get(message.run_id):
@@ -930,6 +952,7 @@ class FleetApp(App[None]):
             self.header.repo = self.control.repo  # a deferred control learns its repository once started
             self.header.forge_kind = self.control.forge_kind
             self.header.needs_human = len(self.inbox)
+            self.header.extra.update(attached_notes(self.control))
             try:
                 bar = self.main.query_one(HeaderBar)
             except NoMatches:  # the screen is being torn down (the clock can tick during shut-down)
@@ -1080,14 +1103,15 @@ class FleetApp(App[None]):
 def make_app(control: FleetControl, config: FleetConfig, *, clock: Clock | None = None,
              state_dir: Path | None = None, theme_dir: Path | None = None,
              environ: Mapping[str, str] | None = None, platform: str | None = None,
-             first_run: SetupProbe | None = None) -> FleetApp:
+             first_run: SetupProbe | None = None, hand_off: HandOff | None = None) -> FleetApp:
     """The console for `control`. `state_dir` holds ui.json (the remembered theme); `theme_dir` the user's theme
     files (default: `<user config dir>/themes`); `clock`, `environ` and `platform` are for tests.
 
     `first_run` (no config file was found) opens the set-up screen instead of starting the fleet: the probe,
-    run in a thread, says what is missing (config, agent image, engine API key)."""
+    run in a thread, says what is missing (config, agent image, engine API key). `hand_off` (a hosting
+    console) starts the fleet as a background process and returns a control attached to it (the detach key)."""
     return FleetApp(control, config, clock=clock, state_dir=state_dir if state_dir is not None else user_state_dir(),
-                    theme_dir=theme_dir, environ=environ, platform=platform, first_run=first_run)
+                    theme_dir=theme_dir, environ=environ, platform=platform, first_run=first_run, hand_off=hand_off)
 
 
 def run_app(control: FleetControl, config: FleetConfig) -> None:
