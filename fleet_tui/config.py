@@ -609,6 +609,10 @@ class KubernetesConfig(_Section):
     max_runs: int = Field(10, ge=1)
     """How many agent Jobs run at once."""
 
+    read_only_root: bool = True
+    """Agent pods get a read-only root file system (only /workspace, /fleet and /tmp are writable); turn it off
+    for an image whose engine must write elsewhere."""
+
     @classmethod
     def _clean(cls, name: str, value: Any) -> Any:
         if name == "namespace" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
