@@ -764,7 +764,7 @@ class UiConfig(_Section):
     keys: dict[str, str] = {}
     """Key remaps by binding id, e.g. `approve = "A"` or `stop = "ctrl+s"`. The ids: approve, reject, details,
     tail_log, stop, retry, run_pm, open, merge, copy_url, restart_loop, pause, inbox, stats, filter, switch_pane,
-    fullscreen, help, quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
+    fullscreen, help, detach, quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
 
     bell: bool = True
     """Ring the terminal bell when something needs the human."""
