@@ -609,6 +609,10 @@ class KubernetesConfig(_Section):
     max_runs: int = Field(10, ge=1)
     """How many agent Jobs run at once."""
 
+    read_only_root: bool = True
+    """Agent pods get a read-only root file system (only /workspace, /fleet and /tmp are writable); turn it off
+    for an image whose engine must write elsewhere."""
+
     @classmethod
     def _clean(cls, name: str, value: Any) -> Any:
         if name == "namespace" and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
@@ -760,7 +764,7 @@ class UiConfig(_Section):
     keys: dict[str, str] = {}
     """Key remaps by binding id, e.g. `approve = "A"` or `stop = "ctrl+s"`. The ids: approve, reject, details,
     tail_log, stop, retry, run_pm, open, merge, copy_url, restart_loop, pause, inbox, stats, filter, switch_pane,
-    fullscreen, help, quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
+    fullscreen, help, detach, quit. Two ids on one key, or another id on `q`, is refused by `fleet-tui check`."""
 
     bell: bool = True
     """Ring the terminal bell when something needs the human."""

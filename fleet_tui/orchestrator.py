@@ -601,6 +601,12 @@ async def build_fleet(config: FleetConfig, *, repo_path: Path, state_dir: Path |
 
         runner = PoolRunner(config.runner, instance=instance, repo=repo_id)  # [[runner.hosts]], or the one engine
         owner = parse_user(config.runner.user)
+    elif config.runner.kind == "kubernetes":
+        from fleet_tui.runners.kubernetes import KubernetesRunner  # needs the `kubernetes` extra: a clear error
+
+        # The workspace travels to the pod as a tar owned by the agent's uid; host files keep their owner.
+        runner = KubernetesRunner(config.runner, instance=instance, repo=repo_id, owner=parse_user(config.runner.user),
+                                  read_only_root=config.runner.kubernetes.read_only_root)
     else:
         from fleet_tui.runners.local import LocalRunner
 
