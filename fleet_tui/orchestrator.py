@@ -241,11 +241,14 @@ class Orchestrator:
                     last = anyio.current_time()
                     self._wake = anyio.Event()
                     self.executor.next_retry = None
+                    live_before = len(self.supervisor)
                     actions = await self.tick()
                     busy = [a for a in actions if not isinstance(a, (Cleanup, Kill))]
                     retry = self.executor.next_retry
-                    if once and not busy and not len(self.supervisor) and retry is None:
-                        break  # nothing left to do, nothing waiting to be retried, and no run is live
+                    if once and not busy and not live_before and not len(self.supervisor) and retry is None:
+                        # nothing left to do, nothing waiting to be retried, and no run was live during the tick
+                        # (a run that ended while it observed left results the tick has not seen)
+                        break
                     if self._stopping:
                         break  # a shutdown asked for during the tick ends the loop now, not a poll later
                     if busy:
