@@ -319,7 +319,7 @@ class RunSupervisor:
                 live.run = dataclasses.replace(live.run, host=host, host_unreachable=True,
                                                last_line=f"host unreachable: {outcome.reason}"[:300])
                 self.ctx.publish(RunChanged(at=self.ctx.clock(), run=live.run))
-                self.ctx.notice(f"run {live.run.run_id}: host {host or 'the Docker engine'} does not answer; the "
+                self.ctx.notice(f"run {live.run.run_id}: host {host or 'the runner'} does not answer; the "
                                 "run is kept and followed again when it does", "warning")
                 with anyio.CancelScope() as away:
                     live.away = away
