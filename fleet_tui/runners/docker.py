@@ -42,6 +42,7 @@ from fleet_tui.config import DockerHostConfig, RunnerConfig
 from fleet_tui.model import Role
 from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, HostUnreachable, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
+from fleet_tui.runners.streams import END, ResumePoint, in_daemon_thread, parse_log_ts, take_batch
 from fleet_tui.runners.transport import DEFAULT_LIMIT_BYTES, TransportError, pack_run, unpack_scratch
 
 if TYPE_CHECKING:
@@ -56,10 +57,8 @@ LABEL_TIMEOUT = "fleet.timeout_s"
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_END = object()  # the log reader is done
 _QUEUE_FRAMES = 4096  # frames buffered between the reader thread and the consumer (backpressure beyond)
 _POLL_S = 1.0  # one bounded wait on the engine; a cancelled wait leaves a thread for at most this long
-_TAKE_S = 0.25  # how long the consumer's thread blocks on the frame queue before it looks again
 
 
 class DockerUnavailable(RunnerError, HostUnreachable):
@@ -147,15 +146,6 @@ def _owner_of(user: str) -> tuple[int, int] | None:
     return int(uid), int(gid or uid)
 
 
-def _parse_ts(raw: bytes) -> tuple[int, int] | None:
-    """Docker's RFC 3339 log timestamp as (epoch seconds, nanoseconds), comparable without float loss."""
-    match = re.fullmatch(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z", raw)
-    if not match:
-        return None
-    secs = int(datetime.fromisoformat(match.group(1).decode() + "+00:00").timestamp())
-    return secs, int((match.group(2) or b"0").ljust(9, b"0"))
-
-
 def _container_time(value: str) -> float:
     """A container's StartedAt/Created time as epoch seconds (0 when unset)."""
     match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?", value or "")
@@ -167,39 +157,6 @@ def _container_time(value: str) -> float:
 
 def _timed_out(exc: BaseException) -> bool:
     return "timed out" in str(exc).lower()
-
-
-class _Resume:
-    """Where a log stream got to, so a reopened stream delivers every frame exactly once. Frames of one
-    stream are never dropped, even with equal timestamps (the pieces of a long line share one); a reopened
-    stream starts a little before the last timestamp seen and skips what was already delivered."""
-
-    def __init__(self) -> None:
-        self.last: tuple[int, int] | None = None
-        self.same = 0  # frames delivered with the timestamp `last`
-        self._skip_equal = 0
-        self._resuming = False
-
-    def reopen(self) -> float | None:
-        """The `since` for the next stream (epoch seconds, at or before the last frame), None for all."""
-        if self.last is None:
-            return None
-        self._resuming, self._skip_equal = True, self.same
-        return max(0.0, (self.last[0] * 1_000_000_000 + self.last[1] - 1_000_000) / 1e9)
-
-    def accept(self, key: tuple[int, int]) -> bool:
-        if self._resuming and self.last is not None:
-            if key < self.last:
-                return False
-            if key == self.last and self._skip_equal > 0:
-                self._skip_equal -= 1
-                return False
-            self._resuming = False
-        if key == self.last:
-            self.same += 1
-        else:
-            self.last, self.same = key, 1
-        return True
 
 
 class ImageMissing(RunnerError):
@@ -243,12 +200,12 @@ class DockerRunHandle:
         splitter = LineSplitter()
         try:
             while True:
-                batch = await anyio.to_thread.run_sync(_take_batch, frames, abandon_on_cancel=True,
+                batch = await anyio.to_thread.run_sync(take_batch, frames, abandon_on_cancel=True,
                                                        limiter=self._runner.limiter)
                 ended = False
                 chunks: list[bytes] = []
                 for item in batch:
-                    if item is _END:
+                    if item is END:
                         ended = True
                     elif isinstance(item, bytes):
                         chunks.append(item)
@@ -278,7 +235,7 @@ class DockerRunHandle:
                 except queue.Full:
                     continue
 
-        resume = _Resume()
+        resume = ResumePoint()
         since: float | None = self._since
         tail: int | str = self._tail if self._tail is not None else "all"
         failures = 0
@@ -297,7 +254,7 @@ class DockerRunHandle:
                         break
                     for frame in stream:
                         stamp, _, payload = frame.partition(b" ")
-                        key = _parse_ts(stamp)
+                        key = parse_log_ts(stamp)
                         if key is None:  # no timestamp prefix: keep the frame as it is
                             put(frame)
                         elif resume.accept(key):
@@ -326,7 +283,7 @@ class DockerRunHandle:
         except RunnerError as exc:
             holder["error"] = exc
         finally:
-            put(_END)
+            put(END)
             _close_client(holder.pop("api", None))
 
     async def last_logs(self, n: int = 50) -> list[str]:
@@ -417,20 +374,6 @@ def _close_client(api: Any) -> None:
             api.close()
 
 
-def _take_batch(frames: queue.Queue[Any]) -> list[Any]:
-    """Thread: wait a little for one frame, then take whatever else is already there ([] when none came)."""
-    try:
-        batch = [frames.get(timeout=_TAKE_S)]
-    except queue.Empty:
-        return []
-    while len(batch) < 4096:
-        try:
-            batch.append(frames.get_nowait())
-        except queue.Empty:
-            break
-    return batch
-
-
 class DockerRunner:
     """Starts runs as containers on the Docker engine `docker.from_env()` finds, and sees only its own."""
 
@@ -479,7 +422,7 @@ class DockerRunner:
                 raise RunnerError(f"Docker: {exc}") from None
 
         async with self.limiter:
-            return await _in_daemon_thread(guarded)
+            return await in_daemon_thread(guarded)
 
     async def ping(self) -> str:
         """The engine's version; raises `DockerUnavailable` when it cannot be reached."""
@@ -653,24 +596,3 @@ class DockerRunner:
                     if exc.status_code != 409:  # 409: its removal is already under way
                         raise
         await self.call(remove)
-
-
-async def _in_daemon_thread(fn: Callable[[], _T]) -> _T:
-    """Run `fn` in a new daemon thread and wait for it; cancelling the wait abandons the thread."""
-    token = anyio.lowlevel.current_token()
-    done = anyio.Event()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed over to the waiting task
-            box["error"] = exc
-        with contextlib.suppress(Exception):  # the event loop is gone: nobody waits any more
-            anyio.from_thread.run_sync(done.set, token=token)
-
-    threading.Thread(target=target, name="fleet-docker-call", daemon=True).start()
-    await done.wait()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

@@ -41,7 +41,6 @@ import anyio
 from fleet_tui.config import RunnerConfig
 from fleet_tui.model import Role
 from fleet_tui.runners.base import LABEL_INSTANCE, LiveRun, RunSpec, check_instance
-from fleet_tui.runners.docker import _END, _in_daemon_thread, _parse_ts, _Resume, _take_batch
 from fleet_tui.runners.kubernetes_job import (
     AGENT,
     ANN_RUN,
@@ -58,6 +57,7 @@ from fleet_tui.runners.kubernetes_job import (
     valid_label_key,
 )
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
+from fleet_tui.runners.streams import END, ResumePoint, in_daemon_thread, parse_log_ts, take_batch
 
 INSTALL_HINT = "pip install 'fleet-tui[kubernetes]'"
 
@@ -203,9 +203,9 @@ class KubernetesRunHandle:
         splitter = LineSplitter()
         try:
             while True:
-                batch = await anyio.to_thread.run_sync(_take_batch, chunks, abandon_on_cancel=True,
+                batch = await anyio.to_thread.run_sync(take_batch, chunks, abandon_on_cancel=True,
                                                        limiter=self._runner.limiter)
-                ended = any(item is _END for item in batch)
+                ended = any(item is END for item in batch)
                 for line in splitter.feed(b"".join(item for item in batch if isinstance(item, bytes))):
                     yield line
                 if ended:
@@ -232,7 +232,7 @@ class KubernetesRunHandle:
                 except queue.Full:
                     continue
 
-        resume = _Resume()
+        resume = ResumePoint()
         follow = True
         failures, failing_since = 0, 0.0
         try:
@@ -288,12 +288,12 @@ class KubernetesRunHandle:
         except RunnerError as exc:
             holder["error"] = exc
         finally:
-            put(_END)
+            put(END)
 
     @staticmethod
-    def _deliver(raw: bytes, resume: _Resume, put: Callable[[object], None]) -> None:
+    def _deliver(raw: bytes, resume: ResumePoint, put: Callable[[object], None]) -> None:
         stamp, _, payload = raw.partition(b" ")
-        key = _parse_ts(stamp)
+        key = parse_log_ts(stamp)
         if key is None:
             put(raw)
         elif resume.accept(key):
@@ -472,7 +472,7 @@ class KubernetesRunner:
             return value
 
         async with self.limiter:
-            return await _in_daemon_thread(guarded)
+            return await in_daemon_thread(guarded)
 
     def is_reachable(self, host: str) -> bool | None:
         """Whether the API answered the last call (None before any); the cluster is this runner's one host."""
@@ -751,10 +751,10 @@ class KubernetesRunner:
                 except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                     box["error"] = exc
                 finally:
-                    chunks.put(_END)
+                    chunks.put(END)
 
             def consume() -> Iterator[bytes]:
-                while (item := chunks.get()) is not _END:
+                while (item := chunks.get()) is not END:
                     yield item
 
             producer = threading.Thread(target=produce, name=f"fleet-k8s-collect-{run_id}", daemon=True)
