@@ -193,3 +193,20 @@ def test_first_run_console_behind(snap_compare: Snap, tmp_path: Path) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=closed)
+
+
+def test_attached_console_on_a_pool(snap_compare: Snap, tmp_path: Path) -> None:
+    """A console attached to a fleet whose runs are on a pool of hosts, one of which stopped answering: the
+    header says attached and how many log lines this console lost; each run names its host."""
+    import dataclasses
+
+    from fake_fleet import sample_snapshot
+
+    snapshot = sample_snapshot()
+    hosts = ("build-2", "build-3", "local", "build-2")
+    runs = tuple(dataclasses.replace(run, host=host, host_unreachable=host == "build-2" and run.state.live)
+                 for run, host in zip(snapshot.runs, hosts))
+    fake = FakeFleet(dataclasses.replace(snapshot, runs=runs))
+    fake.attached = True  # type: ignore[attr-defined]
+    fake.dropped_lines = 1234  # type: ignore[attr-defined]
+    assert snap_compare(console(tmp_path, fake=fake), terminal_size=SIZE, run_before=scenario())

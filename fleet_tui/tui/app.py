@@ -68,6 +68,7 @@ from fleet_tui.tui.view import (
     SetupItem,
     SetupProbe,
     Styles,
+    agent_last_line,
     agent_order,
     agent_rows,
     clean,
@@ -177,7 +178,7 @@ class MainScreen(Screen[None]):
             yield PaneTable("proposals", "Proposals", [("#", "number", 4), ("Title", "title", 12),
                                                         ("Approval", "approval", 13)], flex={"title": 1})
             yield PaneTable("agents", "Agents", [("Role", "role", 4), ("On", "target", 6), ("Rnd", "round", 3),
-                                                  ("State", "state", 9), ("Time", "elapsed", 6), ("Tok", "tokens", 4),
+                                                  ("State", "state", 11), ("Time", "elapsed", 6), ("Tok", "tokens", 4),
                                                   ("Cost", "cost", 5), ("Last line", "last", 12)], flex={"last": 1})
             yield PaneTable("qa", "QA", [("PR", "number", 4), ("Title", "title", 12), ("Round", "round", 5),
                                           ("Verdict", "verdict", 9), ("Fnd", "findings", 3)], flex={"title": 3, "verdict": 1})
@@ -835,8 +836,10 @@ class FleetApp(App[None]):
         last = clean(raw, 300)
         if self._last_lines.get(run_id) != last:
             self._last_lines[run_id] = last
+            run = self.runs.get(run_id)
+            shown = agent_last_line(run, last) if run is not None else last
             if agents is not None:
-                agents.update_cell_if_present(run_id, "last", Text(last, style=self.cell_styles.dim, no_wrap=True,
+                agents.update_cell_if_present(run_id, "last", Text(shown, style=self.cell_styles.dim, no_wrap=True,
                                                                    overflow="ellipsis"))
 
     def _refresh_last_lines(self) -> None:

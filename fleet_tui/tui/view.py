@@ -183,6 +183,14 @@ def agent_order(runs: list[AgentRun]) -> list[AgentRun]:
     return live + done
 
 
+def agent_last_line(run: AgentRun, last: str) -> str:
+    """What the Last line column shows of `run`: its host first (where the eye looks for what a run is doing),
+    and, while the host does not answer, that instead of a line the run wrote long ago."""
+    if run.host_unreachable and run.state.live:
+        last = f"host {run.host or '?'} does not answer; the run is kept"
+    return f"@{run.host} · {last}" if run.host else last
+
+
 def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, styles: Styles) -> list[Row]:
     rows: list[Row] = []
     for run in agent_order(runs):
@@ -191,9 +199,8 @@ def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, 
         style = getattr(styles, _STATE_STYLE.get(run.state, "dim"))
         state = run.state.value.replace("_", " ")
         if run.host_unreachable and run.state.live:
-            state, style = "host unreachable", styles.warn
-        if run.host:
-            state = f"{state} @{run.host}"
+            state, style = "unreachable", styles.warn
+        last = agent_last_line(run, last_lines.get(run.run_id, run.last_line))
         rows.append((run.run_id, (
             cell(run.role.value.upper(), styles.bold),
             cell(run_target(run), styles.accent),
@@ -202,7 +209,7 @@ def agent_rows(runs: list[AgentRun], last_lines: dict[str, str], now: datetime, 
             cell(elapsed, styles.dim),
             cell(short_tokens(run.usage.tokens)),
             cell(f"${run.usage.cost_usd:.2f}"),
-            cell(last_lines.get(run.run_id, run.last_line), styles.dim, limit=300),
+            cell(last, styles.dim, limit=300),
         )))
     return rows
 
