@@ -57,6 +57,8 @@ class Doctor:
             await self._github_forge()
         if self.config.runner.kind == "docker":
             await anyio.to_thread.run_sync(self._docker)
+        elif self.config.runner.kind == "kubernetes":
+            await anyio.to_thread.run_sync(self._kubernetes)
         else:
             self._local_sandbox()
             self._local_engines()
@@ -223,6 +225,24 @@ class Doctor:
             self.add("labels", "ok", f"created {', '.join(created) or 'none'}")
         else:
             self.add("labels", "fail", f"missing: {', '.join(missing)}", "run `fleet-tui check --fix` to create them")
+
+    def _kubernetes(self) -> None:
+        """The cluster the Jobs run in: the client installed, the API reachable, Jobs listable in the namespace,
+        the engine Secret named. Whether nodes can pull the image shows on the first run (the cluster says)."""
+        from fleet_tui.runners.kubernetes import check_cluster
+
+        settings = self.config.runner.kubernetes
+        for ok, what in check_cluster(self.config.runner):
+            if ok:
+                self.add("Kubernetes", "ok", what)
+            elif "engine_secret is empty" in what:  # an engine on a keyless model server needs none
+                self.add("Kubernetes", "warn", what, "kubectl create secret generic … with the engines' API keys, "
+                         "then name it in runner.kubernetes.engine_secret", required=False)
+            elif "pip install" in what:
+                self.add("Kubernetes", "fail", what, "pip install 'fleet-tui[kubernetes]'")
+            else:
+                self.add("Kubernetes", "fail", what, f"check runner.kubernetes (kubeconfig, context, namespace "
+                         f"{settings.namespace!r}) and the RBAC Role in README's Kubernetes section")
 
     def _docker(self) -> None:
         """The one engine of $DOCKER_HOST, or every host of the pool: each reachable, with the image and the

@@ -391,6 +391,29 @@ def test_check_says_what_works_and_what_is_missing(fake_api: tuple[FakeKubernete
     assert not ok and "cannot reach the Kubernetes API at http://127.0.0.1:9" in why
 
 
+def test_fleet_check_reports_the_cluster_not_the_local_sandbox(fake_api: tuple[FakeKubernetes, Path],
+                                                               tmp_path: Path) -> None:
+    """`fleet-tui check` with runner.kind = "kubernetes": rows for the cluster, a warning (not a failure) for a
+    missing engine Secret, and nothing about bubblewrap or local engine binaries, which do not apply."""
+    import subprocess
+
+    import anyio
+
+    from fleet_tui.config import FleetConfig
+    from fleet_tui.doctor import Doctor
+
+    _, path = fake_api
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    runner = RunnerConfig(kind="kubernetes", kubernetes=KubernetesConfig(kubeconfig=str(path), namespace="fleet-test"))
+    checks = anyio.run(Doctor(FleetConfig(runner=runner), None, repo, tmp_path / "state").run)
+    cluster = [c for c in checks if c.name == "Kubernetes"]
+    assert [c.status for c in cluster] == ["ok", "ok", "warn"]
+    assert "v1.31.0-fake" in cluster[0].detail and "engine_secret" in cluster[2].fix
+    assert not [c for c in checks if c.name in ("local sandbox", "Docker")]
+
+
 def test_names_labels_and_quantities_are_what_kubernetes_takes() -> None:
     from fake_k8s import _label_value_ok, expand
 
