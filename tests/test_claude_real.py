@@ -217,7 +217,11 @@ def test_real_claude_run_with_a_denied_edit_is_not_ok(claude: str, stub: Any, wo
     assert not (workspace / "notes.txt").exists()
 
     outputs, texts, result, parser = parse(engine, lines, proc.returncode, scratch)
+    from fleet_tui.engines.claude import MAX_DENIAL_CHARS
+
     target = str(workspace / "notes.txt")
+    if len(target) > MAX_DENIAL_CHARS:  # long paths are cut (a temp dir's depth varies) and marked as cut
+        target = target[:MAX_DENIAL_CHARS - 1] + "…"
     assert parser.denials == [f"Write {target}"] and f"claude: denied Write {target}" in texts
     assert not result.ok
     assert result.summary.startswith(f"claude denied 1 tool call: Write {target}")
