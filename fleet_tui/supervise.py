@@ -145,7 +145,7 @@ class RunSupervisor:
             else:
                 self.ctx.set_extras(run.run_id, interrupted=True)
                 self.end_lost(run, "the run was gone when the orchestrator started")
-        for run_id, live_run in found.items():
+        for run_id in found:
             record = self.ctx.journal.get_run(run_id)
             if record is None:
                 self.ctx.notice(f"a run {run_id} not in the journal is alive; stopping it", "warning")

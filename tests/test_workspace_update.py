@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sandbox_end import collect, end_run
+from sandbox_end import collect
 
 from fleet_tui.engines.base import Invocation
 from fleet_tui.workspace import WorkspaceError, WorkspaceManager, _LineBytes, commit_after
