@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import re
 import threading
 import time
@@ -42,7 +41,7 @@ from fleet_tui.config import DockerHostConfig, RunnerConfig
 from fleet_tui.model import Role
 from fleet_tui.runners.base import LABEL_INSTANCE, LABEL_REPO, HostUnreachable, LiveRun, RunSpec, check_instance
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
-from fleet_tui.runners.streams import END, ResumePoint, in_daemon_thread, parse_log_ts, take_batch
+from fleet_tui.runners.streams import END, Put, ResumePoint, follow_lines, in_daemon_thread, parse_log_ts
 from fleet_tui.runners.transport import DEFAULT_LIMIT_BYTES, TransportError, pack_run, unpack_scratch
 
 if TYPE_CHECKING:
@@ -189,51 +188,16 @@ class DockerRunHandle:
 
     # --- logs ---------------------------------------------------------------------------------
 
-    async def lines(self) -> AsyncIterator[str]:
+    def lines(self) -> AsyncIterator[str]:
         """Every line from the start of the run (or from `since`/`tail` given to `attach`) to its end."""
-        frames: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_FRAMES)
-        stop = threading.Event()
-        holder: dict[str, Any] = {}
-        reader = threading.Thread(target=self._read_logs, args=(frames, stop, holder),
-                                  name=f"fleet-logs-{self.run_id}", daemon=True)
-        reader.start()
-        splitter = LineSplitter()
-        try:
-            while True:
-                batch = await anyio.to_thread.run_sync(take_batch, frames, abandon_on_cancel=True,
-                                                       limiter=self._runner.limiter)
-                ended = False
-                chunks: list[bytes] = []
-                for item in batch:
-                    if item is END:
-                        ended = True
-                    elif isinstance(item, bytes):
-                        chunks.append(item)
-                for line in splitter.feed(b"".join(chunks)):
-                    yield line
-                if ended:
-                    break
-            for line in splitter.flush():
-                yield line
-            if isinstance(holder.get("error"), BaseException):
-                raise holder["error"]
-        finally:
-            stop.set()
-            _close_stream(holder)
+        return follow_lines(self._read_logs, name=f"fleet-logs-{self.run_id}", limiter=self._runner.limiter,
+                            close=_close_stream, queue_size=_QUEUE_FRAMES)
 
-    def _read_logs(self, frames: queue.Queue[Any], stop: threading.Event, holder: dict[str, Any]) -> None:
+    def _read_logs(self, put: Put, stop: threading.Event, holder: dict[str, Any]) -> None:
         """Thread: follow the container's log frame by frame. A stream that ends while the container runs
         is reopened; once it has ended, one last read without following picks up what the follow missed."""
         import docker.errors
         import requests
-
-        def put(item: object) -> None:
-            while not stop.is_set():
-                try:
-                    frames.put(item, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
 
         resume = ResumePoint()
         since: float | None = self._since

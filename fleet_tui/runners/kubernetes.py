@@ -57,7 +57,7 @@ from fleet_tui.runners.kubernetes_job import (
     valid_label_key,
 )
 from fleet_tui.runners.local import TIMEOUT_EXIT, LineSplitter, RunnerError
-from fleet_tui.runners.streams import END, ResumePoint, in_daemon_thread, parse_log_ts, take_batch
+from fleet_tui.runners.streams import END, Put, ResumePoint, follow_lines, in_daemon_thread, parse_log_ts
 
 INSTALL_HINT = "pip install 'fleet-tui[kubernetes]'"
 
@@ -192,45 +192,16 @@ class KubernetesRunHandle:
 
     # --- logs ---------------------------------------------------------------------------------
 
-    async def lines(self) -> AsyncIterator[str]:
+    def lines(self) -> AsyncIterator[str]:
         """Every line the agent wrote, from the start of the run to its end."""
-        chunks: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        stop = threading.Event()
-        holder: dict[str, Any] = {}
-        reader = threading.Thread(target=self._read_logs, args=(chunks, stop, holder),
-                                  name=f"fleet-k8s-logs-{self.run_id}", daemon=True)
-        reader.start()
-        splitter = LineSplitter()
-        try:
-            while True:
-                batch = await anyio.to_thread.run_sync(take_batch, chunks, abandon_on_cancel=True,
-                                                       limiter=self._runner.limiter)
-                ended = any(item is END for item in batch)
-                for line in splitter.feed(b"".join(item for item in batch if isinstance(item, bytes))):
-                    yield line
-                if ended:
-                    break
-            for line in splitter.flush():
-                yield line
-            if isinstance(holder.get("error"), BaseException):
-                raise holder["error"]
-        finally:
-            stop.set()
-            _shutdown(holder)
+        return follow_lines(self._read_logs, name=f"fleet-k8s-logs-{self.run_id}", limiter=self._runner.limiter,
+                            close=_shutdown, queue_size=_QUEUE_CHUNKS)
 
-    def _read_logs(self, chunks: queue.Queue[Any], stop: threading.Event, holder: dict[str, Any]) -> None:
+    def _read_logs(self, put: Put, stop: threading.Event, holder: dict[str, Any]) -> None:
         """Thread: follow the agent container's log with timestamps. A stream that ends while the container runs
         is reopened a little before the last line seen (duplicates skipped by timestamp); once it has ended, one
         read without following picks up what the follow missed."""
         from kubernetes.client.exceptions import ApiException
-
-        def put(item: object) -> None:
-            while not stop.is_set():
-                try:
-                    chunks.put(item, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
 
         resume = ResumePoint()
         follow = True

@@ -8,7 +8,7 @@ import contextlib
 import queue
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -96,3 +96,49 @@ async def in_daemon_thread(fn: Callable[[], _T]) -> _T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+Put = Callable[[object], None]  # hands one item (bytes, or END) to the consumer; returns early once stopped
+LogReader = Callable[[Put, threading.Event, dict[str, Any]], None]
+
+
+def follow_lines(read: LogReader, *, name: str, limiter: Any, close: Callable[[dict[str, Any]], None],
+                 queue_size: int = 4096) -> AsyncIterator[str]:
+    """The lines of a log read by `read` in a daemon thread: it calls `put` with byte chunks and END when the
+    log is over, stops early once the event is set, and leaves an exception in `holder["error"]` to be raised
+    here after the last line. The queue between them is bounded (back-pressure on the reader). Closing the
+    iterator sets the event and calls `close(holder)`, which must unblock a reader stuck in a quiet stream."""
+    from fleet_tui.runners.local import LineSplitter
+
+    frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+    stop = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    async def lines() -> AsyncIterator[str]:
+        threading.Thread(target=read, args=(put, stop, holder), name=name, daemon=True).start()
+        splitter = LineSplitter()
+        try:
+            while True:
+                batch = await anyio.to_thread.run_sync(take_batch, frames, abandon_on_cancel=True, limiter=limiter)
+                for line in splitter.feed(b"".join(item for item in batch if isinstance(item, bytes))):
+                    yield line
+                if any(item is END for item in batch):
+                    break
+            for line in splitter.flush():
+                yield line
+            if isinstance(holder.get("error"), BaseException):
+                raise holder["error"]
+        finally:
+            stop.set()
+            close(holder)
+
+    return lines()
+
