@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 from conftest import in_ci
+from test_runner_docker import collect
 
 from fleet_tui.config import DockerHostConfig, EngineConfig, FleetConfig, RoleConfig, RolesConfig, RunnerConfig
 from fleet_tui.engines.base import Invocation
@@ -149,17 +150,6 @@ def spec_for(tmp_path: Path, script: str, run_id: str, timeout_s: float = 120) -
                    workspace=workspace, scratch=scratch, timeout_s=timeout_s, network="none")
 
 
-async def read_all(handle) -> tuple[list[str], int]:  # type: ignore[no-untyped-def]
-    lines: list[str] = []
-    async with anyio.create_task_group() as tg:
-        async def read() -> None:
-            async for line in handle.lines():
-                lines.append(line)
-        tg.start_soon(read)
-        code = await handle.wait()
-    return lines, code
-
-
 
 
 @pytest.mark.docker
@@ -173,7 +163,7 @@ async def test_runs_spread_over_a_unix_and_a_tcp_host_and_bring_their_files_back
     assert sorted(handle.host for handle in handles) == ["first", "first", "second-tcp", "second-tcp"]
     assert {slot.name: slot.running for slot in pool.slots()} == {"first": 2, "second-tcp": 2}
     for spec, handle in zip(specs, handles, strict=True):
-        lines, code = await read_all(handle)
+        lines, code = await collect(handle)
         assert (lines, code) == ([spec.run_id], 0)
         await pool.collect(spec.run_id, spec.scratch)
         assert (spec.scratch / "out.txt").read_text() == "made\n"
@@ -201,7 +191,7 @@ async def test_a_restarted_orchestrator_re_attaches_runs_on_a_unix_and_an_ssh_ho
     for spec in specs:
         handle = await fresh.attach(spec.run_id)
         assert handle.host == placed[spec.run_id]
-        assert await read_all(handle) == (["one", "two"], 0)  # from the run's first line
+        assert await collect(handle) == (["one", "two"], 0)  # from the run's first line
         await fresh.collect(spec.run_id, spec.scratch)
         assert (spec.scratch / "out.txt").read_text() == "done\n"
         await fresh.cleanup(spec.run_id)
