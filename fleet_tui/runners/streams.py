@@ -16,6 +16,8 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 
+from fleet_tui.runners.local import LineSplitter
+
 _T = TypeVar("_T")
 END = object()  # put on a frame queue: the log reader is done
 TAKE_S = 0.25  # how long the consumer's thread blocks on the frame queue before it looks again
@@ -108,8 +110,6 @@ def follow_lines(read: LogReader, *, name: str, limiter: Any, close: Callable[[d
     log is over, stops early once the event is set, and leaves an exception in `holder["error"]` to be raised
     here after the last line. The queue between them is bounded (back-pressure on the reader). Closing the
     iterator sets the event and calls `close(holder)`, which must unblock a reader stuck in a quiet stream."""
-    from fleet_tui.runners.local import LineSplitter
-
     frames: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
     stop = threading.Event()
     holder: dict[str, Any] = {}
